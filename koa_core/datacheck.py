@@ -1,0 +1,168 @@
+"""Dataset health check: counts, patients, leakage, unreadable files, sizes (paper Table 1).
+
+:func:`scan` decodes every image once (in threads) and gathers what a researcher must
+know before training: images per split and grade, patients per split, patients found in
+two splits, identical files in two splits, files that do not decode, the image sizes and
+source formats, and intensity statistics per grade. It reads only; nothing under the
+data root is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .data import DatasetIndex
+from .errors import KoaError
+from .imaging import to_gray_uint8
+
+__all__ = ["ScanReport", "scan", "format_check"]
+
+
+@dataclass
+class ScanReport:
+    """What :func:`scan` found; ``usable`` says whether training can proceed."""
+
+    index: DatasetIndex
+    unreadable: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # "224x224" -> count
+    formats: dict[str, int] = field(default_factory=dict)  # "8-bit gray" -> count
+    duplicates: list[list[str]] = field(default_factory=list)  # same bytes, two splits
+    intensity: dict[str, dict[str, float]] = field(default_factory=dict)  # grade -> stats
+
+    @property
+    def leaks(self) -> dict[str, list[str]]:
+        return self.index.leaks()
+
+    def problems(self, allow_leakage: bool = False) -> list[str]:
+        out = []
+        if self.unreadable:
+            out.append(f"{len(self.unreadable)} unreadable image(s)")
+        if self.leaks and not allow_leakage:
+            out.append(f"{len(self.leaks)} patient(s) in more than one split")
+        if self.duplicates:
+            out.append(f"{len(self.duplicates)} identical file(s) in more than one split")
+        if not any(r.split == "train" for r in self.index.records):
+            out.append("no training images")
+        return out
+
+    def usable(self, allow_leakage: bool = False) -> bool:
+        return not self.problems(allow_leakage)
+
+    def to_dict(self) -> dict:
+        idx = self.index
+        return {
+            "root": idx.root,
+            "layout": idx.layout,
+            "manifest": idx.manifest,
+            "images": len(idx.records),
+            "counts": {s: {str(g): n for g, n in c.items()} for s, c in idx.counts().items()},
+            "patients": idx.patients(),
+            "leaking_patients": self.leaks,
+            "duplicates_across_splits": self.duplicates,
+            "unreadable": self.unreadable,
+            "sizes": self.sizes,
+            "formats": self.formats,
+            "intensity_by_grade": self.intensity,
+            "warnings": idx.warnings,
+            "skipped": idx.skipped,
+            "problems": self.problems(),
+        }
+
+
+def _describe(img: np.ndarray) -> str:
+    bits = "16-bit" if img.dtype == np.uint16 else "8-bit"
+    ch = 1 if img.ndim == 2 else img.shape[2]
+    return f"{bits} " + {1: "gray", 3: "RGB", 4: "RGBA"}.get(ch, f"{ch}-channel")
+
+
+def _one(path: str):
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return path, None, None, None, f"{path}: cannot read ({exc.strerror})"
+    digest = hashlib.sha1(data).hexdigest()
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if raw is None:
+        why = "empty file" if not data else "does not decode (truncated or not an image)"
+        return path, digest, None, None, f"{path}: {why}"
+    try:
+        gray = to_gray_uint8(raw, path)
+    except KoaError as exc:
+        return path, digest, None, None, str(exc)
+    return path, digest, _describe(raw), gray, None
+
+
+def scan(index: DatasetIndex, workers: int = 4) -> ScanReport:
+    """Decode every image of the index and collect the health report."""
+    rep = ScanReport(index)
+    by_digest: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    sizes: Counter = Counter()
+    formats: Counter = Counter()
+    sums: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    grade_of = {r.path: r for r in index.records}
+    with ThreadPoolExecutor(workers) as pool:
+        for path, digest, fmt, gray, err in pool.map(_one, [r.path for r in index.records]):
+            rec = grade_of[path]
+            if digest:
+                by_digest[digest].add((rec.split, path))
+            if err:
+                rep.unreadable.append(err)
+                continue
+            sizes[f"{gray.shape[1]}x{gray.shape[0]}"] += 1
+            formats[fmt] += 1
+            sums[rec.grade].append((float(gray.mean()), float(gray.std())))
+    rep.sizes = dict(sizes.most_common())
+    rep.formats = dict(formats.most_common())
+    rep.duplicates = sorted(
+        sorted(p for _, p in group) for group in by_digest.values()
+        if len({s for s, _ in group}) > 1)
+    for g in sorted(sums):
+        arr = np.array(sums[g])
+        rep.intensity[str(g)] = {"n": int(len(arr)), "mean": round(float(arr[:, 0].mean()), 2),
+                                 "std": round(float(arr[:, 1].mean()), 2)}
+    return rep
+
+
+def format_check(rep: ScanReport, allow_leakage: bool = False) -> str:
+    """The human-readable table printed by ``koa data check``."""
+    idx = rep.index
+    counts = idx.counts()
+    patients = idx.patients()
+    lines = [f"dataset: {idx.root} ({idx.layout} layout, {len(idx.records)} images)"]
+    if idx.manifest:
+        lines.append(f"split manifest: {idx.manifest}")
+    head = f"{'split':<7}" + "".join(f"{'KL' + str(g):>7}" for g in range(5))
+    lines += ["", head + f"{'total':>8}{'patients':>10}"]
+    for s, c in counts.items():
+        lines.append(f"{s:<7}" + "".join(f"{c[g]:>7}" for g in range(5))
+                     + f"{sum(c.values()):>8}{patients.get(s, 0):>10}")
+    total = [sum(c[g] for c in counts.values()) for g in range(5)]
+    lines.append(f"{'all':<7}" + "".join(f"{n:>7}" for n in total) + f"{sum(total):>8}"
+                 + f"{sum(patients.values()):>10}")
+    lines.append("")
+    lines.append("sizes: " + ", ".join(f"{k} ({v})" for k, v in rep.sizes.items()))
+    lines.append("formats: " + ", ".join(f"{k} ({v})" for k, v in rep.formats.items()))
+    leaks = rep.leaks
+    lines.append(f"patients in more than one split: {len(leaks)}"
+                 + (f" (e.g. {', '.join(list(leaks)[:3])})" if leaks else ""))
+    lines.append(f"identical files across splits: {len(rep.duplicates)}")
+    lines.append(f"unreadable images: {len(rep.unreadable)}")
+    lines += [f"  {u}" for u in rep.unreadable[:20]]
+    if len(rep.unreadable) > 20:
+        lines.append(f"  ... and {len(rep.unreadable) - 20} more")
+    for w in idx.warnings:
+        lines.append(f"warning: {w}")
+    if idx.skipped:
+        lines.append(f"skipped {len(idx.skipped)} non-image entr{'y' if len(idx.skipped) == 1 else 'ies'}"
+                     f", e.g. {idx.skipped[0]}")
+    problems = rep.problems(allow_leakage)
+    lines.append("")
+    lines.append("usable: yes" if not problems else "usable: NO - " + "; ".join(problems))
+    return "\n".join(lines)
