@@ -33,6 +33,7 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "PAPER_ALPHA",
+    "bundled_profiles",
 ]
 
 # Table 2 of the paper: per-class alpha of the weighted focal loss.
@@ -178,21 +179,46 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (a path or a bundled profile name), then overrides."""
-    if path is None:
-        cfg = Config()
-    else:
-        p = Path(path)
-        if not p.exists():
-            bundled = Path(__file__).parent / "configs" / f"{path}.yaml"
-            if bundled.exists():
-                p = bundled
-            else:
-                raise KoaError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise KoaError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        cfg = config_from_dict(data, origin=str(p))
+def _read_yaml(path: str | Path) -> tuple[Path, dict]:
+    p = Path(path)
+    if not p.exists():
+        bundled = Path(__file__).parent / "configs" / f"{path}.yaml"
+        if not bundled.exists():
+            raise KoaError(f"config file not found: {path} (bundled profiles: "
+                           f"{', '.join(bundled_profiles())})")
+        p = bundled
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise KoaError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise KoaError(f"{p}: cannot read ({exc.strerror})") from None
+    if not isinstance(data, dict):
+        raise KoaError(f"{p}: expected a mapping of sections")
+    return p, data
+
+
+def bundled_profiles() -> list[str]:
+    """Names of the YAML profiles shipped in ``koa_core/configs``."""
+    return sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+
+
+def load_config(paths: str | Path | list | tuple | None = None,
+                overrides: list[str] | None = None) -> Config:
+    """Defaults, then each YAML file in order (a path or a bundled profile name, later
+    files override earlier ones), then ``section.key=value`` overrides."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
+    merged: dict = {}
+    for path in paths:
+        p, data = _read_yaml(path)
+        for section, values in data.items():
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise KoaError(f"{p}: section {section!r} must be a mapping")
+            merged.setdefault(section, {}).update(values)
+    cfg = config_from_dict(merged, origin=", ".join(str(p) for p in paths) or "config")
     return apply_overrides(cfg, overrides)

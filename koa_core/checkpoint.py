@@ -1,0 +1,170 @@
+"""Checkpoints: safetensors weights plus a JSON text sidecar; loading never unpickles.
+
+A checkpoint is two files, ``NAME.safetensors`` (tensors only) and ``NAME.json`` (the
+resolved config, class names, preprocessing parameters, validation metrics, data and
+hardware notes, code version). safetensors stores raw tensor bytes behind a JSON header,
+so a downloaded checkpoint cannot run code; a pickle planted under a checkpoint's name is
+refused without being read as a pickle. Both files are written to temporary names and
+renamed, so an interruption never leaves a half-written checkpoint.
+
+Training state for ``--resume`` (optimizer, scheduler, early-stopping bookkeeping) goes
+through :func:`save_state`/:func:`load_state`: nested dicts and lists are flattened into
+named tensors plus a JSON skeleton, again without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import GRADE_NAMES, __version__
+from .errors import KoaError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "read_sidecar", "save_state", "load_state",
+           "sidecar_path"]
+
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch's zip format
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def _atomic_write_tensors(tensors: dict[str, torch.Tensor], path: Path,
+                          metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise KoaError(f"{path}: checkpoint not found")
+    if path.suffix != ".safetensors":
+        raise KoaError(f"{path}: checkpoints are .safetensors files (pickled .pt/.pth "
+                       "checkpoints are refused: loading them can run code)")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(_PICKLE_MAGIC):
+        raise KoaError(f"{path}: looks like a pickle, not safetensors; refused without "
+                       "loading (pickles can run code)")
+    if len(head) < 8:
+        raise KoaError(f"{path}: truncated checkpoint ({len(head)} bytes)")
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    _check_file(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise KoaError(f"{path}: corrupt or truncated checkpoint "
+                       f"({str(exc).splitlines()[0][:120]})") from None
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, sidecar: dict[str, Any],
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+             for k, v in model.state_dict().items()}
+    side = {"format": "koa_core-checkpoint-1", "code_version": __version__,
+            "class_names": list(GRADE_NAMES), "weights_dtype": str(dtype or "as trained"),
+            **sidecar}
+    _atomic_write_tensors(state, path, metadata={"format": "koa_core-checkpoint-1"})
+    _atomic_write_text(json.dumps(side, indent=2, default=str) + "\n", sidecar_path(path))
+    return path
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of a checkpoint (``NAME.json`` beside ``NAME.safetensors``)."""
+    side = sidecar_path(path)
+    try:
+        return json.loads(side.read_text())
+    except FileNotFoundError:
+        raise KoaError(f"{side}: checkpoint sidecar not found (it holds the config and "
+                       "preprocessing needed to use the weights)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KoaError(f"{side}: unreadable checkpoint sidecar ({exc})") from None
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model from a checkpoint: returns ``(model, sidecar)``, model in eval mode."""
+    from .config import config_from_dict
+    from .models import KLNet
+
+    path = Path(path)
+    tensors = _load_tensors(path)
+    side = read_sidecar(path)
+    cfg = config_from_dict(side.get("config", {}), origin=str(sidecar_path(path)))
+    cfg.model.pretrained = "none"  # the checkpoint holds every weight
+    model = KLNet(cfg.model)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise KoaError(f"{path}: weights do not match the sidecar's model config "
+                       f"({str(exc).splitlines()[0][:160]})") from None
+    return model.to(device).eval(), side
+
+
+# ---------------------------------------------------------------- training state
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__t__": prefix}
+    if isinstance(obj, dict):
+        return {"__d__": [[k, _flatten(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a training state")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict) and "__t__" in obj:
+        return tensors[obj["__t__"]]
+    if isinstance(obj, dict) and "__d__" in obj:
+        return {k: _unflatten(v, tensors) for k, v in obj["__d__"]}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Store a nested dict of tensors and plain values (no pickle), atomically."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, tensors, "s")
+    _atomic_write_tensors(tensors, path, metadata={"skeleton": json.dumps(skeleton)})
+    return path
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Inverse of :func:`save_state`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = _load_tensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            skeleton = json.loads(fh.metadata()["skeleton"])
+    except (KeyError, TypeError, json.JSONDecodeError, SafetensorError):
+        raise KoaError(f"{path}: not a koa_core training state") from None
+    return _unflatten(skeleton, tensors)

@@ -1,0 +1,134 @@
+"""Checkpoints: safetensors + JSON sidecar round trip, atomic writes, refusing pickles."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from koa_core.checkpoint import (load_checkpoint, load_state, read_sidecar, save_checkpoint,
+                                 save_state)
+from koa_core.config import Config, config_to_dict
+from koa_core.errors import KoaError
+from koa_core.models import build_model
+
+
+def _saved(tmp_path, dtype=None, **model_kw):
+    cfg = Config()
+    cfg.model.pretrained = "none"
+    for k, v in model_kw.items():
+        setattr(cfg.model, k, v)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    path = save_checkpoint(tmp_path / "ckpt.safetensors", model,
+                           {"config": config_to_dict(cfg), "val_metrics": {"accuracy": 0.5}},
+                           dtype=dtype)
+    return model, path
+
+
+@pytest.mark.parametrize("model_kw", [{}, {"streams": "raw"}, {"aux_heads": False}])
+def test_round_trip_same_outputs(tmp_path, model_kw):
+    model, path = _saved(tmp_path, **model_kw)
+    loaded, side = load_checkpoint(path)
+    x = torch.randint(0, 256, (2, 2, 64, 64), dtype=torch.uint8)
+    assert torch.equal(model(x)["logits"], loaded(x)["logits"])
+    assert side["class_names"][4].startswith("KL4")
+    assert side["config"]["model"]["streams"] == model_kw.get("streams", "dual")
+    assert side["val_metrics"] == {"accuracy": 0.5}
+    assert "code_version" in side
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.json", "ckpt.safetensors"]  # no temp files
+
+
+def test_bf16_weights_load_as_float(tmp_path):
+    model, path = _saved(tmp_path, dtype=torch.bfloat16)
+    loaded, side = load_checkpoint(path)
+    assert side["weights_dtype"] == "torch.bfloat16"
+    w = loaded.head.weight
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, model.head.weight, atol=1e-2)
+    assert path.stat().st_size < 0.6 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def test_truncated_checkpoint(tmp_path):
+    _, path = _saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(KoaError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_corrupted_header(tmp_path):
+    _, path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[8:40] = b"\xff" * 32
+    path.write_bytes(bytes(data))
+    with pytest.raises(KoaError):
+        load_checkpoint(path)
+
+
+class _Bomb:
+    """Unpickling this would create a marker file: proof that nothing was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_planted_pickle_is_refused_without_unpickling(tmp_path, writer):
+    marker = tmp_path / "UNPICKLED"
+    path = tmp_path / "evil.safetensors"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(_Bomb(str(marker)), protocol=4))
+    else:
+        torch.save({"x": _Bomb(str(marker))}, path)
+    (tmp_path / "evil.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(KoaError, match="pickle"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_pt_suffix_refused(tmp_path):
+    p = tmp_path / "model.pt"
+    p.write_bytes(b"anything")
+    with pytest.raises(KoaError, match="safetensors"):
+        load_checkpoint(p)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(KoaError, match="not found"):
+        load_checkpoint(tmp_path / "none.safetensors")
+    _, path = _saved(tmp_path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(KoaError, match="sidecar"):
+        read_sidecar(path)
+
+
+def test_sidecar_mismatch(tmp_path):
+    _, path = _saved(tmp_path)
+    side = json.loads(path.with_suffix(".json").read_text())
+    side["config"]["model"]["streams"] = "raw"  # no cross-attention/gate in that model
+    path.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(KoaError, match="do not match"):
+        load_checkpoint(path)
+
+
+def test_training_state_round_trip(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+             "best": 0.25, "history": [{"epoch": 1, "x": None}], "flag": True}
+    back = load_state(save_state(tmp_path / "s.safetensors", state))
+    assert back["epoch"] == 3 and back["best"] == 0.25 and back["flag"] is True
+    assert back["history"] == [{"epoch": 1, "x": None}]
+    opt2 = torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=0.5)
+    opt2.load_state_dict(back["optimizer"])  # int keys of optimizer state restored
+    assert opt2.param_groups[0]["lr"] == 0.1
+    s1 = opt.state_dict()["state"][0]
+    s2 = opt2.state_dict()["state"][0]
+    assert torch.equal(s1["exp_avg"], s2["exp_avg"])

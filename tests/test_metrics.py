@@ -1,0 +1,212 @@
+"""Tests for koa_core.metrics: point metrics, bootstrap CIs, report formatting."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score, f1_score
+
+from koa_core.errors import KoaError
+from koa_core.metrics import (
+    _batch_scores,
+    classification_metrics,
+    format_report,
+    majority_rate,
+)
+
+
+def _noisy_predictions(n, seed=0, p_noise=0.3):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(5, size=n, p=[0.39, 0.18, 0.26, 0.13, 0.04])
+    step = rng.choice([-1, 1], size=n)
+    pred = np.where(rng.random(n) < p_noise, np.clip(y + step, 0, 4), y)
+    return y, pred
+
+
+@pytest.mark.parametrize(
+    "y",
+    [
+        [0, 1, 2, 3, 4, 0, 1, 2],
+        [2, 2, 2, 2],  # one grade only: sklearn's kappa is 0/0, ours is 1.0
+        [4],
+    ],
+)
+def test_perfect_predictions(y):
+    m = classification_metrics(y, y, n_boot=200, seed=1)
+    assert m["accuracy"] == 1.0 and m["qwk"] == 1.0 and m["mae"] == 0.0
+    assert m["macro_f1"] == 1.0 and m["weighted_f1"] == 1.0
+    for key in ("accuracy", "macro_f1", "qwk"):
+        assert m["ci"][key] == [1.0, 1.0]
+
+
+def test_known_small_example_against_hand_values():
+    y_true = [0, 0, 1, 2, 3, 4]
+    y_pred = [0, 1, 1, 2, 4, 4]
+    m = classification_metrics(y_true, y_pred, n_boot=0)
+    assert m["n"] == 6
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["mae"] == pytest.approx(2 / 6)
+    # Per class by hand: KL0 P=1 R=1/2; KL1 P=1/2 R=1; KL2 P=R=1; KL3 P=R=0; KL4 P=1/2 R=1.
+    hand = {
+        "0": (1.0, 0.5, 2 / 3, 2),
+        "1": (0.5, 1.0, 2 / 3, 1),
+        "2": (1.0, 1.0, 1.0, 1),
+        "3": (0.0, 0.0, 0.0, 1),
+        "4": (0.5, 1.0, 2 / 3, 1),
+    }
+    for c, (p, r, f, s) in hand.items():
+        row = m["per_class"][c]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (p, r, f, s))
+    assert m["macro_f1"] == pytest.approx((2 / 3 * 3 + 1.0 + 0.0) / 5)
+    assert m["weighted_f1"] == pytest.approx((2 * 2 / 3 + 2 / 3 + 1 + 0 + 2 / 3) / 6)
+    # QWK by hand: w = (i-j)^2/16; two off-by-one errors -> observed = 2/16.
+    # Expected = sum_ij w_ij * rowsum_i * colsum_j / n with rows (2,1,1,1,1), cols (1,2,1,0,2).
+    rows, cols = [2, 1, 1, 1, 1], [1, 2, 1, 0, 2]
+    expected = sum((i - j) ** 2 / 16 * rows[i] * cols[j] / 6 for i in range(5) for j in range(5))
+    assert m["qwk"] == pytest.approx(1 - (2 / 16) / expected)
+    assert m["confusion_matrix"] == [
+        [1, 1, 0, 0, 0],
+        [0, 1, 0, 0, 0],
+        [0, 0, 1, 0, 0],
+        [0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 1],
+    ]
+    assert m["ci"] is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_keys_and_confusion_rows_match_support(seed):
+    y, p = _noisy_predictions(300, seed=seed)
+    m = classification_metrics(y, p, n_boot=50, seed=seed)
+    assert list(m["per_class"]) == ["0", "1", "2", "3", "4"]
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (5, 5) and cm.sum() == m["n"] == 300
+    for c in range(5):
+        assert cm[c].sum() == m["per_class"][str(c)]["support"] == int((y == c).sum())
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95])
+def test_ci_contains_point_estimate(level):
+    y, p = _noisy_predictions(500, seed=3)
+    m = classification_metrics(y, p, n_boot=500, seed=0, ci=level)
+    assert m["ci"]["level"] == level and m["ci"]["n_boot"] == 500 and m["ci"]["seed"] == 0
+    for key in ("accuracy", "macro_f1", "qwk"):
+        lo, hi = m["ci"][key]
+        assert lo <= m[key] <= hi
+        assert hi - lo < 0.2
+
+
+def test_wider_level_gives_wider_interval():
+    y, p = _noisy_predictions(400, seed=4)
+    narrow = classification_metrics(y, p, n_boot=400, seed=0, ci=0.5)["ci"]["accuracy"]
+    wide = classification_metrics(y, p, n_boot=400, seed=0, ci=0.99)["ci"]["accuracy"]
+    assert wide[0] <= narrow[0] and narrow[1] <= wide[1]
+
+
+def test_json_serialisable():
+    y, p = _noisy_predictions(120, seed=5)
+    m = classification_metrics(np.asarray(y), np.asarray(p), n_boot=20)
+    text = json.dumps(m, allow_nan=False)
+    assert json.loads(text) == m
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_deterministic_for_seed(seed):
+    y, p = _noisy_predictions(200, seed=6)
+    a = classification_metrics(y, p, n_boot=100, seed=seed)
+    b = classification_metrics(y, p, n_boot=100, seed=seed)
+    assert a == b
+    c = classification_metrics(y, p, n_boot=100, seed=seed + 1)
+    assert c["ci"] != a["ci"]
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred",
+    [
+        ([0, 0, 1, 1], [0, 1, 1, 0]),  # grades 2-4 absent everywhere
+        ([0, 1, 2], [0, 1, 4]),  # KL4 predicted but absent from y_true
+    ],
+)
+def test_absent_labels_still_five_entries(y_true, y_pred):
+    m = classification_metrics(y_true, y_pred, n_boot=30)
+    assert list(m["per_class"]) == ["0", "1", "2", "3", "4"]
+    assert np.array(m["confusion_matrix"]).shape == (5, 5)
+    for c in range(5):
+        if c not in y_true:
+            assert m["per_class"][str(c)]["support"] == 0
+            assert m["per_class"][str(c)]["recall"] == 0.0
+    # macro F1 averages over grades present in y_true or y_pred (sklearn's default).
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+
+
+def test_batch_scores_match_sklearn_on_resamples():
+    # The vectorised bootstrap scores must agree with sklearn on the same resamples.
+    y, p = _noisy_predictions(150, seed=8)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, y.size, size=(20, y.size))
+    cms = np.zeros((20, 5, 5), dtype=np.int64)
+    for b in range(20):
+        np.add.at(cms[b], (y[idx[b]], p[idx[b]]), 1)
+    got = _batch_scores(cms)
+    for b in range(20):
+        yt, yp = y[idx[b]], p[idx[b]]
+        assert got["accuracy"][b] == pytest.approx(np.mean(yt == yp))
+        assert got["macro_f1"][b] == pytest.approx(f1_score(yt, yp, average="macro"))
+        assert got["qwk"][b] == pytest.approx(
+            cohen_kappa_score(yt, yp, labels=list(range(5)), weights="quadratic"))
+
+
+@pytest.mark.parametrize(
+    "y, rate",
+    [([0, 0, 1, 2], 0.5), ([4], 1.0), ([0, 1, 2, 3, 4], 0.2), (np.array([3, 3, 3, 1]), 0.75)],
+)
+def test_majority_rate(y, rate):
+    assert majority_rate(y) == pytest.approx(rate)
+    assert isinstance(majority_rate(y), float)
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred, kwargs, match",
+    [
+        ([0, 1], [0], {}, "samples"),
+        ([], [], {}, "no samples"),
+        ([0, 5], [0, 1], {}, "0..4"),
+        ([0, -1], [0, 1], {}, "0..4"),
+        ([0, 1.5], [0, 1], {}, "integers"),
+        ([[0, 1]], [[0, 1]], {}, "1-D"),
+        ([0, 1], [0, 1], {"n_boot": -1}, "n_boot"),
+        ([0, 1], [0, 1], {"ci": 1.0}, "ci"),
+    ],
+)
+def test_input_errors(y_true, y_pred, kwargs, match):
+    with pytest.raises(KoaError, match=match):
+        classification_metrics(y_true, y_pred, **kwargs)
+
+
+def test_majority_rate_empty():
+    with pytest.raises(KoaError):
+        majority_rate([])
+
+
+@pytest.mark.parametrize("n_boot", [0, 50])
+def test_format_report(n_boot):
+    y, p = _noisy_predictions(100, seed=9)
+    m = classification_metrics(y, p, n_boot=n_boot)
+    text = format_report(m)
+    for label in ("precision", "recall", "f1-score", "support", "KL0", "KL4", "accuracy",
+                  "macro avg", "weighted avg", "QWK", "MAE"):
+        assert label in text
+    assert f"{m['accuracy']:.4f}" in text and f"{m['qwk']:.4f}" in text
+    assert ("95% CI" in text) == bool(n_boot)
+
+
+def test_bootstrap_speed_paper_sized_test_set():
+    # 1,000 resamples of the paper's 1,656 test images: generous bound for slow CI boxes.
+    import time
+
+    y, p = _noisy_predictions(1656, seed=10)
+    t0 = time.perf_counter()
+    m = classification_metrics(y, p, n_boot=1000, seed=0)
+    assert time.perf_counter() - t0 < 10.0
+    assert m["ci"]["n_boot"] == 1000

@@ -1,0 +1,133 @@
+"""Model variants of paper §2.4 / Table 5: shapes, sharing, gating, pretrained loading."""
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from koa_core.config import ModelConfig
+from koa_core.errors import KoaError
+from koa_core.models import KLNet, build_model
+
+VARIANTS = {
+    "proposed": {},
+    "raw-only": {"streams": "raw"},
+    "clahe-only": {"streams": "clahe"},
+    "dual-no-attention": {"cross_attention": False, "fusion": "mean"},
+    "dual-attn-mean": {"fusion": "mean"},
+    "no-aux": {"aux_heads": False},
+}
+
+
+def _model(**kw) -> KLNet:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(pretrained="none", **kw)).eval()
+
+
+def _x(b=3, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, 2, size, size), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_shapes_and_finite(name):
+    kw = VARIANTS[name]
+    out = _model(**kw)(_x())
+    assert out["logits"].shape == (3, 5)
+    assert torch.isfinite(out["logits"]).all()
+    if kw.get("aux_heads", True):
+        assert out["aux_binary"].shape == (3, 2) and out["aux_early"].shape == (3, 3)
+    else:
+        assert out["aux_binary"] is None and out["aux_early"] is None
+    if kw.get("streams", "dual") == "dual":
+        assert out["gate"].shape == (3, 2)
+    else:
+        assert out["gate"] is None
+
+
+def test_one_trunk_shared_by_both_streams():
+    m = _model()
+    stems = [mod for mod in m.modules()
+             if isinstance(mod, torch.nn.Conv2d) and mod.in_channels == 3]
+    assert len(stems) == 1
+    # No-attention dual model has exactly the single-stream parameter count: no second trunk.
+    n = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    assert n(_model(cross_attention=False, fusion="mean")) == n(_model(streams="raw"))
+    # A loss that only sees the CLAHE stream still trains the (shared) trunk.
+    m.train()
+    x = _x()
+    x[:, 0] = 0
+    feats, _ = m.forward_features(x)
+    m.zero_grad()
+    feats.sum().backward()
+    assert m.trunk[0].weight.grad.abs().sum() > 0
+
+
+def test_gate_weights_sum_to_one():
+    gate = _model()(_x(b=5))["gate"]
+    assert torch.allclose(gate.sum(1), torch.ones(5), atol=1e-6)
+    assert ((gate > 0) & (gate < 1)).all()
+    mean_gate = _model(fusion="mean")(_x())["gate"]
+    assert torch.equal(mean_gate, torch.full_like(mean_gate, 0.5))
+
+
+def test_uint8_and_float_inputs_agree():
+    m = _model()
+    x = _x()
+    a = m(x)["logits"]
+    b = m(x.float() / 255.0)["logits"]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_cross_attention_mixes_streams():
+    """With cross-attention, the raw stream's features depend on the CLAHE view."""
+    x = _x()
+    y = x.clone()
+    y[:, 1] = 255 - y[:, 1]
+    m = _model()
+    f_raw = lambda model, inp: model.forward_features(inp)[0]  # noqa: E731
+    assert not torch.allclose(f_raw(m, x), f_raw(m, y))
+    single = _model(streams="raw")
+    assert torch.allclose(f_raw(single, x), f_raw(single, y))
+
+
+@pytest.mark.parametrize("bad", [{"streams": "triple"}, {"fusion": "concat"}])
+def test_bad_config_is_user_error(bad):
+    with pytest.raises(KoaError):
+        KLNet(ModelConfig(pretrained="none", **bad))
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
+        _model()(torch.zeros(2, 3, 64, 64))
+
+
+def test_imagenet_unavailable_is_one_clear_error(monkeypatch):
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__,
+                        "get_state_dict", offline)
+    with pytest.raises(KoaError, match="pretrained=none"):
+        build_model(ModelConfig(pretrained="imagenet"))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_pretrained_from_local_file(tmp_path, suffix):
+    torch.manual_seed(1)
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / f"r18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    else:
+        torch.save(ref.state_dict(), path)
+    m = build_model(ModelConfig(pretrained=str(path)))
+    assert torch.equal(m.trunk[0].weight, ref.conv1.weight)
+    assert torch.equal(m.trunk[7][1].conv2.weight, ref.layer4[1].conv2.weight)
+
+
+def test_pretrained_missing_file():
+    with pytest.raises(KoaError, match="neither"):
+        build_model(ModelConfig(pretrained="/no/such/weights.pth"))
