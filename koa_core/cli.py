@@ -101,6 +101,90 @@ def add_data_commands(sub) -> None:
         q.set_defaults(func=func)
 
 
+# ---------------------------------------------------------------- model commands
+def _cmd_train(args) -> int:
+    from .config import apply_overrides, load_config
+    from .engine import fit, load_run_config
+
+    if args.resume:
+        if args.config:
+            raise KoaError("--resume continues the run's saved config; use --set to change "
+                           "a value, not --config")
+        cfg = apply_overrides(load_run_config(args.out), args.set)
+    else:
+        cfg = load_config(args.config, args.set)
+    if args.data:
+        cfg.data.root = args.data
+    try:
+        summary = fit(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise KoaError(f"interrupted; the last completed epoch is saved in {args.out}; "
+                       f"continue with: koa train --resume --out {args.out}") from None
+    metric = cfg.train.select_metric
+    print(f"done: {summary['epochs_run']} epoch(s) in {summary['seconds']:.0f} s; best val "
+          f"{metric} {summary['best_' + metric]:.4f}; checkpoint {args.out}/best.safetensors")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .inference import evaluate_checkpoint
+    from .metrics import format_report
+
+    m = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, out=args.out,
+                            predictions=args.predictions, batch_size=args.batch_size,
+                            n_boot=args.n_boot, cache_dir=args.cache_dir,
+                            allow_leakage=args.allow_leakage, progress=not args.quiet)
+    print(f"{m['checkpoint']} on {args.data} [{args.split}], n = {m['n']}")
+    print(format_report(m))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .inference import predict_files
+
+    preds = predict_files(args.images, args.checkpoint, cam_dir=args.cam)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in preds], indent=2))
+    else:
+        for p in preds:
+            print(p.line(), file=sys.stderr if p.error else sys.stdout)
+    return 1 if any(p.error for p in preds) else 0
+
+
+def add_model_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a model (config YAML + --set overrides)")
+    p.add_argument("--config", action="append", default=[],
+                   help="YAML file or bundled profile (demo, paper, ablation-raw, "
+                   "ablation-clahe, ablation-dual-noattn); repeat to stack, later wins")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--data", help="dataset root (same as --set data.root=ROOT)")
+    p.add_argument("--out", required=True, help="run folder for history, config, checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the shipped one)")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", help="write metrics JSON here")
+    p.add_argument("--predictions", help="write per-image predictions CSV here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--allow-leakage", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="grade knee images (and Grad-CAM overlays)")
+    p.add_argument("images", nargs="+", help="PNG, JPEG or WebP files")
+    p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the shipped one)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--cam", metavar="DIR", help="write Grad-CAM overlays of both streams here")
+    p.set_defaults(func=_cmd_predict)
+
+
 # ---------------------------------------------------------------- parser and main
 def build_parser() -> argparse.ArgumentParser:
     """The full ``koa`` parser (tests build and inspect it)."""
@@ -109,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"koa_core {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_data_commands(sub)
+    add_model_commands(sub)
     for extra in _EXTRA_COMMANDS:
         extra(sub)
     return parser

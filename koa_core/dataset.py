@@ -55,8 +55,9 @@ class KneeDataset(Dataset):
         r = self.records[i]
         meta = {k: ("" if v is None else v) for k, v in asdict(r).items()}
         meta["index"] = i
-        return (torch.from_numpy(np.ascontiguousarray(raw))[None],
-                torch.from_numpy(np.ascontiguousarray(clahe))[None], grade, meta)
+        # np.array copies out of the read-only memory map (torch wants writable memory)
+        return (torch.from_numpy(np.array(raw))[None], torch.from_numpy(np.array(clahe))[None],
+                grade, meta)
 
 
 def _worker_init(worker_id: int) -> None:

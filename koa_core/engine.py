@@ -1,0 +1,403 @@
+"""Training engine: data preparation, epochs, validation-based selection, resume, DDP.
+
+``fit(cfg, out_dir)`` trains the configured model (paper §2.3-2.4) and writes into the run
+folder: ``config.yaml`` (resolved), ``history.csv`` (one row per epoch), ``best.safetensors``
++ ``best.json`` (the checkpoint chosen on VALIDATION, macro F1 by default) and
+``last_state.safetensors`` (everything ``--resume`` needs). The test split is never read.
+
+Choices the paper leaves open are ours and stated in :mod:`koa_core.config`: AdamW, a
+linear warmup then cosine learning-rate schedule stepped per batch, early stopping on the
+selection metric, gradient clipping. bf16 autocast and channels_last are used where the
+hardware runs them natively (CUDA with bf16; CPUs with AVX-512-BF16 or AMX). Every epoch
+reseeds torch, the shuffling generator and the augmentation streams from (seed, epoch),
+so a resumed run repeats an uninterrupted one. Under ``torchrun`` the same code trains with
+DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from .augment import ClassAugment
+from .cache import ViewCache
+from .checkpoint import load_state, save_checkpoint, save_state
+from .config import Config, config_from_dict, config_to_dict
+from .data import discover
+from .dataset import KneeDataset, class_counts, make_loader, stratified_subset
+from .errors import KoaError
+from .losses import KLMultiTaskLoss, resolve_alpha
+from .metrics import classification_metrics
+from .models import build_model
+from .preprocess import Preprocessor
+
+__all__ = ["seed_everything", "resolve_device", "amp_dtype", "prepare_data", "predict_views",
+           "fit", "TrainData"]
+
+HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_aux_binary",
+                  "train_aux_early", "train_accuracy", "val_accuracy", "val_macro_f1", "val_qwk",
+                  "val_mae", "val_kl4_recall", "val_gate_raw", "epoch_s", "train_img_s"]
+
+
+# ---------------------------------------------------------------- environment
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def resolve_device(local_rank: int = 0) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _cpu_has_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, c, lambda: False)() for c in checks)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for ``"bf16"``; for ``"auto"`` only where the hardware runs bf16 natively."""
+    if mode is False or mode == "off":  # YAML reads a bare `off` as false
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode != "auto":
+        raise KoaError(f"train.amp must be auto, bf16 or off (got {mode!r})")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _cpu_has_bf16() else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    train: KneeDataset
+    val: KneeDataset
+    root: str
+    counts: dict
+
+
+def _phantom_root(cfg: Config, cache: ViewCache) -> Path:
+    from .phantom import write_phantom
+
+    root = cache.dir / "phantom" / f"seed{cfg.data.phantom_seed}-n{cfg.data.phantom_per_class}"
+    done = root / ".complete"
+    if not done.exists():
+        import shutil
+        tmp = root.with_name(root.name + f".{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_phantom(tmp, per_class=cfg.data.phantom_per_class, seed=cfg.data.phantom_seed)
+        (tmp / ".complete").write_text("ok\n")
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+    return root
+
+
+def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -> TrainData:
+    """Discover the data (or make the phantom), check leakage, cache views, build datasets."""
+    cache = ViewCache(cfg.data.cache_dir)
+    root = Path(cfg.data.root) if cfg.data.root else _phantom_root(cfg, cache)
+    index = discover(root, seed=cfg.train.seed, manifest_dir=cache.dir / "manifests")
+    index.require_no_leakage(cfg.data.allow_leakage)
+    pre = Preprocessor.from_config(cfg)
+    sets = {}
+    for split in splits:
+        recs = stratified_subset(index.split(split), cfg.data.subset, seed=cfg.train.seed)
+        if not recs:
+            raise KoaError(f"{root}: the {split} split has no images")
+        views = cache.get(recs, pre, root=str(root), progress=progress)
+        aug = None
+        if split == "train" and cfg.augment.enabled:
+            aug = ClassAugment(cfg.data.image_size, cfg.augment.class_specific,
+                               seed=cfg.augment.seed)
+        sets[split] = KneeDataset(recs, views, aug)
+    counts = {s: class_counts(d.records) for s, d in sets.items()}
+    return TrainData(sets.get("train"), sets.get("val"), str(root), counts)
+
+
+# ---------------------------------------------------------------- steps
+def _batch_input(raw, clahe, device, channels_last):
+    x = torch.cat([raw, clahe], dim=1).to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def predict_views(model: torch.nn.Module, views: np.ndarray | torch.Tensor, batch_size: int = 64,
+                  device: torch.device | None = None, dtype: torch.dtype | None = None,
+                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities (N, 5) and fusion gates (N, 2) or None for (N, 2, S, S) views."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    probs, gates = [], []
+    for i in range(0, len(views), batch_size):
+        chunk = torch.from_numpy(np.array(views[i:i + batch_size]))  # copy off the memmap
+        x = chunk.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, dtype):
+            out = model(x)
+        probs.append(torch.softmax(out["logits"].float(), dim=1).cpu())
+        if out["gate"] is not None:
+            gates.append(out["gate"].float().cpu())
+    p = torch.cat(probs).numpy() if probs else np.zeros((0, 5), np.float32)
+    return p, (torch.cat(gates).numpy() if gates else None)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def _train_epoch(model, loader, loss_fn, opt, sched, device, dtype, cfg, epoch, progress, rank):
+    from tqdm.auto import tqdm
+
+    model.train()
+    sums = {"loss": 0.0, "main": 0.0, "aux_binary": 0.0, "aux_early": 0.0}
+    n = correct = steps = 0
+    t0 = time.perf_counter()
+    it = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False,
+              disable=not progress or rank != 0)
+    for raw, clahe, y, _ in it:
+        x = _batch_input(raw, clahe, device, cfg.train.channels_last)
+        y = y.to(device, non_blocking=True)
+        with _autocast(device, dtype):
+            out = model(x)
+        parts = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()}, y)
+        loss = parts["loss"]
+        if not torch.isfinite(loss):
+            raise KoaError(f"the training loss became {loss.item()} at epoch {epoch}, step "
+                           f"{steps}; lower train.lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        b = y.shape[0]
+        n += b
+        steps += 1
+        correct += int((out["logits"].argmax(1) == y).sum())
+        for k in sums:
+            sums[k] += float(parts[k].detach()) * b
+        it.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
+            break
+    dt = time.perf_counter() - t0
+    stats = torch.tensor([sums["loss"], sums["main"], sums["aux_binary"], sums["aux_early"],
+                          correct, n], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(stats)
+    n_all = max(1.0, float(stats[5]))
+    return {"train_loss": stats[0].item() / n_all, "train_main": stats[1].item() / n_all,
+            "train_aux_binary": stats[2].item() / n_all,
+            "train_aux_early": stats[3].item() / n_all,
+            "train_accuracy": stats[4].item() / n_all, "train_img_s": n_all / dt}
+
+
+def _validate(model, ds: KneeDataset, cfg, device, dtype) -> dict:
+    probs, gates = predict_views(model, ds.views, cfg.train.batch_size * 2, device, dtype,
+                                 cfg.train.channels_last)
+    y = ds.grades
+    m = classification_metrics(y, probs.argmax(1), n_boot=0)
+    return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "val_qwk": m["qwk"],
+            "val_mae": m["mae"], "val_kl4_recall": m["per_class"]["4"]["recall"],
+            "val_gate_raw": float(gates[:, 0].mean()) if gates is not None else float("nan"),
+            "_metrics": m}
+
+
+# ---------------------------------------------------------------- fit
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise KoaError(f"{out}: output folder is not writable ({exc.strerror})") from None
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train, select on validation, write the run folder; returns a summary dict."""
+    out = Path(out_dir)
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if ddp and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if ddp else 0
+    world = dist.get_world_size() if ddp else 1
+    device = resolve_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    state_path, best_path = out / "last_state.safetensors", out / "best.safetensors"
+    if resume:
+        if not (out / "config.yaml").exists() or not state_path.exists():
+            raise KoaError(f"{out}: nothing to resume (no config.yaml / last_state.safetensors)")
+    elif rank == 0 and state_path.exists():
+        raise KoaError(f"{out}: already holds a run; use --resume to continue it or choose "
+                       "another --out")
+    if rank == 0:
+        _check_writable(out)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+
+    # Rank 0 builds the phantom and the view cache first; the others then read them.
+    if rank == 0:
+        data = prepare_data(cfg, progress=progress)
+    if ddp:
+        dist.barrier()
+    if rank != 0:
+        data = prepare_data(cfg)
+
+    model = build_model(cfg.model).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = amp_dtype(cfg.train.amp, device)
+    alpha = resolve_alpha(cfg.loss.alpha, data.counts["train"])
+    loss_fn = KLMultiTaskLoss(alpha=alpha, gamma=cfg.loss.gamma,
+                              aux_binary_weight=cfg.loss.aux_binary_weight,
+                              aux_early_weight=cfg.loss.aux_early_weight).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                            weight_decay=cfg.train.weight_decay)
+    sampler = None
+    if ddp:
+        from torch.utils.data.distributed import DistributedSampler
+        sampler = DistributedSampler(data.train, shuffle=True, seed=cfg.train.seed)
+    steps_per_epoch = math.ceil(len(data.train) / (cfg.train.batch_size * world))
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(steps_per_epoch * cfg.train.epochs,
+                        steps_per_epoch * cfg.train.warmup_epochs))
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) \
+        if ddp else model
+
+    start, best, stale, history = 1, -math.inf, 0, []
+    if resume:
+        st = load_state(state_path)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start, best, stale, history = st["epoch"] + 1, st["best"], st["stale"], st["history"]
+    if rank == 0:
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) \
+        if rank == 0 and _in_main_thread() else None
+    t_start = time.perf_counter()
+    try:
+        for epoch in range(start, cfg.train.epochs + 1):
+            if stale >= cfg.train.patience:
+                break
+            torch.manual_seed(cfg.train.seed * 1000 + epoch)
+            data.train.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            loader = make_loader(data.train, cfg.train.batch_size, shuffle=True,
+                                 seed=cfg.train.seed * 1000 + epoch,
+                                 num_workers=cfg.data.num_workers, sampler=sampler)
+            t0 = time.perf_counter()
+            row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+            row.update(_train_epoch(net, loader, loss_fn, opt, sched, device, dtype, cfg, epoch,
+                                    progress, rank))
+            val = _validate(model, data.val, cfg, device, dtype)
+            metrics = val.pop("_metrics")
+            row.update(val)
+            row["epoch_s"] = time.perf_counter() - t0
+            history.append(row)
+            score = row[f"val_{cfg.train.select_metric}"]
+            improved = score > best
+            best, stale = (score, 0) if improved else (best, stale + 1)
+            if rank == 0:
+                if improved:
+                    save_checkpoint(best_path, model, _sidecar(cfg, data, metrics, epoch, device,
+                                                              world))
+                _write_history(out / "history.csv", history)
+                save_state(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                        "scheduler": sched.state_dict(), "epoch": epoch,
+                                        "best": best, "stale": stale, "history": history})
+                if progress:
+                    print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc "
+                          f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
+                          f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        if ddp:
+            dist.destroy_process_group()
+    return {"out": str(out), "epochs_run": len(history), "best_" + cfg.train.select_metric: best,
+            "history": history, "seconds": time.perf_counter() - t_start}
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)
+
+
+def _sidecar(cfg: Config, data: TrainData, metrics: dict, epoch: int, device, world) -> dict:
+    return {
+        "config": config_to_dict(cfg),
+        "preprocess": Preprocessor.from_config(cfg).params(),
+        "epoch": epoch,
+        "select_metric": cfg.train.select_metric,
+        "val_metrics": metrics,
+        "data": {"root": data.root if cfg.data.root else "synthetic phantom",
+                 "train_counts": data.counts["train"], "val_counts": data.counts["val"]},
+        "hardware": _hardware(device) + (f" x{world}" if world > 1 else ""),
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config saved in a run folder."""
+    p = Path(run_dir) / "config.yaml"
+    try:
+        return config_from_dict(yaml.safe_load(p.read_text()) or {}, origin=str(p))
+    except OSError:
+        raise KoaError(f"{p}: cannot read the run's config") from None

@@ -1,0 +1,172 @@
+"""Training engine: run folder, validation selection, resume, faults, DDP (paper §2.3-2.4)."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from koa_core import engine
+from koa_core.config import load_config
+from koa_core.errors import KoaError
+
+
+def _cfg(cache_dir, **extra):
+    sets = [f"data.cache_dir={cache_dir}", "data.image_size=64", "data.phantom_per_class=12",
+            "model.pretrained=none", "train.epochs=2", "train.batch_size=8",
+            "train.warmup_epochs=1", "train.max_steps_per_epoch=3", "train.amp=off"]
+    sets += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, sets)
+
+
+def test_fit_writes_run_folder(tmp_path):
+    out = tmp_path / "run"
+    summary = engine.fit(_cfg(tmp_path / "cache"), out, progress=False)
+    assert summary["epochs_run"] == 2
+    names = set(os.listdir(out))
+    assert {"config.yaml", "history.csv", "best.safetensors", "best.json",
+            "last_state.safetensors"} <= names
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert 0 <= float(r["val_accuracy"]) <= 1 and float(r["train_loss"]) > 0
+        assert 0 < float(r["val_gate_raw"]) < 1
+    side = json.loads((out / "best.json").read_text())
+    best_epoch = max(rows, key=lambda r: float(r["val_macro_f1"]))["epoch"]
+    assert side["epoch"] == int(best_epoch)  # chosen on validation macro F1
+    assert side["select_metric"] == "macro_f1"
+    assert side["data"]["root"] == "synthetic phantom"
+    assert side["preprocess"]["clahe_clip"] == 2.0
+    assert set(side["val_metrics"]) >= {"accuracy", "macro_f1", "qwk", "per_class"}
+
+
+def test_test_split_is_never_read(tmp_path):
+    """Corrupt every test image: training must not notice (it never opens them)."""
+    cfg = _cfg(tmp_path / "cache", **{"train.epochs": 1})
+    root = engine._phantom_root(cfg, engine.ViewCache(cfg.data.cache_dir))
+    tests = list((root / "test").rglob("*.png"))
+    assert tests
+    for p in tests:
+        p.write_bytes(b"not an image")
+    engine.fit(cfg, tmp_path / "run", progress=False)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _final_weights(run):
+    return load_file(str(run / "last_state.safetensors"))
+
+
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cfg = _cfg(cache, **{"train.deterministic": "true"})
+    engine.fit(cfg, tmp_path / "a", progress=False)
+    full = _final_weights(tmp_path / "a")
+
+    real_epoch = engine._train_epoch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # part-way into epoch 2
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.setattr(engine, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, tmp_path / "b", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "history.csv")))
+    assert len(rows) == 1  # epoch 1 is saved intact
+    monkeypatch.setattr(engine, "_train_epoch", real_epoch)
+    with pytest.raises(KoaError, match="--resume"):
+        engine.fit(cfg, tmp_path / "b", progress=False)
+    engine.fit(engine.load_run_config(tmp_path / "b"), tmp_path / "b", resume=True,
+               progress=False)
+    resumed = _final_weights(tmp_path / "b")
+    model_keys = [k for k in full if k.startswith("s.model.")]
+    assert model_keys
+    for k in model_keys:
+        assert torch.equal(full[k], resumed[k]), k
+    hist_a = list(csv.DictReader(open(tmp_path / "a" / "history.csv")))
+    hist_b = list(csv.DictReader(open(tmp_path / "b" / "history.csv")))
+    assert [r["val_macro_f1"] for r in hist_a] == [r["val_macro_f1"] for r in hist_b]
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path, monkeypatch):
+    real = engine.KLMultiTaskLoss.forward
+
+    def nan_loss(self, outputs, target):
+        parts = real(self, outputs, target)
+        parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(engine.KLMultiTaskLoss, "forward", nan_loss)
+    with pytest.raises(KoaError, match="loss became nan"):
+        engine.fit(_cfg(tmp_path / "cache"), tmp_path / "run", progress=False)
+
+
+def test_unwritable_output_fails_before_training(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    called = []
+    monkeypatch.setattr(engine, "prepare_data", lambda *a, **k: called.append(1))
+    with pytest.raises(KoaError, match="not writable"):
+        engine.fit(_cfg(tmp_path / "cache"), blocker / "run", progress=False)
+    assert not called
+
+
+def test_resume_without_run(tmp_path):
+    with pytest.raises(KoaError, match="nothing to resume"):
+        engine.fit(_cfg(tmp_path / "cache"), tmp_path / "empty", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("mode,device,expected", [
+    ("off", "cpu", None), ("bf16", "cpu", torch.bfloat16), ("bf16", "cuda", torch.bfloat16)])
+def test_amp_dtype(mode, device, expected):
+    assert engine.amp_dtype(mode, torch.device(device)) == expected
+
+
+def test_amp_dtype_bad_mode():
+    with pytest.raises(KoaError):
+        engine.amp_dtype("fp8", torch.device("cpu"))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = engine._lr_lambda(total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0, abs=1e-9)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """`torchrun --nproc_per_node 2` runs the same command with DDP over gloo."""
+    cache = tmp_path / "cache"
+    # Build the phantom and its cache once, so both ranks start from the same files.
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "koa_core.cli", "train", "--quiet", "--out", str(out)]
+    for s in [f"data.cache_dir={cache}", "data.image_size=64", "data.phantom_per_class=12",
+              "model.pretrained=none", "train.epochs=1", "train.batch_size=4",
+              "train.max_steps_per_epoch=2", "train.amp=off", "train.warmup_epochs=1"]:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert len(rows) == 1
+    assert (out / "best.safetensors").exists()
