@@ -88,9 +88,10 @@ class ViewCache:
             return None
         try:
             meta = json.loads(meta_p.read_text())
-            arr = np.load(arr_p, mmap_mode="r")
-            ok = list(arr.shape) == meta["shape"] and _digest(arr) == meta["digest"]
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            arr = np.load(arr_p, mmap_mode="r", allow_pickle=False)
+            ok = (isinstance(arr, np.ndarray) and list(arr.shape) == meta["shape"]
+                  and _digest(arr) == meta["digest"])
+        except Exception:  # any failure to read it back means: rebuild, never trust it
             ok = False
         if not ok:
             self.last_status = "corrupt"

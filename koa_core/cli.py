@@ -27,6 +27,16 @@ class _Parser(argparse.ArgumentParser):
         raise KoaError(message)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
 # ---------------------------------------------------------------- data commands
 def _cmd_synth(args) -> int:
     from .phantom import write_phantom
@@ -90,7 +100,7 @@ def add_data_commands(sub) -> None:
                             ("stats", _cmd_data_stats, "the same facts as data")):
         q = dsub.add_parser(name, help=hlp)
         q.add_argument("root", help="dataset root: ROOT/{train,val,test}/{0..4} or ROOT/{0..4}")
-        q.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+        q.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1)
         q.add_argument("--seed", type=int, default=0, help="split seed for a flat root")
         q.add_argument("--cache-dir", default=None,
                        help="where a flat root's split manifest is written")
@@ -214,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("koa: error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # e.g. an output path under a file, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"koa: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. `koa data stats ROOT --json | head`
         return 0
 

@@ -134,6 +134,41 @@ def _section_types(cfg: Config) -> dict[str, dict[str, dataclasses.Field]]:
     }
 
 
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
+
+
+def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Bring a YAML/CLI value to the field's declared type, or fail with one clear line."""
+    kind = str(f.type)
+    if value is None:
+        if "None" in kind or kind == "Any":
+            return None
+        raise KoaError(f"{where}: a value is required")
+    if kind == "Any":
+        return value
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            return _BOOL_WORDS[str(value).strip().lower()]
+        if kind.startswith("int"):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind.startswith("str"):
+            if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a bool
+                return "on" if value else "off"
+            return str(value)
+    except (ValueError, KeyError, TypeError):
+        raise KoaError(f"{where}: {value!r} is not a valid {kind.split(' ')[0]}") from None
+    return value
+
+
 def _set(cfg: Config, section: str, key: str, value: Any, origin: str) -> None:
     sections = _section_types(cfg)
     if section not in sections:
@@ -142,6 +177,7 @@ def _set(cfg: Config, section: str, key: str, value: Any, origin: str) -> None:
     if key not in sections[section]:
         raise KoaError(f"{origin}: unknown key {section}.{key} "
                        f"(known: {', '.join(sections[section])})")
+    value = _coerce(sections[section][key], value, f"{origin}: {section}.{key}")
     setattr(getattr(cfg, section), key, value)
 
 
@@ -191,6 +227,8 @@ def _read_yaml(path: str | Path) -> tuple[Path, dict]:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise KoaError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise KoaError(f"{p}: not a text (UTF-8) file") from None
     except OSError as exc:
         raise KoaError(f"{p}: cannot read ({exc.strerror})") from None
     if not isinstance(data, dict):

@@ -215,16 +215,19 @@ def split_flat(pool: list[tuple[Path, int]], seed: int = 0,
     groups = [parse_name(p)[0] or str(p) for p, _ in pool]
     n_folds = 10
     min_class = min(Counter(grades.tolist()).values())
+    fold_of = np.empty(len(pool), dtype=int)
     if min_class < n_folds:
-        # too few images of some grade for 10 stratified folds: group-only fallback
-        from sklearn.model_selection import GroupKFold
-        folds = GroupKFold(n_splits=min(n_folds, len(set(groups)))).split(grades, groups=groups)
+        # Too few images of some grade for 10 stratified folds: deal the patients, in a
+        # seeded order, round-robin over the 10 folds (still grouped, not stratified).
+        uniq = sorted(set(groups))
+        order = np.random.default_rng(seed).permutation(len(uniq))
+        fold_of_group = {uniq[j]: k % n_folds for k, j in enumerate(order)}
+        fold_of[:] = [fold_of_group[g] for g in groups]
     else:
         folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
             np.zeros(len(grades)), grades, groups)
-    fold_of = np.empty(len(pool), dtype=int)
-    for k, (_, test_idx) in enumerate(folds):
-        fold_of[test_idx] = k
+        for k, (_, test_idx) in enumerate(folds):
+            fold_of[test_idx] = k
     n_train, n_val = round(fractions[0] * 10), round(fractions[1] * 10)
     names = np.where(fold_of < n_train, "train", np.where(fold_of < n_train + n_val, "val",
                                                           "test"))

@@ -64,9 +64,9 @@ def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     ds = info.dataset
     if getattr(ds, "augment", None) is not None:
-        # torch.initial_seed() differs per worker and derives from the loader's seeded
-        # generator, so worker streams are distinct yet reproducible.
-        ds.augment.reseed(torch.initial_seed() % (2**31))
+        # Mix the epoch seed (set by set_epoch before the workers start) with the worker
+        # id: streams differ per worker and per epoch, and repeat on resume.
+        ds.augment.reseed(ds.epoch_seed * 1009 + info.id)
 
 
 def make_loader(ds: KneeDataset, batch_size: int, shuffle: bool, seed: int = 0,
