@@ -128,6 +128,10 @@ def _cmd_train(args) -> int:
     try:
         summary = fit(cfg, args.out, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
+        state = Path(args.out) / "last_state.safetensors"
+        if not state.exists():
+            raise KoaError("interrupted before the first epoch completed; nothing was "
+                           "saved") from None
         raise KoaError(f"interrupted; the last completed epoch is saved in {args.out}; "
                        f"continue with: koa train --resume --out {args.out}") from None
     metric = cfg.train.select_metric
@@ -195,6 +199,59 @@ def add_model_commands(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _cmd_bench(args) -> int:
+    from .bench import format_table, run_benchmarks
+
+    r = run_benchmarks(args.data, n_images=args.images, size=args.size, batch=args.batch,
+                       steps=args.steps, workers=args.workers, compile_=args.compile,
+                       skip_model=args.skip_model)
+    print(json.dumps(r, indent=2) if args.json else format_table(r))
+    return 0
+
+
+def add_bench_command(sub) -> None:
+    p = sub.add_parser("bench", help="throughput of the input pipeline and the model "
+                       "against a plain baseline (prints figures)")
+    p.add_argument("--data", help="dataset root (default: a temporary phantom)")
+    p.add_argument("--images", type=_positive_int, default=256,
+                   help="images for the pipeline benchmark (default 256)")
+    p.add_argument("--size", type=_positive_int, default=224)
+    p.add_argument("--batch", type=_positive_int, default=32)
+    p.add_argument("--steps", type=_positive_int, default=3, help="timed steps per model setting")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--skip-model", action="store_true", help="input pipeline only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_book(args) -> int:
+    from .book import run_book
+
+    r = run_book(args.profile, data=args.data, sets=args.set, root=args.root, only=args.only,
+                 html=not args.no_html)
+    total = sum(r["seconds"].values())
+    print(f"koa book: {len(r['seconds'])} chapter(s) executed in {total:.0f} s"
+          + (f"; HTML in {r['html']}" if r["html"] else ""))
+    return 0
+
+
+def add_book_command(sub) -> None:
+    p = sub.add_parser("book", help="execute the book's chapters (papermill) and build the "
+                       "HTML (jupyter-book)")
+    p.add_argument("--profile", default="demo",
+                   help="book/profiles/NAME.yaml: demo (synthetic phantom, CPU) or paper "
+                   "(a real dataset via --data, GPU); or a YAML path")
+    p.add_argument("--data", help="dataset root ROOT/{train,val,test}/{0..4} (required by paper)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a book parameter, e.g. --set n_boot=200 (repeatable)")
+    p.add_argument("--root", help="the project folder holding _config.yml (default: here)")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="execute only chapters whose name contains NAME (repeatable)")
+    p.add_argument("--no-html", action="store_true", help="execute, but skip jupyter-book")
+    p.set_defaults(func=_cmd_book)
+
+
 # ---------------------------------------------------------------- parser and main
 def build_parser() -> argparse.ArgumentParser:
     """The full ``koa`` parser (tests build and inspect it)."""
@@ -204,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_data_commands(sub)
     add_model_commands(sub)
+    add_bench_command(sub)
+    add_book_command(sub)
     for extra in _EXTRA_COMMANDS:
         extra(sub)
     return parser

@@ -121,9 +121,8 @@ def _list_images(folder: Path, skipped: list[str]) -> list[Path]:
         p = Path(entry.path)
         try:
             is_dir = entry.is_dir()
-        except OSError:  # e.g. a symlink loop
-            skipped.append(f"{p} (unreadable entry)")
-            continue
+        except OSError:  # e.g. a symlink loop: kept, so that reading it reports the error
+            is_dir = False
         if is_dir:
             skipped.append(f"{p}/ (unexpected folder)")
         elif is_image_file(p):
@@ -217,11 +216,12 @@ def split_flat(pool: list[tuple[Path, int]], seed: int = 0,
     min_class = min(Counter(grades.tolist()).values())
     fold_of = np.empty(len(pool), dtype=int)
     if min_class < n_folds:
-        # Too few images of some grade for 10 stratified folds: deal the patients, in a
-        # seeded order, round-robin over the 10 folds (still grouped, not stratified).
+        # Too few images of some grade for 10 stratified folds: spread the patients, in a
+        # seeded order, evenly over the 10 folds (grouped, not stratified), so that even a
+        # handful of patients reaches val and test.
         uniq = sorted(set(groups))
         order = np.random.default_rng(seed).permutation(len(uniq))
-        fold_of_group = {uniq[j]: k % n_folds for k, j in enumerate(order)}
+        fold_of_group = {uniq[j]: k * n_folds // len(uniq) for k, j in enumerate(order)}
         fold_of[:] = [fold_of_group[g] for g in groups]
     else:
         folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(

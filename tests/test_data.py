@@ -156,7 +156,6 @@ def test_missing_split_is_fine(phantom_copy):
     ("train/0", "1234567L.bmp", "not an image"),
     ("train/0", "subdir", "unexpected folder"),
     ("train", "README.md", "file outside the grade folders"),
-    ("train/2", "loop.png", "unreadable entry"),
 ])
 def test_non_images_listed_in_skipped(phantom_copy, where, name, fragment):
     n = len(discover(phantom_copy).records)
@@ -164,14 +163,25 @@ def test_non_images_listed_in_skipped(phantom_copy, where, name, fragment):
     if name == "subdir":
         target.mkdir()
         shutil.copy2(next((phantom_copy / "train" / "0").glob("*.png")), target / "1999999L.png")
-    elif name == "loop.png":
-        os.symlink(target.with_name("loop2.png"), target)
-        os.symlink(target, target.with_name("loop2.png"))
     else:
         target.write_text("x")
     idx = discover(phantom_copy)
     assert len(idx.records) == n
     assert any(str(target) in s and fragment in s for s in idx.skipped), idx.skipped
+
+
+def test_symlink_loop_is_kept_and_fails_when_read(phantom_copy):
+    """A looping link named like an image stays in the index so that reading reports it."""
+    from koa_core.errors import KoaError
+    from koa_core.imaging import read_gray
+
+    target = phantom_copy / "train" / "2" / "loop.png"
+    os.symlink(target.with_name("loop2.png"), target)
+    os.symlink(target, target.with_name("loop2.png"))
+    paths = {r.path for r in discover(phantom_copy).records}
+    assert str(target) in paths
+    with pytest.raises(KoaError, match="symbolic links"):
+        read_gray(target)
 
 
 def test_upper_case_and_other_formats_are_images(phantom_copy):
