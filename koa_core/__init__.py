@@ -15,4 +15,4 @@ __version__ = "0.1.0"
 GRADES = (0, 1, 2, 3, 4)
 GRADE_NAMES = ("KL0 healthy", "KL1 doubtful", "KL2 minimal", "KL3 moderate", "KL4 severe")
 
-__all__ = ["__version__", "GRADES", "GRADE_NAMES"]
+__all__ = ["GRADES", "GRADE_NAMES", "__version__"]

@@ -23,11 +23,11 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import albumentations as A
+import cv2
+import numpy as np
 
-__all__ = ["build_pipelines", "ClassAugment"]
+__all__ = ["ClassAugment", "build_pipelines"]
 
 _PAD = 8  # pixels of reflect padding before the basic random crop
 

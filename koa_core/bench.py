@@ -36,7 +36,7 @@ from .data import Record, discover
 from .dataset import KneeDataset, make_loader
 from .preprocess import Preprocessor, apply_clahe, resize_square
 
-__all__ = ["run_benchmarks", "format_table"]
+__all__ = ["format_table", "run_benchmarks"]
 
 
 # ---------------------------------------------------------------- memory

@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from .data import Record
 from .errors import KoaError
 from .preprocess import Preprocessor
 
-__all__ = ["default_cache_dir", "ViewCache"]
+__all__ = ["ViewCache", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:

@@ -26,8 +26,14 @@ from safetensors.torch import load_file, save_file
 from . import GRADE_NAMES, __version__
 from .errors import KoaError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_sidecar", "save_state", "load_state",
-           "sidecar_path"]
+__all__ = [
+    "load_checkpoint",
+    "load_state",
+    "read_sidecar",
+    "save_checkpoint",
+    "save_state",
+    "sidecar_path",
+]
 
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch's zip format
 

@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main"]
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option as one ``koa: error:`` line (exit 2)."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         raise KoaError(message)
 
 
@@ -55,8 +55,8 @@ def _cmd_synth(args) -> int:
 
 
 def _index(args):
-    from .data import discover
     from .cache import default_cache_dir
+    from .data import discover
 
     return discover(args.root, seed=getattr(args, "seed", 0),
                     manifest_dir=Path(args.cache_dir or default_cache_dir()) / "manifests")
@@ -252,6 +252,25 @@ def add_book_command(sub) -> None:
     p.set_defaults(func=_cmd_book)
 
 
+def _cmd_export(args) -> int:
+    from .export import export_run
+
+    path = export_run(args.run, args.out, dataset=args.dataset, note=args.note,
+                      dtype=args.dtype)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def add_export_command(sub) -> None:
+    p = sub.add_parser("export", help="publish a run's best checkpoint (bf16, no local paths)")
+    p.add_argument("run", help="run folder holding best.safetensors")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--dataset", required=True, help="what it was trained on, in words")
+    p.add_argument("--note", default="", help="free text stored in the sidecar")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.set_defaults(func=_cmd_export)
+
+
 # ---------------------------------------------------------------- parser and main
 def build_parser() -> argparse.ArgumentParser:
     """The full ``koa`` parser (tests build and inspect it)."""
@@ -262,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_model_commands(sub)
     add_bench_command(sub)
+    add_export_command(sub)
     add_book_command(sub)
     for extra in _EXTRA_COMMANDS:
         extra(sub)

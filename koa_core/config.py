@@ -21,19 +21,19 @@ import yaml
 from .errors import KoaError
 
 __all__ = [
-    "DataConfig",
-    "PreprocessConfig",
-    "AugmentConfig",
-    "ModelConfig",
-    "LossConfig",
-    "TrainConfig",
-    "Config",
-    "load_config",
-    "apply_overrides",
-    "config_to_dict",
-    "config_from_dict",
     "PAPER_ALPHA",
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "PreprocessConfig",
+    "TrainConfig",
+    "apply_overrides",
     "bundled_profiles",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
 ]
 
 # Table 2 of the paper: per-class alpha of the weighted focal loss.

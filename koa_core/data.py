@@ -31,13 +31,13 @@ from .imaging import is_image_file
 
 __all__ = [
     "SPLITS",
-    "Record",
     "DatasetIndex",
-    "parse_name",
+    "Record",
     "discover",
+    "parse_name",
+    "read_manifest",
     "split_flat",
     "write_manifest",
-    "read_manifest",
 ]
 
 SPLITS = ("train", "val", "test")

@@ -21,7 +21,7 @@ from .data import DatasetIndex
 from .errors import KoaError
 from .imaging import to_gray_uint8
 
-__all__ = ["ScanReport", "scan", "format_check"]
+__all__ = ["ScanReport", "format_check", "scan"]
 
 
 @dataclass
@@ -125,7 +125,7 @@ def scan(index: DatasetIndex, workers: int = 4) -> ScanReport:
         if len({s for s, _ in group}) > 1)
     for g in sorted(sums):
         arr = np.array(sums[g])
-        rep.intensity[str(g)] = {"n": int(len(arr)), "mean": round(float(arr[:, 0].mean()), 2),
+        rep.intensity[str(g)] = {"n": len(arr), "mean": round(float(arr[:, 0].mean()), 2),
                                  "std": round(float(arr[:, 1].mean()), 2)}
     return rep
 
@@ -160,8 +160,9 @@ def format_check(rep: ScanReport, allow_leakage: bool = False) -> str:
     for w in idx.warnings:
         lines.append(f"warning: {w}")
     if idx.skipped:
-        lines.append(f"skipped {len(idx.skipped)} non-image entr{'y' if len(idx.skipped) == 1 else 'ies'}"
-                     f", e.g. {idx.skipped[0]}")
+        n = len(idx.skipped)
+        lines.append(f"skipped {n} non-image entr{'y' if n == 1 else 'ies'}, "
+                     f"e.g. {idx.skipped[0]}")
     problems = rep.problems(allow_leakage)
     lines.append("")
     lines.append("usable: yes" if not problems else "usable: NO - " + "; ".join(problems))

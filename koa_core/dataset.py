@@ -10,8 +10,8 @@ side and split. Augmentation (:mod:`koa_core.augment`) runs in the loader worker
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from .cache import ViewCache
 from .data import Record
 from .preprocess import Preprocessor
 
-__all__ = ["KneeDataset", "make_loader", "load_views", "stratified_subset", "class_counts"]
+__all__ = ["KneeDataset", "class_counts", "load_views", "make_loader", "stratified_subset"]
 
 
 class KneeDataset(Dataset):

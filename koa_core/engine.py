@@ -44,8 +44,15 @@ from .metrics import classification_metrics
 from .models import build_model
 from .preprocess import Preprocessor
 
-__all__ = ["seed_everything", "resolve_device", "amp_dtype", "prepare_data", "predict_views",
-           "fit", "TrainData"]
+__all__ = [
+    "TrainData",
+    "amp_dtype",
+    "fit",
+    "predict_views",
+    "prepare_data",
+    "resolve_device",
+    "seed_everything",
+]
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_aux_binary",
                   "train_aux_early", "train_accuracy", "val_accuracy", "val_macro_f1", "val_qwk",

@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
-__all__ = ["LogitsOnly", "stream_layers", "grad_cam", "overlay", "save_cam_overlays"]
+__all__ = ["LogitsOnly", "grad_cam", "overlay", "save_cam_overlays", "stream_layers"]
 
 
 class LogitsOnly(nn.Module):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import KoaError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "is_image_file", "decode_gray", "read_gray"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "decode_gray", "is_image_file", "read_gray"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_PIXELS = 64_000_000  # ~8000x8000: larger files are almost surely not knee crops

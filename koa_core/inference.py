@@ -28,8 +28,14 @@ from .errors import KoaError
 from .metrics import classification_metrics
 from .preprocess import Preprocessor
 
-__all__ = ["DEFAULT_CHECKPOINT", "resolve_checkpoint", "preprocessor_from_sidecar",
-           "evaluate_checkpoint", "Prediction", "predict_files"]
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "Prediction",
+    "evaluate_checkpoint",
+    "predict_files",
+    "preprocessor_from_sidecar",
+    "resolve_checkpoint",
+]
 
 # The shipped checkpoint (see README): used when no --checkpoint is given.
 DEFAULT_CHECKPOINT = Path(__file__).parent / "weights" / "koa-dual-kl224.safetensors"

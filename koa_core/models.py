@@ -28,9 +28,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
 from .config import ModelConfig
 from .errors import KoaError

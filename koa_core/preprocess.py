@@ -25,7 +25,7 @@ import numpy as np
 
 from .imaging import read_gray
 
-__all__ = ["central_crop", "resize_square", "apply_clahe", "Preprocessor", "PREPROCESS_VERSION"]
+__all__ = ["PREPROCESS_VERSION", "Preprocessor", "apply_clahe", "central_crop", "resize_square"]
 
 # Bumped whenever the pixels this module produces change: part of every cache key.
 PREPROCESS_VERSION = 1
@@ -100,7 +100,7 @@ class Preprocessor:
         return {**asdict(self), "version": PREPROCESS_VERSION}
 
     @classmethod
-    def from_config(cls, cfg) -> "Preprocessor":
+    def from_config(cls, cfg) -> Preprocessor:
         """Build from a :class:`~koa_core.config.Config`."""
         return cls(size=cfg.data.image_size, crop=cfg.preprocess.crop,
                    clahe_clip=cfg.preprocess.clahe_clip, clahe_tiles=cfg.preprocess.clahe_tiles)

@@ -7,8 +7,13 @@ import pickle
 import pytest
 import torch
 
-from koa_core.checkpoint import (load_checkpoint, load_state, read_sidecar, save_checkpoint,
-                                 save_state)
+from koa_core.checkpoint import (
+    load_checkpoint,
+    load_state,
+    read_sidecar,
+    save_checkpoint,
+    save_state,
+)
 from koa_core.config import Config, config_to_dict
 from koa_core.errors import KoaError
 from koa_core.models import build_model
@@ -132,3 +137,23 @@ def test_training_state_round_trip(tmp_path):
     s1 = opt.state_dict()["state"][0]
     s2 = opt2.state_dict()["state"][0]
     assert torch.equal(s1["exp_avg"], s2["exp_avg"])
+
+
+def test_export_run_drops_local_paths(tiny_run, tmp_path):
+    from koa_core.export import export_run
+
+    run, root = tiny_run
+    out = export_run(run, tmp_path / "pub.safetensors", dataset="synthetic phantom v1",
+                     note="test export")
+    side = read_sidecar(out)
+    text = out.with_suffix(".json").read_text()
+    assert str(root) not in text and "cache" not in str(side["config"]["data"]["cache_dir"])
+    assert side["data"]["root"] == "synthetic phantom v1" and side["note"] == "test export"
+    assert side["weights_dtype"] == "torch.bfloat16"
+    assert side["training"]["epochs_run"] == 2
+    model, _ = load_checkpoint(out)
+    ref, _ = load_checkpoint(run / "best.safetensors")
+    x = torch.randint(0, 256, (4, 2, 64, 64), dtype=torch.uint8)
+    p_pub = torch.softmax(model(x)["logits"], 1)
+    p_ref = torch.softmax(ref(x)["logits"], 1)
+    assert torch.allclose(p_pub, p_ref, atol=0.05)  # bf16 rounding only

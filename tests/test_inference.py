@@ -48,7 +48,8 @@ def test_evaluate_missing_split(tiny_run, phantom_copy):
 def test_evaluate_unwritable_output(tiny_run, tmp_path):
     run, root = tiny_run
     with pytest.raises(KoaError, match="cannot write"):
-        inference.evaluate_checkpoint(run / "best.safetensors", root, out=tmp_path / "no" / "m.json")
+        inference.evaluate_checkpoint(run / "best.safetensors", root,
+                                      out=tmp_path / "no" / "m.json")
 
 
 def test_predict_files_good_and_bad(tiny_run, tmp_path):

@@ -52,7 +52,9 @@ def test_one_trunk_shared_by_both_streams():
              if isinstance(mod, torch.nn.Conv2d) and mod.in_channels == 3]
     assert len(stems) == 1
     # No-attention dual model has exactly the single-stream parameter count: no second trunk.
-    n = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    def n(mod):
+        return sum(p.numel() for p in mod.parameters())
+
     assert n(_model(cross_attention=False, fusion="mean")) == n(_model(streams="raw"))
     # A loss that only sees the CLAHE stream still trains the (shared) trunk.
     m.train()
@@ -86,7 +88,9 @@ def test_cross_attention_mixes_streams():
     y = x.clone()
     y[:, 1] = 255 - y[:, 1]
     m = _model()
-    f_raw = lambda model, inp: model.forward_features(inp)[0]  # noqa: E731
+    def f_raw(model, inp):
+        return model.forward_features(inp)[0]
+
     assert not torch.allclose(f_raw(m, x), f_raw(m, y))
     single = _model(streams="raw")
     assert torch.allclose(f_raw(single, x), f_raw(single, y))

@@ -1,0 +1,178 @@
+"""Bad inputs and faults across `koa data check`, `train`, `evaluate` and `predict`.
+
+Every case must end in one clear line or documented handling, never a traceback, and the
+data root must be byte-for-byte unchanged afterwards (hashed before and after).
+"""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from koa_core.cli import main
+
+TINY = ["--set", "data.image_size=64", "--set", "model.pretrained=none",
+        "--set", "train.epochs=1", "--set", "train.batch_size=8",
+        "--set", "train.max_steps_per_epoch=1", "--set", "train.warmup_epochs=1",
+        "--set", "train.amp=off", "--quiet"]
+
+
+def _png(path: Path, img: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+def _knee(phantom_copy) -> np.ndarray:
+    src = next((phantom_copy / "train" / "2").glob("*.png"))
+    return cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+
+
+# Images that are odd but valid: each must be converted by the documented rule.
+def _odd_images(folder: Path, knee: np.ndarray) -> list[Path]:
+    big = cv2.resize(knee, (4000, 4000), interpolation=cv2.INTER_NEAREST)
+    return [
+        _png(folder / "1900001L.png", (knee.astype(np.uint16) * 257)),  # 16-bit
+        _png(folder / "1900001R.png", cv2.cvtColor(knee, cv2.COLOR_GRAY2BGR)),  # RGB
+        _png(folder / "1900002L.png", cv2.cvtColor(knee, cv2.COLOR_GRAY2BGRA)),  # RGBA
+        _png(folder / "1900002R.png", np.full((1, 1), 128, np.uint8)),  # 1x1
+        _png(folder / "1900003L.png", big),  # 4000x4000
+        _png(folder / "1900003R.png", np.ascontiguousarray(knee[:, : knee.shape[1] // 2])),
+    ]
+
+
+def _broken_images(folder: Path, knee: np.ndarray) -> dict[str, Path]:
+    good = folder / "tmp.png"
+    _png(good, knee)
+    data = good.read_bytes()
+    good.unlink()
+    out = {"truncated": folder / "1900010L.png", "zero-byte": folder / "1900010R.png",
+           "text": folder / "1900011L.png", "loop": folder / "1900011R.png"}
+    out["truncated"].write_bytes(data[: len(data) // 2])
+    out["zero-byte"].write_bytes(b"")
+    out["text"].write_text("this is not an image\n")
+    os.symlink(folder / "1900012L.png", out["loop"])
+    os.symlink(out["loop"], folder / "1900012L.png")
+    return out
+
+
+def _err_lines(capsys):
+    return capsys.readouterr().err.strip().splitlines()
+
+
+# ------------------------------------------------------------------ odd but valid images
+def test_odd_images_are_converted_everywhere(phantom_copy, tree_hash, tiny_run, tmp_path,
+                                             capsys):
+    odd = _odd_images(phantom_copy / "train" / "2", _knee(phantom_copy))
+    (phantom_copy / "train" / "7").mkdir()  # unknown grade folder
+    shutil.copy2(odd[0], phantom_copy / "train" / "7" / "1900099L.png")
+    for f in (phantom_copy / "val" / "3").iterdir():  # an empty grade folder
+        f.unlink()
+    before = tree_hash(phantom_copy)
+
+    assert main(["data", "check", str(phantom_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "16-bit gray" in out and "8-bit RGBA" in out and "4000x4000" in out and "1x1" in out
+    assert "train/7/: not a grade folder" in out
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(phantom_copy), "--out", str(run)] + TINY) == 0
+    assert main(["evaluate", "--checkpoint", str(tiny_run[0] / "best.safetensors"),
+                 "--data", str(phantom_copy), "--split", "train", "--n-boot", "10",
+                 "--quiet"]) == 0
+    assert main(["predict", *map(str, odd), "--checkpoint",
+                 str(tiny_run[0] / "best.safetensors")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) > len(odd)
+    assert tree_hash(phantom_copy) == before
+
+
+# ------------------------------------------------------------------ broken images
+def test_broken_images(phantom_copy, tree_hash, tiny_run, tmp_path, capsys):
+    broken = _broken_images(phantom_copy / "val" / "1", _knee(phantom_copy))
+    before = tree_hash(phantom_copy)
+
+    assert main(["data", "check", str(phantom_copy)]) == 1
+    out = capsys.readouterr().out
+    # the loop is two links, each reported: 5 unreadable entries
+    assert "unreadable images: 5" in out and "usable: NO" in out
+    for p in broken.values():
+        assert str(p) in out
+
+    assert main(["train", "--data", str(phantom_copy), "--out", str(tmp_path / "r")]
+                + TINY) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and "5 image(s) could not be read" in lines[0]
+    assert main(["evaluate", "--checkpoint", str(tiny_run[0] / "best.safetensors"),
+                 "--data", str(phantom_copy), "--split", "val", "--quiet"]) == 2
+    assert len(_err_lines(capsys)) == 1
+
+    good = next((phantom_copy / "val" / "0").glob("*.png"))
+    assert main(["predict", str(good), *map(str, broken.values()), "--checkpoint",
+                 str(tiny_run[0] / "best.safetensors")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("KL") >= 1 and str(good) in captured.out
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 4 and all(": error: " in e for e in errors)
+    assert tree_hash(phantom_copy) == before
+
+
+def test_patient_in_two_splits(phantom_copy, tree_hash, tiny_run, tmp_path, capsys):
+    src = next((phantom_copy / "train" / "0").glob("*.png"))
+    shutil.copy2(src, phantom_copy / "test" / "0" / src.name)
+    before = tree_hash(phantom_copy)
+    assert main(["data", "check", str(phantom_copy)]) == 1
+    assert "patients in more than one split: 1" in capsys.readouterr().out
+    assert main(["train", "--data", str(phantom_copy), "--out", str(tmp_path / "r")]
+                + TINY) == 2
+    assert "--allow-leakage" in _err_lines(capsys)[0]
+    assert main(["evaluate", "--checkpoint", str(tiny_run[0] / "best.safetensors"),
+                 "--data", str(phantom_copy), "--quiet"]) == 2
+    assert "more than one split" in _err_lines(capsys)[0]
+    assert tree_hash(phantom_copy) == before
+
+
+# ------------------------------------------------------------------ signals
+def _train_proc(out: Path, cache: Path):
+    cmd = [sys.executable, "-m", "koa_core.cli", "train", "--config", "demo", "--quiet",
+           "--out", str(out), "--set", f"data.cache_dir={cache}", "--set",
+           "data.phantom_per_class=12", "--set", "train.epochs=3", "--set",
+           "train.batch_size=4", "--set", "train.max_steps_per_epoch=40"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _rows(out: Path) -> int:
+    try:
+        return len(list(csv.DictReader(open(out / "history.csv"))))
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_epoch_keeps_last_checkpoint_and_resumes(tmp_path, sig):
+    out = tmp_path / "run"
+    proc = _train_proc(out, tmp_path / "cache")
+    deadline = time.time() + 240
+    while _rows(out) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert _rows(out) == 1, proc.communicate()[1][-2000:]
+    best = (out / "best.safetensors").read_bytes()
+    time.sleep(1.0)  # well inside epoch 2
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1].startswith("koa: error: interrupted; the last "
+                                                    "completed epoch is saved")
+    assert "Traceback" not in err
+    assert _rows(out) == 1
+    assert (out / "best.safetensors").read_bytes() == best
+    assert not list(out.glob(".*.tmp"))  # no half-written files
+    assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert _rows(out) == 3
