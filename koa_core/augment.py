@@ -3,11 +3,13 @@
 The paper augments each grade differently:
 
 * KL1 (doubtful, the most confusable grade): strong - affine shift/scale/rotate (±10°),
-  horizontal flip, random brightness/contrast;
+  random brightness/contrast (and the flip below);
 * KL3-4 (moderate, severe): GridDistortion and RandomGamma, imitating deformed joint
   space and bone surfaces;
 * KL0 and KL2 (the stable grades): basic - a random crop after reflect padding
-  (the paper's "Resize, RandomCrop"; normalisation happens in the model).
+  (the paper's "Resize, RandomCrop"; normalisation happens in the model) and a
+  horizontal flip. The basic steps close EVERY grade's pipeline (see
+  :func:`build_pipelines` for why).
 
 Both views of a sample go through one ``A.Compose`` call with the CLAHE view as an
 additional target, so they get the same geometric (and photometric) parameters. Every
@@ -37,26 +39,38 @@ def _basic(size: int) -> list:
         A.PadIfNeeded(min_height=size + 2 * _PAD, min_width=size + 2 * _PAD,
                       border_mode=cv2.BORDER_REFLECT_101),
         A.RandomCrop(height=size, width=size),
+        A.HorizontalFlip(p=0.5),  # ours: a mirrored knee is a plausible knee of the other side
     ]
 
 
 def build_pipelines(size: int, class_specific: bool = True) -> dict[int, list]:
-    """Transform lists per grade (0..4); with ``class_specific=False`` all get the basic one."""
-    basic = _basic(size)
+    """Transform lists per grade (0..4): the grade's extras, then the basic pipeline.
+
+    Every grade ends with the same basic random crop and flip. Were KL0/KL2 alone cropped
+    (a literal reading of §2.3a), an uncropped, undistorted image would itself announce
+    KL1/KL3/KL4: a shortcut that training learns and validation punishes. With
+    ``class_specific=False`` every grade gets the basic pipeline only.
+    """
     if not class_specific:
-        return {g: list(basic) for g in range(5)}
-    strong = [
-        A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-10, 10),
-                 border_mode=cv2.BORDER_REFLECT_101, p=0.8),
-        A.HorizontalFlip(p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-    ]
-    severe = [
-        A.GridDistortion(num_steps=5, distort_limit=(-0.2, 0.2),
-                         border_mode=cv2.BORDER_REFLECT_101, p=0.5),
-        A.RandomGamma(gamma_limit=(80, 120), p=0.5),
-    ]
-    return {0: basic, 1: strong, 2: list(basic), 3: severe, 4: list(severe)}
+        return {g: _basic(size) for g in range(5)}
+
+    def strong():
+        return [
+            A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-10, 10),
+                     border_mode=cv2.BORDER_REFLECT_101, p=0.8),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        ]
+
+    def severe():
+        return [
+            A.GridDistortion(num_steps=5, distort_limit=(-0.2, 0.2),
+                             border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+            A.RandomGamma(gamma_limit=(80, 120), p=0.5),
+        ]
+
+    # fresh transform objects per grade: each Compose seeds its own transforms
+    extras = {0: [], 1: strong(), 2: [], 3: severe(), 4: severe()}
+    return {g: extras[g] + _basic(size) for g in range(5)}
 
 
 class ClassAugment:

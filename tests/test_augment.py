@@ -66,23 +66,34 @@ def test_basic_pipeline_is_a_reflect_padded_crop(grade):
     pad_r = cv2.copyMakeBorder(raw, 8, 8, 8, 8, cv2.BORDER_REFLECT_101)
     pad_c = cv2.copyMakeBorder(clahe, 8, 8, 8, 8, cv2.BORDER_REFLECT_101)
     offsets = set()
-    for _ in range(10):
+    flips = set()
+    for _ in range(12):
         a, b = aug(raw, clahe, grade)
+        flipped = not any(np.array_equal(pad_r[y:y + S, x:x + S], a)
+                          for y in range(17) for x in range(17))
+        if flipped:  # the basic pipeline ends with a horizontal flip (p = 0.5)
+            a, b = a[:, ::-1], b[:, ::-1]
         found = [(y, x) for y in range(17) for x in range(17)
                  if np.array_equal(pad_r[y:y + S, x:x + S], a)]
-        assert found, "output is not a window of the reflect-padded raw view"
+        assert found, "output is not a (mirrored) window of the reflect-padded raw view"
         y, x = found[0]
         np.testing.assert_array_equal(pad_c[y:y + S, x:x + S], b)
         offsets.add((y, x))
+        flips.add(flipped)
     assert len(offsets) > 1  # the crop position is random
+    assert flips == {True, False}
 
 
 def test_pipelines_per_grade_follow_the_paper():
     p = build_pipelines(S, class_specific=True)
     assert sorted(p) == [0, 1, 2, 3, 4]
-    assert _names(p[0]) == _names(p[2]) == ["PadIfNeeded", "RandomCrop"]
-    assert _names(p[1]) == ["Affine", "HorizontalFlip", "RandomBrightnessContrast"]
-    assert _names(p[3]) == _names(p[4]) == ["GridDistortion", "RandomGamma"]
+    basic = ["PadIfNeeded", "RandomCrop", "HorizontalFlip"]
+    assert _names(p[0]) == _names(p[2]) == basic
+    assert _names(p[1]) == ["Affine", "RandomBrightnessContrast"] + basic
+    assert _names(p[3]) == _names(p[4]) == ["GridDistortion", "RandomGamma"] + basic
+    # no transform object is shared between grades (each Compose seeds its own)
+    ids = [id(t) for g in p for t in p[g]]
+    assert len(ids) == len(set(ids))
     affine = p[1][0]
     assert tuple(affine.rotate) == (-10, 10)  # §2.3a: ±10°
 
@@ -90,11 +101,12 @@ def test_pipelines_per_grade_follow_the_paper():
 def test_class_specific_false_uses_basic_for_all():
     p = build_pipelines(S, class_specific=False)
     assert sorted(p) == [0, 1, 2, 3, 4]
+    basic = ["PadIfNeeded", "RandomCrop", "HorizontalFlip"]
     for g in range(5):
-        assert _names(p[g]) == ["PadIfNeeded", "RandomCrop"]
+        assert _names(p[g]) == basic
     aug = ClassAugment(size=S, class_specific=False, seed=0)
     for g in range(5):
-        assert _names(aug._pipes[g].transforms) == ["PadIfNeeded", "RandomCrop"]
+        assert _names(aug._pipes[g].transforms) == basic
 
 
 def test_kl1_is_actually_augmented():
