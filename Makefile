@@ -20,6 +20,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+book: $(STAMP)
+	$(PY) -m koa_core.cli book --profile $(PROFILE)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check koa_core tests
 

@@ -1,0 +1,443 @@
+"""Tests for koa_core.report: the book's tables, figures and run helpers, on tiny inputs."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from koa_core import report  # noqa: E402
+from koa_core.config import PAPER_ALPHA, config_to_dict, load_config  # noqa: E402
+from koa_core.data import discover  # noqa: E402
+from koa_core.errors import KoaError  # noqa: E402
+from koa_core.phantom import render_knee  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    import matplotlib.pyplot as plt
+
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def knees() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [render_knee(g, rng, 224) for g in (0, 2, 4)]  # CLAHE clips differ at 224 px
+
+
+@pytest.fixture(scope="module")
+def index(phantom_root):
+    return discover(phantom_root)
+
+
+def _is_figure(fig) -> bool:
+    from matplotlib.figure import Figure
+
+    return isinstance(fig, Figure) and len(fig.axes) > 0
+
+
+# ---------------------------------------------------------------- paper constants
+def test_paper_tables_are_self_consistent():
+    t1 = report.paper_counts_table()
+    assert t1.loc["total", ["train", "val", "test", "total"]].tolist() == [5778, 826, 1656, 8260]
+    assert t1.loc["total", "Fig. 1 total"] == 10286
+    assert [t1.loc[f"KL{g}", "total"] for g in range(5)] == [3253, 1495, 2175, 1086, 251]
+    assert abs(t1["share %"].iloc[:5].sum() - 100) < 0.05
+
+
+@pytest.mark.parametrize("table, acc, n", [(3, 0.6510, 1656), (4, 0.7206, 1657)])
+def test_paper_report_tables(table, acc, n):
+    df = report.paper_report_table(table)
+    assert list(df.index) == report.KL + ["accuracy", "macro avg", "weighted avg"]
+    assert df.loc["accuracy", "f1-score"] == acc and df.loc["accuracy", "support"] == n
+    correct = report.paper_correct_counts(table)
+    assert correct.loc["KL4", "correct"] == (40 if table == 4 else 41)
+    assert (correct["correct"] <= correct["support"]).all()
+
+
+def test_paper_count_slips_and_table5():
+    slips = report.paper_count_slips()
+    assert {"1,786", "1,286", "1,086"} <= set(slips["paper says"])
+    assert [a for _, _, a in report.ABLATIONS] == [61.84, 65.10, 70.47, 72.06]
+    assert report.PAPER_TABLE5["Proposed (dual-stream + attention)"] == 72.06
+
+
+# ---------------------------------------------------------------- setup and data
+def test_setup_seeds_and_keeps_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    report.setup(seed=3)
+    a = np.random.rand()
+    report.setup(seed=3)
+    assert np.random.rand() == a
+    assert torch.get_num_threads() == threads
+
+
+def test_ensure_phantom_writes_once(tmp_path):
+    root = report.ensure_phantom(tmp_path / "ph", per_class=3, seed=0, size=64)
+    assert (root / ".complete").exists()
+    n = len(discover(root).records)
+    stamp = (root / ".complete").stat().st_mtime_ns
+    assert report.ensure_phantom(tmp_path / "ph", per_class=3, seed=0, size=64) == root
+    assert (root / ".complete").stat().st_mtime_ns == stamp and n == 15
+
+
+def test_parameter_table_shows_folder_names_only(tmp_path):
+    ckpt = tmp_path / "runs" / "proposed" / "best.safetensors"
+    t = report.parameter_table(data_root=tmp_path / "kl", runs_dir="", checkpoint=str(ckpt),
+                               seed=1, sets=["train.epochs=3"])
+    assert t.loc["data_root", "value"] == "kl"
+    assert t.loc["runs_dir", "value"] == "(empty)"
+    assert t.loc["checkpoint", "value"] == "proposed/best.safetensors"
+    assert t.loc["seed", "value"] == "1" and "train.epochs=3" in t.loc["sets", "value"]
+    assert str(tmp_path) not in t.to_string()
+
+
+def test_resolve_root(tmp_path):
+    assert report.resolve_root(tmp_path / "kl", "unused") == tmp_path / "kl"
+    # empty: a phantom under runs_dir (written once, reused afterwards)
+    (tmp_path / "runs" / "phantom").mkdir(parents=True)
+    (tmp_path / "runs" / "phantom" / ".complete").write_text("ok\n")
+    assert report.resolve_root("", tmp_path / "runs") == tmp_path / "runs" / "phantom"
+
+
+def test_proposed_checkpoint(tmp_path, monkeypatch):
+    assert report.proposed_checkpoint("x/best.safetensors", tmp_path, ["demo"]) == \
+        report.Path("x/best.safetensors")
+    monkeypatch.setattr(report, "proposed_run", lambda runs, p, s, root: runs / "proposed")
+    assert report.proposed_checkpoint("", tmp_path, ["demo"]) == \
+        tmp_path / "proposed" / "best.safetensors"
+
+
+def test_counts_table(index):
+    t = report.counts_table(index)
+    assert list(t.index) == report.KL + ["total"]
+    assert t.loc["total", "total"] == len(index.records) == 60
+    assert t.loc["KL0", "KL0 : KLk"] == 1.0
+    assert abs(t["share %"].iloc[:5].sum() - 100) < 0.05
+
+
+def test_share_figure_and_sample_grid(index):
+    ours = report.counts_table(index)
+    assert _is_figure(report.share_figure(ours, report.paper_counts_table()))
+    fig = report.sample_grid(index, per_grade=2, seed=0)
+    assert len(fig.axes) == 10 and fig.axes[0].get_ylabel().startswith("KL0")
+
+
+def test_leakage_table(index):
+    from koa_core.datacheck import scan
+
+    t = report.leakage_table(scan(index, workers=2))
+    assert t.loc["patients in more than one split", "value"] == 0
+    assert t.loc["usable for training", "value"] == "yes"
+
+
+# ---------------------------------------------------------------- preprocessing
+def test_crop_example(knees):
+    fig = report.crop_example(knees[0], pad=10)
+    assert len(fig.axes) == 2 and "224x224" in fig.axes[1].get_title()
+
+
+def test_sample_images(index):
+    imgs, grades = report.sample_images(index, n=10, seed=0)
+    assert len(imgs) == len(grades) and 5 <= len(imgs) <= 12
+    assert set(grades) == set(range(5)) and imgs[0].dtype == np.uint8
+
+
+def test_clahe_measures_grow_with_clip(knees):
+    img = knees[1]
+    m = [report.clahe_measures(img, c) for c in (None, 1.0, 3.0)]
+    assert set(m[0]) == {"rms_contrast", "joint_edge", "flat_noise"}
+    assert m[2]["joint_edge"] > m[1]["joint_edge"]
+    assert m[2]["flat_noise"] > m[1]["flat_noise"]
+
+
+def test_clahe_table_and_verdict(knees):
+    t = report.clahe_table(knees, clips=(1.0, 2.0, 3.0))
+    assert list(t.index) == ["raw", "1", "2", "3"]
+    assert t.loc["raw", "joint_edge gain"] == pytest.approx(1.0)
+    text = report.clahe_verdict(t)
+    assert "clip" in text and text.endswith(".")
+    best = str(t.drop(index="raw")["edge/noise"].idxmax())
+    assert f"highest at clip {best}" in text
+
+
+def test_joint_focus_is_one_for_a_uniform_map():
+    assert report._joint_focus(np.ones((64, 64))) == pytest.approx(1.0, abs=0.02)
+    peak = np.zeros((64, 64))
+    peak[32, 32] = 1
+    assert report._joint_focus(peak) > 3
+    assert np.isnan(report._joint_focus(np.zeros((8, 8))))
+
+
+@pytest.mark.parametrize("best, supports", [("2", True), ("1", False)])
+def test_clahe_verdict_wording(best, supports):
+    ratios = {"1": [1.2, 1.1, 1.0], "2": [1.0, 1.2, 1.1]}[best]
+    t = pd.DataFrame({"joint_edge gain": [1, 1.2, 1.5, 1.8], "flat_noise gain": [1, 1.1, 1.3, 1.7]},
+                     index=["raw", "1", "2", "3"])
+    t["edge/noise"] = [1.0, *ratios]
+    assert ("supports the paper's choice" in report.clahe_verdict(t)) is supports
+
+
+def test_clahe_figure(knees):
+    fig = report.clahe_figure(knees[:2], (1.0, 2.0), labels=["a", "b"])
+    assert len(fig.axes) == 6 and fig.axes[1].get_title() == "CLAHE clip 1"
+
+
+# ---------------------------------------------------------------- loss
+def test_influence_table_matches_the_library():
+    from koa_core.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
+
+    t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA,
+                               paper=PAPER_TABLE2_SHARES_PCT)
+    assert t.loc["KL0", "share before %"] == pytest.approx(39.41, abs=0.01)
+    assert t["after alpha %"].tolist() == pytest.approx([32.1, 29.58, 21.46, 10.7, 6.15],
+                                                         abs=0.02)
+    assert t.loc["KL4", "paper %"] == 37.2
+    conj = report.influence_table(PAPER_TABLE2_COUNTS, [0.133, 0.267, 0.133, 0.133, 3.33])
+    assert (0.94 * conj["after alpha %"]).tolist() == pytest.approx(PAPER_TABLE2_SHARES_PCT,
+                                                                     abs=0.25)
+
+
+def test_focal_figure_uses_focal_loss():
+    fig = report.focal_figure(gammas=(0, 2))
+    ce = fig.axes[0].lines[0].get_ydata()
+    p = fig.axes[0].lines[0].get_xdata()
+    assert ce == pytest.approx(-np.log(p), rel=1e-4)
+    fl = fig.axes[0].lines[1].get_ydata()
+    assert fl == pytest.approx(-((1 - p) ** 2) * np.log(p), rel=1e-3)
+
+
+# ---------------------------------------------------------------- runs
+def _fake_fit(calls: list, epochs_done: int | None = None):
+    """A stand-in for engine.fit: writes the files a finished (or partial) run has."""
+
+    def fit(cfg, out, resume=False, progress=False):
+        calls.append({"out": out, "resume": resume})
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        n = epochs_done or cfg.train.epochs
+        rows = [{"epoch": e, "val_macro_f1": 0.1 * e} for e in range(1, n + 1)]
+        pd.DataFrame(rows).to_csv(out / "history.csv", index=False)
+        (out / "best.safetensors").write_bytes(b"x" * 16)
+        (out / "last_state.safetensors").write_bytes(b"x" * 16)
+        return {}
+
+    return fit
+
+
+def test_train_or_reuse_trains_then_reuses(tmp_path):
+    calls = []
+    sets = ["train.epochs=3"]
+    run = report.train_or_reuse(tmp_path / "r", "demo", sets, tmp_path / "data",
+                                fit_fn=_fake_fit(calls))
+    assert run == tmp_path / "r" and calls == [{"out": run, "resume": False}]
+    assert report.train_or_reuse(tmp_path / "r", ["demo"], sets, tmp_path / "data",
+                                 fit_fn=_fake_fit(calls)) == run
+    assert len(calls) == 1  # reused, not retrained
+
+
+def test_train_or_reuse_resumes_a_partial_run(tmp_path):
+    calls = []
+    sets = ["train.epochs=4"]
+    report.train_or_reuse(tmp_path / "r", "demo", sets, fit_fn=_fake_fit(calls, epochs_done=2))
+    cfg = load_config("demo", sets)
+    assert report.run_status(tmp_path / "r", cfg) == "partial"
+    report.train_or_reuse(tmp_path / "r", "demo", sets, fit_fn=_fake_fit(calls))
+    assert calls[1]["resume"] is True
+    assert report.run_status(tmp_path / "r", cfg) == "complete"
+
+
+def test_train_or_reuse_never_overwrites_another_config(tmp_path):
+    calls = []
+    a = report.train_or_reuse(tmp_path / "r", "demo", ["train.epochs=2"], fit_fn=_fake_fit(calls))
+    b = report.train_or_reuse(tmp_path / "r", "demo", ["train.epochs=3"], fit_fn=_fake_fit(calls))
+    assert a == tmp_path / "r" and b.name.startswith("r-") and b != a
+    assert yaml.safe_load((a / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert report.train_or_reuse(tmp_path / "r", "demo", ["train.epochs=3"],
+                                 fit_fn=_fake_fit(calls)) == b
+    assert len(calls) == 2
+
+
+def test_run_status_early_stopping_counts_as_complete(tmp_path):
+    calls = []
+    cfg = load_config("demo", ["train.epochs=10", "train.patience=2"])
+    report.train_or_reuse(tmp_path / "r", "demo", ["train.epochs=10", "train.patience=2"],
+                          fit_fn=_fake_fit(calls, epochs_done=3))
+    assert report.run_status(tmp_path / "r", cfg) == "partial"
+    pd.DataFrame({"epoch": [1, 2, 3], "val_macro_f1": [0.5, 0.4, 0.4]}).to_csv(
+        tmp_path / "r" / "history.csv", index=False)
+    assert report.run_status(tmp_path / "r", cfg) == "complete"
+    assert report.run_status(tmp_path / "empty", cfg) == "empty"
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    assert report.run_status(tmp_path / "junk", cfg) == "other"
+
+
+def test_train_or_reuse_reuses_a_real_run(tiny_run):
+    """The config.yaml that engine.fit writes compares equal to the resolved config."""
+    run, root = tiny_run
+    sets = ["train.epochs=2", "train.batch_size=8", "train.max_steps_per_epoch=3",
+            "train.warmup_epochs=1"]
+
+    def refuse(*a, **k):
+        raise AssertionError("trained again")
+
+    assert report.train_or_reuse(run, "demo", sets, root, fit_fn=refuse) == run
+
+
+def test_proposed_run_stacks_ablation_proposed(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(report, "train_or_reuse",
+                        lambda run, profiles, sets, root: seen.update(run=run, p=profiles))
+    report.proposed_run(tmp_path, ["demo"], [], None)
+    assert seen == {"run": tmp_path / "proposed", "p": ["demo", "ablation-proposed"]}
+
+
+def test_run_tables_and_curves(tiny_run):
+    run, _ = tiny_run
+    cfg = report.config_table(run)
+    assert cfg.loc["data.image_size", "this run"] == "64"
+    assert cfg.loc["model.attention_heads", "paper"] == "silent"
+    summary = report.run_summary(run)
+    assert summary.loc["epochs run", "value"] == "2"
+    hist = report.read_history(run)
+    assert len(hist) == 2 and report.read_history(run / "none").empty
+    assert len(report.learning_curves(hist).axes) == 4
+
+
+def test_predict_split_and_gates(tiny_run):
+    run, root = tiny_run
+    pred = report.predict_split(run / "best.safetensors", root, "val")
+    n_val = len(discover(root).split("val"))
+    assert len(pred) == n_val and set(pred.columns) >= {"grade", "pred", "p0", "gate_raw"}
+    assert np.allclose(pred[[f"p{g}" for g in range(5)]].sum(axis=1), 1, atol=1e-4)
+    assert pred.gate_raw.between(0, 1).all()
+    t = report.gate_table(pred)
+    assert t["count"].sum() == n_val and set(t.index) <= set(report.KL)
+    assert _is_figure(report.gate_figure(pred))
+
+
+# ---------------------------------------------------------------- ablation and evaluation
+def test_run_ablation_table(tiny_run, monkeypatch, tmp_path):
+    run, root = tiny_run
+    runs = []
+    monkeypatch.setattr(report, "train_or_reuse",
+                        lambda r, profiles, sets, data_root: runs.append((r.name, profiles)) or run)
+    df = report.run_ablation(tmp_path, ["demo"], [], root,
+                             ["ablation-proposed", "ablation-no-aux"],
+                             labels={"ablation-no-aux": "no aux"})
+    # The proposed row reuses the training chapter's folder, runs_dir/proposed.
+    assert runs == [("proposed", ["demo", "ablation-proposed"]),
+                    ("ablation-no-aux", ["demo", "ablation-no-aux"])]
+    assert list(df.index) == ["Proposed (dual-stream + attention)", "no aux"]
+    assert df["ours vs row 1"].iloc[0] == 0 and np.isnan(df.loc["no aux", "paper test accuracy %"])
+    assert df["paper test accuracy %"].iloc[0] == 72.06
+    assert df["test accuracy %"].between(0, 100).all()
+    assert _is_figure(report.ablation_figure(df))
+
+
+def _metrics(n_boot: int = 50) -> dict:
+    from koa_core.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 80)
+    pred = np.where(rng.random(80) < 0.6, y, rng.integers(0, 5, 80))
+    return classification_metrics(y, pred, n_boot=n_boot)
+
+
+def test_report_table_matches_metrics():
+    m = _metrics()
+    t = report.report_table(m)
+    assert t.loc["accuracy", "f1-score"] == pytest.approx(m["accuracy"], abs=1e-4)
+    assert t.loc["accuracy", "precision"] == ""  # blank, as in the paper's layout
+    assert t.loc["KL2", "recall"] == pytest.approx(m["per_class"]["2"]["recall"], abs=1e-4)
+    assert t.loc["macro avg", "f1-score"] == pytest.approx(m["macro_f1"], abs=1e-4)
+    assert t["support"].iloc[:5].sum() == 80
+    assert list(t.columns) == list(report.paper_report_table(4).columns)
+
+
+def test_confusion_figure_and_ci_table():
+    m = _metrics()
+    fig = report.confusion_figure({"a": m["confusion_matrix"], "b": m["confusion_matrix"]})
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "a"
+    t = report.ci_table(m)
+    lo, hi = t.loc["accuracy"].iloc[1], t.loc["accuracy"].iloc[2]
+    assert lo <= m["accuracy"] <= hi
+    assert report.ci_table(_metrics(n_boot=0)).loc["qwk"].iloc[1] == ""
+    assert t.loc["mae (grades)"].iloc[1] == ""
+
+
+def test_kl4_table():
+    m = _metrics(0)
+    t = report.kl4_table({"ours": m})
+    assert t.loc["KL4 recall", "ours"] == pytest.approx(m["per_class"]["4"]["recall"], abs=1e-4)
+    assert t.loc["KL4 found", "ours"] == m["confusion_matrix"][4][4]
+    assert t.loc["KL4 found", "paper (Table 4)"] == 40
+    assert t.loc["KL4 recall", "paper (Table 4)"] == pytest.approx(40 / 51, abs=1e-4)
+
+
+def test_comparison_table():
+    t = report.comparison_table()
+    assert len(t) == len(report.PAPER_TABLE7) + len(report.PUBLISHED)
+    assert "chosen with test accuracy" in " ".join(t.caveat)
+    m = {**_metrics(0), "note": "synthetic phantom"}
+    t = report.comparison_table(m, label="this book")
+    assert t.iloc[-1]["source"] == "this book" and t.iloc[-1]["caveat"] == "synthetic phantom"
+    assert t.iloc[-1]["accuracy %"] == pytest.approx(100 * m["accuracy"], abs=0.01)
+    assert t.loc[0, "other"] == ""  # blank where nothing is published
+
+
+# ---------------------------------------------------------------- Grad-CAM
+def _pred_frame() -> pd.DataFrame:
+    p = np.array([[0.9, 0.05, 0.03, 0.01, 0.01], [0.1, 0.8, 0.05, 0.03, 0.02],
+                  [0.3, 0.25, 0.2, 0.15, 0.1], [0.05, 0.6, 0.3, 0.03, 0.02],
+                  [0.95, 0.02, 0.01, 0.01, 0.01]])
+    df = pd.DataFrame(p, columns=[f"p{g}" for g in range(5)])
+    return df.assign(path=[f"{i}.png" for i in range(5)], grade=[0, 1, 3, 2, 0],
+                     pred=p.argmax(1))
+
+
+def test_pick_cases():
+    cases = report.pick_cases(_pred_frame(), n_correct=2, n_wrong=1)
+    assert cases.case.tolist() == ["correct", "correct", "misclassified"]
+    assert cases.path.tolist()[:2] == ["4.png", "1.png"]  # most confident, distinct grades
+    assert cases.path.tolist()[2] == "2.png"  # the highest-entropy error
+    assert cases.iloc[2].top2 == 1
+
+
+def test_cam_cases_figure_and_share_table(tiny_run):
+    run, root = tiny_run
+    pred = report.predict_split(run / "best.safetensors", root, "test")
+    cases = report.pick_cases(pred.assign(pred=(pred.grade + 1) % 5), 0, 1)  # one error
+    res = report.cam_cases(run / "best.safetensors", cases, other="true")
+    assert len(res) == len(cases)
+    assert {k[0] for k in res[0]["maps"]} == {"raw", "clahe"}
+    cam = next(iter(res[0]["maps"].values()))
+    assert cam.shape == (64, 64) and 0 <= cam.min() and cam.max() <= 1
+    fig = report.cam_figure(res)
+    assert len(fig.axes) == len(res) * 5
+    t = report.cam_share_table(res)
+    assert t.shape == (1, 4) and (t.fillna(0) >= 0).all().all()  # NaN: an empty map
+    assert list(t.columns.get_level_values("target")) == ["top-1", "true"] * 2
+
+
+def test_train_or_reuse_refuses_unknown_profile(tmp_path):
+    with pytest.raises(KoaError):
+        report.train_or_reuse(tmp_path / "r", "no-such-profile", [], fit_fn=_fake_fit([]))
+
+
+def test_cam_share_table_keeps_empty_maps():
+    case = pd.Series({"case": "misclassified", "grade": 2})
+    maps = {("raw", "top-1"): np.ones((8, 8)), ("raw", "true"): np.zeros((8, 8))}
+    t = report.cam_share_table([{"case": case, "targets": {"top-1": 1, "true": 2},
+                                 "maps": maps}])
+    assert t.shape == (1, 2) and np.isnan(t.iloc[0, 1]) and t.iloc[0, 0] == pytest.approx(1.0)
