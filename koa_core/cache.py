@@ -61,11 +61,12 @@ class ViewCache:
         """Hash of the preprocessing parameters and every source file's identity."""
         h = hashlib.sha256(json.dumps(pre.params(), sort_keys=True).encode())
         for r in records:
-            p = Path(r.path).resolve()
             try:
+                p = Path(r.path).resolve()
                 st = p.stat()
-            except OSError as exc:
-                raise KoaError(f"{r.path}: cannot read ({exc.strerror})") from None
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (3.11-3.12)
+                why = getattr(exc, "strerror", None) or "symbolic link loop"
+                raise KoaError(f"{r.path}: cannot read ({why})") from None
             h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()[:24]
 

@@ -325,8 +325,11 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
     if rank == 0:
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
-    old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) \
-        if rank == 0 and _in_main_thread() else None
+    # SIGTERM and SIGINT both stop at once with the last completed epoch intact. SIGINT is
+    # set explicitly because a process started in the background inherits it as ignored.
+    old_handlers = {sig: signal.signal(sig, _sigterm_as_interrupt)
+                    for sig in (signal.SIGTERM, signal.SIGINT)} \
+        if rank == 0 and _in_main_thread() else {}
     t_start = time.perf_counter()
     try:
         for epoch in range(start, cfg.train.epochs + 1):
@@ -364,8 +367,8 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                           f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
                           f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if ddp:
             dist.destroy_process_group()
     return {"out": str(out), "epochs_run": len(history), "best_" + cfg.train.select_metric: best,
