@@ -368,7 +368,8 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                           f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
     finally:
         for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
+            # None: the old handler was installed outside Python; the default is closest
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if ddp:
             dist.destroy_process_group()
     return {"out": str(out), "epochs_run": len(history), "best_" + cfg.train.select_metric: best,
