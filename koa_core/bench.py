@@ -17,7 +17,6 @@ On a GPU it also reports whether the cached input pipeline keeps up with trainin
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
@@ -225,6 +224,3 @@ def format_table(r: dict) -> str:
                      " (>= 1 keeps up; goal >= 10)")
     return "\n".join(lines)
 
-
-def main_json(r: dict) -> str:
-    return json.dumps(r, indent=2)

@@ -73,7 +73,7 @@ class ViewCache:
     def paths(self, key: str) -> tuple[Path, Path]:
         return self.dir / f"views-{key}.npy", self.dir / f"views-{key}.json"
 
-    def _check_location(self, records: Sequence[Record], root: str | None) -> None:
+    def _check_location(self, root: str | None) -> None:
         if root is None:
             return
         root_p = Path(root).resolve()
@@ -141,7 +141,7 @@ class ViewCache:
         """Views for the records, from the cache when valid, else built and stored."""
         if not records:
             return np.empty((0, 2, pre.size, pre.size), dtype=np.uint8)
-        self._check_location(records, root)
+        self._check_location(root)
         key = self.key(records, pre)
         arr = self.load(key)
         if arr is not None:
