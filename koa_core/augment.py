@@ -13,8 +13,8 @@ The paper augments each grade differently:
 
 Both views of a sample go through one ``A.Compose`` call with the CLAHE view as an
 additional target, so they get the same geometric (and photometric) parameters. Every
-pipeline is seeded; :meth:`ClassAugment.reseed` restarts the random streams (per epoch
-and per DataLoader worker) so that runs, resumed runs included, see the same draws.
+pipeline is seeded; the datasets pass a per-sample seed (from the epoch and the sample's
+index) so that runs, resumed runs included, see the same draws with any number of workers.
 Argument names are those of albumentations 2.x (old names are ignored with a mere
 warning there; the test suite turns albumentations warnings into errors).
 """
@@ -90,7 +90,11 @@ class ClassAugment:
         for g, pipe in self._pipes.items():
             pipe.set_random_seed(int(seed) * 7 + g)
 
-    def __call__(self, raw: np.ndarray, clahe: np.ndarray, grade: int
+    def __call__(self, raw: np.ndarray, clahe: np.ndarray, grade: int, seed: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-        out = self._pipes[int(grade)](image=np.asarray(raw), clahe=np.asarray(clahe))
+        """Augment one sample; ``seed`` first restarts this grade's stream (per-sample draws)."""
+        pipe = self._pipes[int(grade)]
+        if seed is not None:
+            pipe.set_random_seed(int(seed) * 7 + int(grade))
+        out = pipe(image=np.asarray(raw), clahe=np.asarray(clahe))
         return out["image"], out["clahe"]

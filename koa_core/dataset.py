@@ -22,7 +22,8 @@ from .cache import ViewCache
 from .data import Record
 from .preprocess import Preprocessor
 
-__all__ = ["KneeDataset", "class_counts", "load_views", "make_loader", "stratified_subset"]
+__all__ = ["EpochSampler", "KneeDataset", "class_counts", "load_views", "make_loader",
+           "stratified_subset"]
 
 
 class KneeDataset(Dataset):
@@ -36,22 +37,30 @@ class KneeDataset(Dataset):
         self.views = views
         self.grades = np.array([r.grade for r in self.records], dtype=np.int64)
         self.augment = augment
-        self.epoch_seed = augment.seed if augment else 0
+        # shared with the loader workers (also persistent ones) through shared memory
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.records)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed augmentation so epoch ``e`` draws the same whether resumed or not."""
-        self.epoch_seed = (self.augment.seed if self.augment else 0) * 100_003 + epoch
-        if self.augment is not None:
-            self.augment.reseed(self.epoch_seed)
+        """Epoch ``e`` draws the same augmentation whether resumed or not, in any worker."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def sample_seed(self, i: int) -> int:
+        """The augmentation seed of sample ``i`` in the current epoch."""
+        base = self.augment.seed if self.augment is not None else 0
+        return ((base * 100_003 + self.epoch) * 1_000_003 + int(i)) % 2**31
 
     def __getitem__(self, i: int):
         raw, clahe = self.views[i, 0], self.views[i, 1]
         grade = int(self.grades[i])
         if self.augment is not None:
-            raw, clahe = self.augment(raw, clahe, grade)
+            raw, clahe = self.augment(raw, clahe, grade, seed=self.sample_seed(i))
         r = self.records[i]
         meta = {k: ("" if v is None else v) for k, v in asdict(r).items()}
         meta["index"] = i
@@ -60,25 +69,40 @@ class KneeDataset(Dataset):
                 grade, meta)
 
 
-def _worker_init(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    ds = info.dataset
-    if getattr(ds, "augment", None) is not None:
-        # Mix the epoch seed (set by set_epoch before the workers start) with the worker
-        # id: streams differ per worker and per epoch, and repeat on resume.
-        ds.augment.reseed(ds.epoch_seed * 1009 + info.id)
+class EpochSampler(torch.utils.data.Sampler):
+    """A random permutation per epoch, drawn from (seed, epoch) alone.
+
+    The single-process counterpart of ``DistributedSampler``'s ``set_epoch``: one loader
+    (with persistent workers) serves every epoch, and epoch ``e`` of a resumed run is
+    ordered as in an uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 def make_loader(ds: KneeDataset, batch_size: int, shuffle: bool, seed: int = 0,
-                num_workers: int = 0, sampler=None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with seeded shuffling and per-worker augmentation seeds."""
+                num_workers: int = 0, sampler=None, drop_last: bool = False,
+                persistent: bool = False) -> DataLoader:
+    """A DataLoader with seeded shuffling; ``persistent`` keeps the workers across epochs."""
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=num_workers, generator=g,
-                      worker_init_fn=_worker_init if num_workers else None,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+                      persistent_workers=bool(persistent and num_workers),
+                      prefetch_factor=4 if num_workers else None)
 
 
 def stratified_subset(records: Sequence[Record], n: int | None, seed: int = 0

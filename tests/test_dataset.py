@@ -12,7 +12,8 @@ import torch
 from koa_core.augment import ClassAugment
 from koa_core.cache import ViewCache
 from koa_core.data import Record, discover
-from koa_core.dataset import KneeDataset, class_counts, load_views, make_loader, stratified_subset
+from koa_core.dataset import (EpochSampler, KneeDataset, class_counts, load_views, make_loader,
+                              stratified_subset)
 from koa_core.preprocess import Preprocessor
 
 S = 48
@@ -192,6 +193,53 @@ def test_set_epoch_respected_with_workers(recs_views):
     fresh1 = epochs([1])[0]
     assert not torch.equal(cont[0], fresh1)  # epoch 0 and epoch 1 draw differently
     assert torch.equal(cont[1], fresh1)  # and a resumed epoch 1 equals the continuous one
+
+
+def test_draws_do_not_depend_on_workers_or_order(recs_views):
+    recs, views = recs_views
+    small = (recs[:16], views[:16])
+    ds = _ds(small, seed=4)
+    ds.set_epoch(2)
+    serial = _epoch(ds, batch_size=4, shuffle=False)
+    parallel = _epoch(ds, batch_size=5, shuffle=True, seed=9, num_workers=2)
+    order = parallel[3].argsort()
+    assert torch.equal(serial[0], parallel[0][order])
+    assert torch.equal(serial[1], parallel[1][order])
+
+
+def test_persistent_workers_follow_set_epoch(recs_views):
+    recs, views = recs_views
+    small = (recs[:12], views[:12])
+    ds = _ds(small, seed=4)
+    sampler = EpochSampler(len(ds), seed=1)
+    loader = make_loader(ds, batch_size=4, shuffle=True, num_workers=2, sampler=sampler,
+                         persistent=True)
+    seen = []
+    for e in (0, 1):
+        ds.set_epoch(e)
+        sampler.set_epoch(e)
+        seen.append([torch.cat(b) for b in zip(*[(r, i["index"]) for r, _, _, i in loader])])
+    assert loader._iterator is not None  # the same workers served both epochs
+    fresh = _ds(small, seed=4)
+    fresh.set_epoch(1)
+    ref = fresh_sampler = EpochSampler(len(fresh), seed=1)
+    fresh_sampler.set_epoch(1)
+    again = [torch.cat(b) for b in zip(*[(r, i["index"]) for r, _, _, i in
+                                         make_loader(fresh, 4, True, sampler=ref)])]
+    assert torch.equal(seen[1][1], again[1])  # epoch 1 order repeats in a fresh loader
+    assert torch.equal(seen[1][0], again[0])  # and so do its augmentation draws
+    assert not torch.equal(seen[0][0], seen[1][0])
+
+
+def test_epoch_sampler_is_a_permutation_per_epoch():
+    s = EpochSampler(50, seed=3)
+    s.set_epoch(0)
+    a = list(s)
+    s.set_epoch(1)
+    b = list(s)
+    assert sorted(a) == sorted(b) == list(range(50)) and a != b
+    s.set_epoch(0)
+    assert list(s) == a and len(s) == 50
 
 
 # ------------------------------------------------------------------ subsets and counts
