@@ -9,8 +9,12 @@ Choices the paper leaves open are ours and stated in :mod:`koa_core.config`: Ada
 linear warmup then cosine learning-rate schedule stepped per batch, early stopping on the
 selection metric, gradient clipping. bf16 autocast and channels_last are used where the
 hardware runs them natively (CUDA with bf16; CPUs with AVX-512-BF16 or AMX). Every epoch
-reseeds torch, the shuffling generator and the augmentation streams from (seed, epoch),
-so a resumed run repeats an uninterrupted one. Under ``torchrun`` the same code trains with
+reseeds torch and draws its order (:class:`~koa_core.dataset.EpochSampler`) and every
+sample's augmentation from (seed, epoch), so a resumed run repeats an uninterrupted one;
+one DataLoader with persistent workers serves all epochs. The training step never waits
+for the GPU: running sums stay on the device and the host checks the loss for NaN every
+25 steps. ``history.csv`` records per epoch the images/s, the seconds spent waiting for
+data and the mean GPU utilisation (:mod:`koa_core.gpumon`). Under ``torchrun`` the same code trains with
 DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 writes the files.
 """
 
@@ -37,9 +41,10 @@ from .cache import ViewCache
 from .checkpoint import load_state, save_checkpoint, save_state
 from .config import Config, config_from_dict, config_to_dict
 from .data import discover
-from .dataset import KneeDataset, class_counts, make_loader, stratified_subset
+from .dataset import EpochSampler, KneeDataset, class_counts, make_loader, stratified_subset
 from .errors import KoaError
 from .losses import KLMultiTaskLoss, resolve_alpha
+from .gpumon import GpuUtilization
 from .metrics import classification_metrics
 from .models import build_model
 from .preprocess import Preprocessor
@@ -56,7 +61,8 @@ __all__ = [
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_aux_binary",
                   "train_aux_early", "train_accuracy", "val_accuracy", "val_macro_f1", "val_qwk",
-                  "val_mae", "val_kl4_recall", "val_gate_raw", "epoch_s", "train_img_s"]
+                  "val_mae", "val_kl4_recall", "val_gate_raw", "epoch_s", "train_img_s",
+                  "data_wait_s", "gpu_util"]
 
 
 # ---------------------------------------------------------------- environment
@@ -69,6 +75,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick kernels
 
 
 def resolve_device(local_rank: int = 0) -> torch.device:
@@ -149,7 +157,9 @@ def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -
 
 # ---------------------------------------------------------------- steps
 def _batch_input(raw, clahe, device, channels_last):
-    x = torch.cat([raw, clahe], dim=1).to(device, non_blocking=True)
+    # copy the (pinned) views first, join them on the device: a joined host tensor
+    # would be unpinned and its copy synchronous
+    x = torch.cat([raw.to(device, non_blocking=True), clahe.to(device, non_blocking=True)], 1)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -184,50 +194,91 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
+def _first_bad(losses: list[torch.Tensor]) -> int | None:
+    """Index of the first non-finite loss in ``losses`` (one device sync), or None."""
+    bad = ~torch.isfinite(torch.stack(losses))
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
 def _train_epoch(model, loader, loss_fn, opt, sched, device, dtype, cfg, epoch, progress, rank):
+    """One pass over the loader. Running sums stay on the device; the host syncs every
+    ``check_every`` steps (every step on a CPU, where syncing is free) to stop at the
+    first non-finite loss and to update the progress bar."""
     from tqdm.auto import tqdm
 
     model.train()
-    sums = {"loss": 0.0, "main": 0.0, "aux_binary": 0.0, "aux_early": 0.0}
-    n = correct = steps = 0
+    keys = ("loss", "main", "aux_binary", "aux_early")
+    sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)  # + correct
+    check_every = 25 if device.type == "cuda" else 1
+    pending: list[torch.Tensor] = []
+    steps = n = 0
+    wait = 0.0
     t0 = time.perf_counter()
     it = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False,
               disable=not progress or rank != 0)
-    for raw, clahe, y, _ in it:
-        x = _batch_input(raw, clahe, device, cfg.train.channels_last)
-        y = y.to(device, non_blocking=True)
-        with _autocast(device, dtype):
-            out = model(x)
-        parts = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()}, y)
-        loss = parts["loss"]
-        if not torch.isfinite(loss):
-            raise KoaError(f"the training loss became {loss.item()} at epoch {epoch}, step "
-                           f"{steps}; lower train.lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
-        sched.step()
-        b = y.shape[0]
-        n += b
-        steps += 1
-        correct += int((out["logits"].argmax(1) == y).sum())
-        for k in sums:
-            sums[k] += float(parts[k].detach()) * b
-        it.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-        if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
-            break
+    batches = iter(it)
+    with GpuUtilization(device) as util:
+        while True:
+            tw = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - tw
+            if batch is None:
+                break
+            raw, clahe, y, _ = batch
+            x = _batch_input(raw, clahe, device, cfg.train.channels_last)
+            y = y.to(device, non_blocking=True)
+            with _autocast(device, dtype):
+                out = model(x)
+            parts = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()},
+                            y)
+            loss = parts["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                b = y.shape[0]
+                sums += torch.stack([parts[k].detach().double() * b for k in keys]
+                                    + [(out["logits"].argmax(1) == y).sum().double()])
+            n += b
+            pending.append(loss.detach().float())
+            steps += 1
+            last = bool(cfg.train.max_steps_per_epoch
+                        and steps >= cfg.train.max_steps_per_epoch)
+            if len(pending) >= check_every or last:
+                _check_losses(pending, epoch, steps)
+                pending = []
+                it.set_postfix(loss=f"{float(sums[0]) / n:.4f}")
+            if last:
+                break
+        if pending:
+            _check_losses(pending, epoch, steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
-    stats = torch.tensor([sums["loss"], sums["main"], sums["aux_binary"], sums["aux_early"],
-                          correct, n], dtype=torch.float64)
+    stats = torch.cat([sums.cpu(), torch.tensor([float(n)], dtype=torch.float64)])
     if dist.is_initialized():
+        stats = stats.to(device)
         dist.all_reduce(stats)
-    n_all = max(1.0, float(stats[5]))
-    return {"train_loss": stats[0].item() / n_all, "train_main": stats[1].item() / n_all,
-            "train_aux_binary": stats[2].item() / n_all,
-            "train_aux_early": stats[3].item() / n_all,
-            "train_accuracy": stats[4].item() / n_all, "train_img_s": n_all / dt}
+        stats = stats.cpu()
+    n_all = max(1.0, float(stats[-1]))
+    row = {f"train_{k}" if k != "loss" else "train_loss": stats[i].item() / n_all
+           for i, k in enumerate(keys)}
+    row.update({"train_accuracy": stats[len(keys)].item() / n_all,
+                "train_img_s": n_all / dt, "data_wait_s": wait,
+                "gpu_util": util.mean if util.mean is not None else float("nan")})
+    return row
+
+
+def _check_losses(pending: list[torch.Tensor], epoch: int, steps: int) -> None:
+    bad = _first_bad(pending)
+    if bad is not None:
+        step = steps - len(pending) + bad
+        value = float(pending[bad])
+        raise KoaError(f"the training loss became {value} at epoch {epoch}, step {step}; "
+                       "lower train.lr or check the data")
 
 
 def _validate(model, ds: KneeDataset, cfg, device, dtype) -> dict:
@@ -302,10 +353,14 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                               aux_early_weight=cfg.loss.aux_early_weight).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                             weight_decay=cfg.train.weight_decay)
-    sampler = None
     if ddp:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(data.train, shuffle=True, seed=cfg.train.seed)
+    else:
+        sampler = EpochSampler(len(data.train), seed=cfg.train.seed)
+    # one loader for every epoch: workers persist, the epoch reaches them via set_epoch
+    loader = make_loader(data.train, cfg.train.batch_size, shuffle=True,
+                         num_workers=cfg.data.num_workers, sampler=sampler, persistent=True)
     steps_per_epoch = math.ceil(len(data.train) / (cfg.train.batch_size * world))
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -337,11 +392,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                 break
             torch.manual_seed(cfg.train.seed * 1000 + epoch)
             data.train.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            loader = make_loader(data.train, cfg.train.batch_size, shuffle=True,
-                                 seed=cfg.train.seed * 1000 + epoch,
-                                 num_workers=cfg.data.num_workers, sampler=sampler)
+            sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
             row.update(_train_epoch(net, loader, loss_fn, opt, sched, device, dtype, cfg, epoch,
@@ -367,6 +418,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                           f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
                           f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
     finally:
+        del loader  # shuts persistent workers down
         for sig, handler in old_handlers.items():
             # None: the old handler was installed outside Python; the default is closest
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
