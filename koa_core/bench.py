@@ -7,12 +7,16 @@ Prints figures, asserts nothing (speed goals are not tests). Measured in one run
   into the view cache (cold: building it) and then serves cached views with augmentation
   (warm);
 * the proposed model at ``--size`` (224 by default): training and inference images/s in
-  fp32 with contiguous tensors (baseline) and in bf16 autocast with channels_last
-  (and with ``torch.compile`` when ``--compile`` is given);
+  fp32 with contiguous tensors (baseline), fp32 with channels_last, bf16 autocast with
+  channels_last, and with ``torch.compile`` when ``--compile`` is given (bf16 on a GPU,
+  fp32 on a CPU);
 * peak memory at the benchmark batch size: resident set size on the CPU (the kernel's
   high-water mark, reset before each measurement), max allocated memory on a GPU.
 
-On a GPU it also reports whether the cached input pipeline keeps up with training.
+On a GPU it also samples the GPU's utilisation during the timed training steps, and runs
+training fed by the real input pipeline (cached views, augmentation in DataLoader
+workers) to see whether the pipeline keeps up: the ratio of that rate to the rate on
+tensors already on the device.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from .augment import ClassAugment
 from .cache import ViewCache
 from .config import ModelConfig
 from .data import Record, discover
-from .dataset import KneeDataset, make_loader
+from .dataset import EpochSampler, KneeDataset, make_loader
+from .gpumon import GpuUtilization
 from .preprocess import Preprocessor, apply_clahe, resize_square
 
 __all__ = ["format_table", "run_benchmarks"]
@@ -144,13 +149,15 @@ def _model_step_rates(size: int, batch: int, device: torch.device, bf16: bool,
         torch.cuda.reset_peak_memory_stats(device)
     _reset_peak_rss()
     model.train()
-    train_step()  # warm-up (and compilation)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(2 if compile_ else 1):  # warm-up (and compilation, also of the backward)
         train_step()
     sync()
-    train = batch * steps / (time.perf_counter() - t0)
+    with GpuUtilization(device) as util:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step()
+        sync()
+        train = batch * steps / (time.perf_counter() - t0)
     model.eval()
     with torch.no_grad():
         with ctx():
@@ -164,13 +171,74 @@ def _model_step_rates(size: int, batch: int, device: torch.device, bf16: bool,
         infer = batch * steps / (time.perf_counter() - t0)
     mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
            else _peak_rss_mb())
-    return {"train_img_s": train, "infer_img_s": infer, "peak_mem_mb": mem}
+    return {"train_img_s": train, "infer_img_s": infer, "peak_mem_mb": mem,
+            "gpu_util": util.mean}
+
+
+def loader_fed_rate(records: list[Record], size: int, batch: int, device: torch.device,
+                    workers: int, steps: int) -> dict:
+    """Training images/s (bf16 + channels_last) fed by the cached pipeline with augmentation."""
+    from .losses import KLMultiTaskLoss
+    from .models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(pretrained="none")).to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    loss_fn = KLMultiTaskLoss().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    with tempfile.TemporaryDirectory() as tmp:
+        views = ViewCache(tmp, workers=max(1, workers)).get(records, Preprocessor(size=size))
+        ds = KneeDataset(records, views, ClassAugment(size, seed=0))
+        loader = make_loader(ds, batch, shuffle=True, num_workers=workers, drop_last=True,
+                             sampler=EpochSampler(len(ds)), persistent=True)
+
+        def batches(loader):
+            epoch = 0
+            while True:
+                ds.set_epoch(epoch)
+                loader.sampler.set_epoch(epoch)
+                yield from loader
+                epoch += 1
+
+        def step(raw, clahe, y):
+            x = torch.cat([raw.to(device, non_blocking=True),
+                           clahe.to(device, non_blocking=True)], 1)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=device.type == "cuda"):
+                out = model(x)
+            loss = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()},
+                           y.to(device, non_blocking=True))["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        it = batches(loader)
+        for _ in range(3):  # warm-up: workers start, cuDNN picks kernels
+            raw, clahe, y, _ = next(it)
+            step(raw, clahe, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        with GpuUtilization(device) as util:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                raw, clahe, y, _ = next(it)
+                step(raw, clahe, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            rate = batch * steps / (time.perf_counter() - t0)
+        it.close()
+        del it, loader  # shuts the workers down before the cache goes
+    return {"train_img_s": rate, "gpu_util": util.mean, "workers": workers}
 
 
 def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224,
                    batch: int = 32, steps: int = 3, workers: int = 2, compile_: bool = False,
-                   skip_model: bool = False) -> dict:
-    """Run every benchmark; returns a JSON-serialisable dict of figures and the machine."""
+                   skip_model: bool = False, fed_steps: int | None = None) -> dict:
+    """Run every benchmark; returns a JSON-serialisable dict of figures and the machine.
+
+    ``fed_steps``: steps of loader-fed training (default: 100 on a GPU, none on a CPU).
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {"machine": _machine(device), "size": size, "batch": batch, "steps": steps}
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,14 +250,25 @@ def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224
         records = discover(data).records[:n_images]
         result["pipeline_images"] = len(records)
         result["pipeline"] = bench_pipeline(records, size, workers, batch)
-    if not skip_model:
-        configs = {"fp32": (False, False, False), "bf16+channels_last": (True, True, False)}
-        if compile_:
-            configs["bf16+channels_last+compile"] = (True, True, True)
-        result["model"] = {name: _model_step_rates(size, batch, device, *flags, steps=steps)
-                           for name, flags in configs.items()}
-        best_train = max(v["train_img_s"] for v in result["model"].values())
-        result["pipeline_over_training"] = result["pipeline"]["cached_img_s"] / best_train
+        if not skip_model:
+            configs = {"fp32": (False, False, False), "fp32+channels_last": (False, True, False),
+                       "bf16+channels_last": (True, True, False)}
+            if compile_:  # compiled in the precision that pays on this device
+                bf16 = device.type == "cuda"
+                configs[("bf16" if bf16 else "fp32") + "+channels_last+compile"] = (bf16, True,
+                                                                                   True)
+            result["model"] = {name: _model_step_rates(size, batch, device, *flags, steps=steps)
+                               for name, flags in configs.items()}
+            best_train = max(v["train_img_s"] for v in result["model"].values())
+            result["pipeline_over_training"] = result["pipeline"]["cached_img_s"] / best_train
+            if fed_steps is None:
+                fed_steps = 100 if device.type == "cuda" else 0
+            if fed_steps:
+                fed = loader_fed_rate(records, size, batch, device, workers, fed_steps)
+                same = "bf16+channels_last" if device.type == "cuda" else "fp32"
+                fed["over_device_tensors"] = (fed["train_img_s"]
+                                              / result["model"][same]["train_img_s"])
+                result["loader_fed"] = fed
     return result
 
 
@@ -222,5 +301,15 @@ def format_table(r: dict) -> str:
                          f"  peak {m['peak_mem_mb']:7.0f} MB")
         lines.append(f"cached pipeline / fastest training rate: {r['pipeline_over_training']:.1f}x"
                      " (>= 1 keeps up; goal >= 10)")
+        utils = {n: m["gpu_util"] for n, m in r["model"].items() if m.get("gpu_util") is not None}
+        if utils:
+            lines.append("GPU utilisation during training steps: "
+                         + ", ".join(f"{n} {u:.0f}%" for n, u in utils.items()))
+    if "loader_fed" in r:
+        f = r["loader_fed"]
+        util = f"{f['gpu_util']:.0f}%" if f.get("gpu_util") is not None else "n/a"
+        lines.append(f"training fed by the cached pipeline ({f['workers']} workers, bf16+CL): "
+                     f"{f['train_img_s']:.1f} img/s = {f['over_device_tensors']:.2f}x the rate "
+                     f"on device tensors; GPU utilisation {util}")
     return "\n".join(lines)
 

@@ -204,8 +204,10 @@ def _cmd_bench(args) -> int:
 
     r = run_benchmarks(args.data, n_images=args.images, size=args.size, batch=args.batch,
                        steps=args.steps, workers=args.workers, compile_=args.compile,
-                       skip_model=args.skip_model)
+                       skip_model=args.skip_model, fed_steps=args.fed_steps)
     print(json.dumps(r, indent=2) if args.json else format_table(r))
+    if args.save:
+        Path(args.save).write_text(json.dumps(r, indent=2) + "\n")
     return 0
 
 
@@ -221,7 +223,11 @@ def add_bench_command(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--skip-model", action="store_true", help="input pipeline only")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--fed-steps", type=int, default=None,
+                   help="steps of training fed by the input pipeline (default: 100 on a GPU, "
+                   "0 on a CPU)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--save", metavar="FILE", help="also write the figures as JSON to FILE")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -271,6 +277,22 @@ def add_export_command(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+def _cmd_runs(args) -> int:
+    from .runs import format_runs, summarize_run
+
+    rows = [summarize_run(r) for r in args.runs]
+    print(json.dumps(rows, indent=2) if args.json else format_runs(rows))
+    return 0
+
+
+def add_runs_command(sub) -> None:
+    p = sub.add_parser("runs", help="compare finished runs: selected epoch, validation "
+                       "figures, images/s, GPU utilisation")
+    p.add_argument("runs", nargs="+", help="run folders written by koa train")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_runs)
+
+
 # ---------------------------------------------------------------- parser and main
 def build_parser() -> argparse.ArgumentParser:
     """The full ``koa`` parser (tests build and inspect it)."""
@@ -282,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(sub)
     add_bench_command(sub)
     add_export_command(sub)
+    add_runs_command(sub)
     add_book_command(sub)
     for extra in _EXTRA_COMMANDS:
         extra(sub)
