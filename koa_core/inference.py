@@ -65,6 +65,12 @@ def _runtime(device: str | None):
     return dev, amp_dtype("auto", dev)
 
 
+def _load_for_inference(ckpt: Path, dev: torch.device):
+    """The checkpoint's model in channels_last (faster convolutions on CPUs and GPUs)."""
+    model, side = load_checkpoint(ckpt, dev)
+    return model.to(memory_format=torch.channels_last), side
+
+
 def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: str = "test",
                         out: str | Path | None = None, predictions: str | Path | None = None,
                         batch_size: int = 64, n_boot: int = 1000, cache_dir: str | None = None,
@@ -73,7 +79,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
     """Metrics of a checkpoint on one split; optionally writes metrics JSON and a CSV."""
     ckpt = resolve_checkpoint(checkpoint)
     dev, dtype = _runtime(device)
-    model, side = load_checkpoint(ckpt, dev)
+    model, side = _load_for_inference(ckpt, dev)
     for target in (out, predictions):
         if target is not None:
             parent = Path(target).parent
@@ -87,7 +93,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
                        f"(splits present: {', '.join(index.counts()) or 'none'})")
     pre = preprocessor_from_sidecar(side)
     views = ViewCache(cache_dir).get(records, pre, root=str(root), progress=progress)
-    probs, gates = predict_views(model, views, batch_size, dev, dtype)
+    probs, gates = predict_views(model, views, batch_size, dev, dtype, channels_last=True)
     y_true = np.array([r.grade for r in records])
     y_pred = probs.argmax(1)
     metrics = classification_metrics(y_true, y_pred, n_boot=n_boot)
@@ -136,7 +142,7 @@ def predict_files(paths: list[str], checkpoint: str | Path | None = None,
     """Grade each image; unreadable ones get an error entry and the rest go on."""
     ckpt = resolve_checkpoint(checkpoint)
     dev, dtype = _runtime(device)
-    model, side = load_checkpoint(ckpt, dev)
+    model, side = _load_for_inference(ckpt, dev)
     pre = preprocessor_from_sidecar(side)
     if cam_dir is not None:
         cam_dir = Path(cam_dir)
@@ -155,7 +161,7 @@ def predict_files(paths: list[str], checkpoint: str | Path | None = None,
                 f"{path}: ") else msg))
             continue
         views = np.stack([raw, clahe])[None]
-        probs, gates = predict_views(model, views, 1, dev, dtype)
+        probs, gates = predict_views(model, views, 1, dev, dtype, channels_last=True)
         pred = Prediction(path, int(probs[0].argmax()), [float(p) for p in probs[0]],
                           [float(g) for g in gates[0]] if gates is not None else None)
         if cam_dir is not None:
