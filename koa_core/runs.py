@@ -1,0 +1,84 @@
+"""Summaries of training runs (``koa runs``): the selected epoch and its figures.
+
+A run folder written by :func:`koa_core.engine.fit` holds ``history.csv`` (one row per
+epoch) and ``best.json`` (the sidecar of the checkpoint chosen on validation). This module
+reads them back into one row per run, for the ablation table of paper §3 (Table 5) and
+for comparing runs on throughput (images/s, GPU utilisation, time waiting for data).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+from .errors import KoaError
+
+__all__ = ["format_runs", "summarize_run"]
+
+
+def _floats(rows: list[dict], key: str) -> list[float]:
+    out = []
+    for r in rows:
+        try:
+            v = float(r.get(key, "nan"))
+        except ValueError:
+            continue
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def summarize_run(run_dir: str | Path) -> dict:
+    """One run's selected epoch, its validation figures and its throughput."""
+    run = Path(run_dir)
+    try:
+        side = json.loads((run / "best.json").read_text())
+        with open(run / "history.csv", newline="") as fh:
+            hist = list(csv.DictReader(fh))
+    except (OSError, ValueError) as exc:
+        raise KoaError(f"{run}: not a finished run folder (history.csv and best.json "
+                       f"needed: {exc})") from None
+    metric = side.get("select_metric", "macro_f1")
+    best = next((r for r in hist if int(r["epoch"]) == int(side["epoch"])), None)
+    if best is None:
+        raise KoaError(f"{run}: best.json names epoch {side['epoch']}, absent from history.csv")
+    later = hist[1:] or hist  # the first epoch pays for worker start-up and autotuning
+    util = _floats(later, "gpu_util")
+    return {
+        "run": run.name,
+        "epochs": len(hist),
+        "selected": int(side["epoch"]),
+        "select_metric": metric,
+        "val_accuracy": float(best["val_accuracy"]),
+        "val_macro_f1": float(best["val_macro_f1"]),
+        "val_qwk": float(best["val_qwk"]),
+        "val_mae": float(best["val_mae"]),
+        "val_kl4_recall": float(best["val_kl4_recall"]),
+        "train_seconds": sum(_floats(hist, "epoch_s")),
+        "train_img_s": statistics.median(_floats(later, "train_img_s") or [math.nan]),
+        "data_wait_s": statistics.median(_floats(later, "data_wait_s") or [math.nan]),
+        "gpu_util": statistics.median(util) if util else None,
+        "hardware": side.get("hardware", ""),
+    }
+
+
+def format_runs(rows: list[dict]) -> str:
+    """A plain-text table of :func:`summarize_run` rows."""
+    head = (f"{'run':<16}{'epochs':>7}{'best':>6}{'val acc':>9}{'macro F1':>10}{'QWK':>8}"
+            f"{'MAE':>7}{'KL4 rec':>9}{'train s':>9}{'img/s':>8}{'wait s':>8}{'GPU %':>7}")
+    lines = [head]
+    for r in rows:
+        util = f"{r['gpu_util']:.0f}" if r["gpu_util"] is not None else "-"
+        lines.append(f"{r['run']:<16}{r['epochs']:>7}{r['selected']:>6}"
+                     f"{r['val_accuracy']:>9.3f}{r['val_macro_f1']:>10.3f}{r['val_qwk']:>8.3f}"
+                     f"{r['val_mae']:>7.3f}{r['val_kl4_recall']:>9.3f}{r['train_seconds']:>9.0f}"
+                     f"{r['train_img_s']:>8.0f}{r['data_wait_s']:>8.2f}{util:>7}")
+    hardware = sorted({r["hardware"] for r in rows if r["hardware"]})
+    if hardware:
+        lines.append("hardware: " + "; ".join(hardware))
+    lines.append("figures of the epoch selected on validation; img/s, wait (per epoch) and GPU % "
+                 "are medians over epochs 2+")
+    return "\n".join(lines)
