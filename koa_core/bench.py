@@ -232,6 +232,38 @@ def loader_fed_rate(records: list[Record], size: int, batch: int, device: torch.
     return {"train_img_s": rate, "gpu_util": util.mean, "workers": workers}
 
 
+def roofline(size: int, device: torch.device) -> dict:
+    """The model's forward FLOPs per image and the device's dense matmul rate.
+
+    Their ratio bounds inference images/s from above: convolutions lower to matrix
+    products, which run no faster than a large square matmul (fp32 on a CPU, bf16 on a GPU).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import build_model
+
+    model = build_model(ModelConfig(pretrained="none")).eval()
+    x = torch.zeros(1, 2, size, size, dtype=torch.uint8)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    flops = fc.get_total_flops()
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(4):  # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return {"gflop_per_image": flops / 1e9, "matmul_gflops": best / 1e9,
+            "matmul_dtype": str(dtype).replace("torch.", ""),
+            "infer_ceiling_img_s": best / flops}
+
+
 def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224,
                    batch: int = 32, steps: int = 3, workers: int = 2, compile_: bool = False,
                    skip_model: bool = False, fed_steps: int | None = None) -> dict:
@@ -259,6 +291,7 @@ def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224
                                                                                    True)
             result["model"] = {name: _model_step_rates(size, batch, device, *flags, steps=steps)
                                for name, flags in configs.items()}
+            result["roofline"] = roofline(size, device)
             best_train = max(v["train_img_s"] for v in result["model"].values())
             result["pipeline_over_training"] = result["pipeline"]["cached_img_s"] / best_train
             if fed_steps is None:
@@ -301,6 +334,10 @@ def format_table(r: dict) -> str:
                          f"  peak {m['peak_mem_mb']:7.0f} MB")
         lines.append(f"cached pipeline / fastest training rate: {r['pipeline_over_training']:.1f}x"
                      " (>= 1 keeps up; goal >= 10)")
+        rf = r["roofline"]
+        lines.append(f"roofline: {rf['gflop_per_image']:.2f} GFLOP per image (forward), "
+                     f"{rf['matmul_dtype']} matmul {rf['matmul_gflops']:.0f} GFLOP/s -> "
+                     f"inference ceiling {rf['infer_ceiling_img_s']:.1f} images/s")
         utils = {n: m["gpu_util"] for n, m in r["model"].items() if m.get("gpu_util") is not None}
         if utils:
             lines.append("GPU utilisation during training steps: "

@@ -14,8 +14,9 @@ sample's augmentation from (seed, epoch), so a resumed run repeats an uninterrup
 one DataLoader with persistent workers serves all epochs. The training step never waits
 for the GPU: running sums stay on the device and the host checks the loss for NaN every
 25 steps. ``history.csv`` records per epoch the images/s, the seconds spent waiting for
-data and the mean GPU utilisation (:mod:`koa_core.gpumon`). Under ``torchrun`` the same code trains with
-DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 writes the files.
+data and the mean GPU utilisation (:mod:`koa_core.gpumon`). Under ``torchrun`` the same
+code trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 writes the
+files.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from koa_core.bench import format_table, run_benchmarks
 from koa_core.cli import main
 
@@ -22,11 +24,15 @@ def test_run_benchmarks_small(phantom_root):
     for m in r["model"].values():
         assert _positive(m["train_img_s"]) and _positive(m["infer_img_s"])
         assert m["peak_mem_mb"] > 10 and m["gpu_util"] is None  # CPU: no GPU figure
+    rf = r["roofline"]
+    assert rf["gflop_per_image"] > 0.1 and rf["matmul_gflops"] > 0.1
+    assert rf["infer_ceiling_img_s"] == pytest.approx(
+        rf["matmul_gflops"] / rf["gflop_per_image"])
     fed = r["loader_fed"]
     assert _positive(fed["train_img_s"]) and _positive(fed["over_device_tensors"])
     table = format_table(r)
     assert "baseline" in table and "bf16+channels_last" in table
-    assert "fed by the cached pipeline" in table
+    assert "fed by the cached pipeline" in table and "inference ceiling" in table
 
 
 def test_cli_bench_saves_json(tmp_path, phantom_root, capsys):
