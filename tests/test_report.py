@@ -6,6 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -111,8 +113,8 @@ def test_resolve_root(tmp_path):
 
 def test_proposed_checkpoint(tmp_path, monkeypatch):
     assert report.proposed_checkpoint("x/best.safetensors", tmp_path, ["demo"]) == \
-        report.Path("x/best.safetensors")
-    monkeypatch.setattr(report, "proposed_run", lambda runs, p, s, root: runs / "proposed")
+        Path("x/best.safetensors")
+    monkeypatch.setattr(report.training, "proposed_run", lambda runs, p, s, root: runs / "proposed")
     assert report.proposed_checkpoint("", tmp_path, ["demo"]) == \
         tmp_path / "proposed" / "best.safetensors"
 
@@ -171,11 +173,11 @@ def test_clahe_table_and_verdict(knees):
 
 
 def test_joint_focus_is_one_for_a_uniform_map():
-    assert report._joint_focus(np.ones((64, 64))) == pytest.approx(1.0, abs=0.02)
+    assert report.cams._joint_focus(np.ones((64, 64))) == pytest.approx(1.0, abs=0.02)
     peak = np.zeros((64, 64))
     peak[32, 32] = 1
-    assert report._joint_focus(peak) > 3
-    assert np.isnan(report._joint_focus(np.zeros((8, 8))))
+    assert report.cams._joint_focus(peak) > 3
+    assert np.isnan(report.cams._joint_focus(np.zeros((8, 8))))
 
 
 @pytest.mark.parametrize("best, supports", [("2", True), ("1", False)])
@@ -296,7 +298,7 @@ def test_train_or_reuse_reuses_a_real_run(tiny_run):
 
 def test_proposed_run_stacks_ablation_proposed(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(report, "train_or_reuse",
+    monkeypatch.setattr(report.training, "train_or_reuse",
                         lambda run, profiles, sets, root: seen.update(run=run, p=profiles))
     report.proposed_run(tmp_path, ["demo"], [], None)
     assert seen == {"run": tmp_path / "proposed", "p": ["demo", "ablation-proposed"]}
@@ -330,7 +332,7 @@ def test_predict_split_and_gates(tiny_run):
 def test_run_ablation_table(tiny_run, monkeypatch, tmp_path):
     run, root = tiny_run
     runs = []
-    monkeypatch.setattr(report, "train_or_reuse",
+    monkeypatch.setattr(report.training, "train_or_reuse",
                         lambda r, profiles, sets, data_root: runs.append((r.name, profiles)) or run)
     df = report.run_ablation(tmp_path, ["demo"], [], root,
                              ["ablation-proposed", "ablation-no-aux"],

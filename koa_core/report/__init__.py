@@ -1,0 +1,93 @@
+"""Tables, figures and run helpers for the book's chapters (the notebooks stay thin).
+
+Every chapter of the book shows the paper's own numbers next to ours. The paper's figures
+are images we do not have, so its numbers come from its tables (Tables 1-5 and 7, the
+class totals printed in Fig. 1) and are held here as constants, copied as printed,
+slips included; :func:`paper_count_slips` lists the slips. The rest are small helpers:
+dataset tables (§2.1), CLAHE measures (§2.2, Figs. 2-3), the loss-weighting table
+(§2.3b, Table 2), run reuse and learning curves (§2.4), per-image predictions and fusion
+gates, the ablation (Table 5), classification reports and confusion matrices (Tables
+3-4, Figs. 5-6), the comparison with published work (Table 7) and Grad-CAM panels
+(Fig. 7). Figures are made with pyplot, so a notebook shows each one once, when the
+cell ends; tables are pandas DataFrames.
+
+One module per part of the paper: :mod:`.paper` (its numbers), :mod:`.common` (page
+set-up), :mod:`.data` (§2.1), :mod:`.clahe` (§2.2), :mod:`.loss` (§2.3b),
+:mod:`.training` (§2.4, Table 5), :mod:`.evaluation` (§3) and :mod:`.cams` (Fig. 7).
+Notebooks use them through this package: ``from koa_core import report``.
+"""
+
+from .paper import (
+    ABLATIONS, KL, PAPER_FIG1_COUNTS, PAPER_TABLE1, PAPER_TABLE3, PAPER_TABLE4, PAPER_TABLE5,
+    PAPER_TABLE7, PUBLISHED,
+)
+from .common import ensure_phantom, parameter_table, resolve_root, setup
+from .data import (
+    counts_table, crop_example, leakage_table, paper_count_slips, paper_counts_table,
+    sample_grid, sample_images, share_figure,
+)
+from .clahe import clahe_figure, clahe_measures, clahe_table, clahe_verdict
+from .loss import focal_figure, influence_table
+from .training import (
+    ablation_figure, config_table, learning_curves, proposed_checkpoint, proposed_run,
+    read_history, run_ablation, run_status, run_summary, train_or_reuse,
+)
+from .evaluation import (
+    ci_table, comparison_table, confusion_figure, gate_figure, gate_table, kl4_table,
+    paper_correct_counts, paper_report_table, predict_split, report_table,
+)
+from .cams import cam_cases, cam_figure, cam_share_table, pick_cases
+
+__all__ = [
+    "ABLATIONS",
+    "KL",
+    "PAPER_FIG1_COUNTS",
+    "PAPER_TABLE1",
+    "PAPER_TABLE3",
+    "PAPER_TABLE4",
+    "PAPER_TABLE5",
+    "PAPER_TABLE7",
+    "PUBLISHED",
+    "ablation_figure",
+    "cam_cases",
+    "cam_figure",
+    "cam_share_table",
+    "ci_table",
+    "clahe_figure",
+    "clahe_measures",
+    "clahe_table",
+    "clahe_verdict",
+    "comparison_table",
+    "config_table",
+    "confusion_figure",
+    "counts_table",
+    "crop_example",
+    "ensure_phantom",
+    "focal_figure",
+    "gate_figure",
+    "gate_table",
+    "influence_table",
+    "kl4_table",
+    "leakage_table",
+    "learning_curves",
+    "paper_correct_counts",
+    "paper_count_slips",
+    "paper_counts_table",
+    "paper_report_table",
+    "parameter_table",
+    "pick_cases",
+    "predict_split",
+    "proposed_checkpoint",
+    "proposed_run",
+    "read_history",
+    "report_table",
+    "resolve_root",
+    "run_ablation",
+    "run_status",
+    "run_summary",
+    "sample_grid",
+    "sample_images",
+    "setup",
+    "share_figure",
+    "train_or_reuse",
+]

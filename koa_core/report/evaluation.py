@@ -1,0 +1,151 @@
+"""Evaluation (paper §3, Tables 3-4 and 7, Figs. 5-6): per-image predictions and fusion
+gates, classification reports beside the paper's, confusion matrices, KL4 recall,
+bootstrap intervals, published results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .paper import KL, PAPER_TABLE3, PAPER_TABLE4, PAPER_TABLE7, PUBLISHED
+
+
+def predict_split(checkpoint: str | Path, data_root: str | Path, split: str = "val",
+                  cache_dir: str | None = None) -> pd.DataFrame:
+    """One row per image of a split: path, grade, pred, p0..p4 and the gate w_raw (NaN for
+    single-stream models)."""
+    from ..cache import ViewCache
+    from ..checkpoint import load_checkpoint
+    from ..data import discover
+    from ..engine import predict_views
+    from ..inference import preprocessor_from_sidecar
+
+    model, side = load_checkpoint(checkpoint)
+    recs = discover(data_root).split(split)
+    views = ViewCache(cache_dir).get(recs, preprocessor_from_sidecar(side), root=str(data_root))
+    probs, gates = predict_views(model, views)
+    df = pd.DataFrame(probs, columns=[f"p{g}" for g in range(5)])
+    df.insert(0, "path", [r.path for r in recs])
+    df.insert(1, "grade", [r.grade for r in recs])
+    df.insert(2, "pred", probs.argmax(1))
+    df["gate_raw"] = gates[:, 0] if gates is not None else np.nan
+    return df
+
+
+def gate_table(pred: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sd, min and max of the fusion weight w_raw per true grade (w_clahe = 1 - w_raw)."""
+    t = pred.groupby("grade")["gate_raw"].agg(["count", "mean", "std", "min", "max"])
+    t.index = [KL[g] for g in t.index]
+    return t.rename(columns={"mean": "mean w_raw", "std": "sd"})
+
+
+def gate_figure(pred: pd.DataFrame, seed: int = 0):
+    """Distribution of the fusion weight w_raw per true grade (box plot plus points)."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    groups = [(g, pred.gate_raw[pred.grade == g].to_numpy()) for g in range(5)]
+    groups = [(g, v) for g, v in groups if len(v)]
+    ax.boxplot([v for _, v in groups], positions=[g for g, _ in groups], widths=0.5,
+               showfliers=False)
+    for g, v in groups:
+        ax.scatter(g + rng.uniform(-0.15, 0.15, len(v)), v, s=9, alpha=0.6)
+    ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+    ax.set(xticks=range(5), xticklabels=KL, xlim=(-0.6, 4.6), xlabel="true grade",
+           ylabel="w_raw (w_clahe = 1 - w_raw)", title="Fusion gate on the validation split")
+    fig.tight_layout()
+    return fig
+
+
+def _report_frame(per_class, accuracy, n, macro, weighted) -> pd.DataFrame:
+    rows = {KL[g]: list(per_class[g]) for g in range(5)}
+    rows["accuracy"] = [np.nan, np.nan, accuracy, n]
+    rows["macro avg"] = [*macro, n]
+    rows["weighted avg"] = [*weighted, n]
+    df = pd.DataFrame(rows, index=["precision", "recall", "f1-score", "support"]).T.round(4)
+    df = df.astype({"support": int}).astype(object)
+    return df.where(df.notna(), "")  # the accuracy row has no precision or recall
+
+
+def report_table(metrics: dict) -> pd.DataFrame:
+    """The layout of the paper's Tables 3-4, from the dict of
+    :func:`~koa_core.metrics.classification_metrics`."""
+    pc = metrics["per_class"]
+    per = [(pc[str(g)]["precision"], pc[str(g)]["recall"], pc[str(g)]["f1"],
+            pc[str(g)]["support"]) for g in range(5)]
+    avg = [tuple(metrics[k][x] for x in ("precision", "recall", "f1"))
+           for k in ("macro_avg", "weighted_avg")]
+    return _report_frame(per, metrics["accuracy"], metrics["n"], *avg)
+
+
+def paper_report_table(table: int) -> pd.DataFrame:
+    """The paper's Table 3 (raw-only) or Table 4 (proposed), as printed."""
+    t = {3: PAPER_TABLE3, 4: PAPER_TABLE4}[table]
+    return _report_frame(t["per_class"], *t["accuracy"], t["macro"], t["weighted"])
+
+
+def paper_correct_counts(table: int) -> pd.DataFrame:
+    """The diagonal of the paper's confusion matrix (Fig. 5 for table 3, Fig. 6 for 4),
+    recovered as recall x support from the table: correctly graded images per grade."""
+    t = {3: PAPER_TABLE3, 4: PAPER_TABLE4}[table]
+    rows = [(round(r * n), n, r) for _, r, _, n in t["per_class"]]
+    return pd.DataFrame(rows, index=KL, columns=["correct", "support", "recall"])
+
+
+def confusion_figure(matrices: dict[str, Sequence[Sequence[int]]]):
+    """Seaborn heat maps of confusion matrices (rows true grade), counts annotated and
+    colour by row share (recall), side by side (like Figs. 5-6)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.4 * len(matrices), 3.9),
+                             squeeze=False)
+    for ax, (title, cm) in zip(axes[0], matrices.items()):
+        cm = np.asarray(cm)
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        sns.heatmap(share, annot=cm, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False,
+                    xticklabels=KL, yticklabels=KL, ax=ax)
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def kl4_table(metrics: dict[str, dict]) -> pd.DataFrame:
+    """KL4 recall, severe knees found and their number, per model, beside Tables 4 and 3."""
+    cols = {name: [round(m["per_class"]["4"]["recall"], 4), m["confusion_matrix"][4][4],
+                   m["per_class"]["4"]["support"]] for name, m in metrics.items()}
+    cols["paper (Table 4)"] = [0.7843, 40, 51]
+    cols["paper (Table 3)"] = [0.8039, 41, 51]
+    return pd.DataFrame(cols, index=["KL4 recall", "KL4 found", "KL4 test images"], dtype=object)
+
+
+def ci_table(metrics: dict) -> pd.DataFrame:
+    """Point estimates with their bootstrap intervals (accuracy, macro F1, QWK), and MAE."""
+    ci = metrics.get("ci") or {}
+    rows = [(k, metrics[k], *(ci.get(k) or (np.nan, np.nan)))
+            for k in ("accuracy", "macro_f1", "qwk")]
+    rows.append(("mae (grades)", metrics["mae"], np.nan, np.nan))
+    level = f"{100 * ci['level']:.0f}%" if ci else "no"
+    df = pd.DataFrame(rows, columns=["metric", "value", f"{level} CI low", f"{level} CI high"]
+                      ).set_index("metric").round(4).astype(object)
+    return df.where(df.notna(), "")  # no interval for MAE (or without bootstrap)
+
+
+def comparison_table(ours: dict | None = None, label: str = "this book") -> pd.DataFrame:
+    """Table 7 as printed, the published results on the same split (with caveats) and,
+    when given, our metrics under ``label``."""
+    rows = [("paper, Table 7", m, a, f, "", "as printed in the paper")
+            for m, a, f in PAPER_TABLE7]
+    rows += [(w, m, a, np.nan, o, c) for w, m, a, o, c in PUBLISHED]
+    if ours is not None:
+        rows.append((label, "dual-stream ResNet-18 + cross-attention", 100 * ours["accuracy"],
+                     ours["macro_f1"], f"QWK {ours['qwk']:.3f}, MAE {ours['mae']:.3f}",
+                     ours.get("note", "")))
+    df = pd.DataFrame(rows, columns=["source", "model", "accuracy %", "F1", "other", "caveat"])
+    df[["accuracy %", "F1"]] = df[["accuracy %", "F1"]].round(2)
+    return df.astype(object).where(df.notna(), "")  # blank, not NaN, where none is published

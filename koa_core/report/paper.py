@@ -1,0 +1,60 @@
+"""The paper's numbers, copied as printed (slips included): Tables 1, 3, 4, 5 and 7, the
+class totals of Fig. 1, and published results on the same public dataset.
+"""
+
+from __future__ import annotations
+
+KL = [f"KL{g}" for g in range(5)]
+
+
+PAPER_FIG1_COUNTS = (3857, 1770, 2578, 1786, 295)  # Fig. 1 (sums to 10,286)
+
+
+PAPER_TABLE1 = {"train": (2286, 1046, 1516, 757, 173), "val": (328, 153, 212, 106, 27),
+                "test": (639, 296, 447, 223, 51)}  # Table 1 (5,778 / 826 / 1,656)
+
+
+# Tables 3 (raw only) and 4 (proposed): per grade (precision, recall, F1, support), then
+# (accuracy, n), macro and weighted (precision, recall, F1).
+PAPER_TABLE3 = {"per_class": [(0.6469, 0.8858, 0.7477, 639), (0.6805, 0.5541, 0.6108, 296),
+                              (0.6065, 0.5034, 0.5501, 447), (0.9111, 0.3677, 0.5240, 223),
+                              (0.5190, 0.8039, 0.6308, 51)],
+                "accuracy": (0.6510, 1656), "macro": (0.6728, 0.6230, 0.6127),
+                "weighted": (0.6736, 0.6510, 0.6362)}
+
+
+PAPER_TABLE4 = {"per_class": [(0.7607, 0.8607, 0.8076, 639), (0.7675, 0.5912, 0.6679, 296),
+                              (0.6732, 0.6897, 0.6814, 448), (0.7643, 0.5381, 0.6316, 223),
+                              (0.4444, 0.7843, 0.5674, 51)],
+                "accuracy": (0.7206, 1657), "macro": (0.6820, 0.6928, 0.6712),
+                "weighted": (0.7290, 0.7206, 0.7175)}
+
+
+# Table 5: (configuration, bundled config, test accuracy %).
+ABLATIONS = [("Single-stream (CLAHE only)", "ablation-clahe", 61.84),
+             ("Single-stream (Raw only)", "ablation-raw", 65.10),
+             ("Dual-stream (Raw + CLAHE, no attention)", "ablation-dual-noattn", 70.47),
+             ("Proposed (dual-stream + attention)", "ablation-proposed", 72.06)]
+
+
+PAPER_TABLE5 = {name: acc for name, _, acc in ABLATIONS}
+
+
+PAPER_TABLE7 = [("VGG-19 + ordinal loss [19]", 69.7, 0.68), ("ResNet-101 [20]", 69.0, 0.65),
+                ("InceptionV3 [21]", 67.0, 0.66), ("DenseNet-121 [22]", 71.0, 0.70),
+                ("Proposed (dual + cross-attention)", 72.06, 0.67)]
+
+
+# Published results on the same public split, as published (not re-measured here).
+PUBLISHED = [
+    ("Chen et al. 2019", "VGG-19 + ordinal loss", 69.7, "MAE ~0.34", "official split"),
+    ("Jain et al. 2023 (OsteoHRNet)", "HRNet + attention", 71.74, "MAE 0.311", ""),
+    ("Pi et al. 2023", "ensemble of 8 CNNs", 76.93, "F1 0.767",
+     "checkpoints appear to have been chosen with test accuracy"),
+    ("Li et al. 2026 (AGE-Net)", "ConvNeXt-B + evidential ordinal head", None,
+     "QWK 0.902 +- 0.005 (3 seeds)", ""),
+    ("Alkhatatbeh et al. 2026 (KL-FuseNet)", "ConvNeXt-B + ResNet-50, multitask", 70.3,
+     "QWK 0.881", "their own patient-wise re-split"),
+    ("Momenpour & Abu Mallouh 2025", "EfficientNet-B5 + label cleaning", 82.07, "",
+     "labels were changed; 69% before"),
+]
