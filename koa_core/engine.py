@@ -201,10 +201,12 @@ def _first_bad(losses: list[torch.Tensor]) -> int | None:
     return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
 
 
-def _train_epoch(model, loader, loss_fn, opt, sched, device, dtype, cfg, epoch, progress, rank):
-    """One pass over the loader. Running sums stay on the device; the host syncs every
-    ``check_every`` steps (every step on a CPU, where syncing is free) to stop at the
-    first non-finite loss and to update the progress bar."""
+def _train_epoch(model, epoch_iter, n_batches, loss_fn, opt, sched, device, dtype, cfg, epoch,
+                 progress, rank):
+    """One pass over ``epoch_iter`` (an iterator of the train loader, possibly already
+    prefetching). Running sums stay on the device; the host syncs every ``check_every``
+    steps (every step on a CPU, where syncing is free) to stop at the first non-finite loss
+    and to update the progress bar."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -215,7 +217,7 @@ def _train_epoch(model, loader, loss_fn, opt, sched, device, dtype, cfg, epoch, 
     steps = n = 0
     wait = 0.0
     t0 = time.perf_counter()
-    it = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False,
+    it = tqdm(epoch_iter, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
               disable=not progress or rank != 0)
     batches = iter(it)
     with GpuUtilization(device) as util:
@@ -387,17 +389,23 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                     for sig in (signal.SIGTERM, signal.SIGINT)} \
         if rank == 0 and _in_main_thread() else {}
     t_start = time.perf_counter()
+
+    next_iter = None
     try:
         for epoch in range(start, cfg.train.epochs + 1):
             if stale >= cfg.train.patience:
                 break
             torch.manual_seed(cfg.train.seed * 1000 + epoch)
-            data.train.set_epoch(epoch)
-            sampler.set_epoch(epoch)
+            epoch_iter = next_iter if next_iter is not None else _start_epoch(loader, epoch)
+            next_iter = None
             t0 = time.perf_counter()
             row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
-            row.update(_train_epoch(net, loader, loss_fn, opt, sched, device, dtype, cfg, epoch,
-                                    progress, rank))
+            row.update(_train_epoch(net, epoch_iter, len(loader), loss_fn, opt, sched, device,
+                                    dtype, cfg, epoch, progress, rank))
+            del epoch_iter
+            if epoch < cfg.train.epochs:
+                # the workers prepare the next epoch's first batches during validation
+                next_iter = _start_epoch(loader, epoch + 1)
             val = _validate(model, data.val, cfg, device, dtype)
             metrics = val.pop("_metrics")
             row.update(val)
@@ -419,6 +427,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                           f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
                           f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
     finally:
+        next_iter = None
         del loader  # shuts persistent workers down
         for sig, handler in old_handlers.items():
             # None: the old handler was installed outside Python; the default is closest
@@ -427,6 +436,13 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             dist.destroy_process_group()
     return {"out": str(out), "epochs_run": len(history), "best_" + cfg.train.select_metric: best,
             "history": history, "seconds": time.perf_counter() - t_start}
+
+
+def _start_epoch(loader, epoch: int):
+    """Set epoch ``epoch``'s order and augmentation; an iterator whose workers start now."""
+    loader.dataset.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch)
+    return iter(loader)
 
 
 def _in_main_thread() -> bool:

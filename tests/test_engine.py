@@ -122,6 +122,21 @@ def test_unwritable_output_fails_before_training(tmp_path, monkeypatch):
     assert not called
 
 
+def test_worker_processes_do_not_change_training(tmp_path):
+    # Persistent workers prefetching the next epoch during validation, with partial epochs
+    # (max_steps_per_epoch), train exactly what the main process alone trains.
+    weights = {}
+    for workers in (0, 2):
+        cfg = _cfg(tmp_path / "cache", **{"train.deterministic": "true",
+                                          "data.num_workers": workers, "train.epochs": 3})
+        engine.fit(cfg, tmp_path / f"w{workers}", progress=False)
+        weights[workers] = _final_weights(tmp_path / f"w{workers}")
+        rows = list(csv.DictReader(open(tmp_path / f"w{workers}" / "history.csv")))
+        assert len(rows) == 3 and all(float(r["data_wait_s"]) >= 0 for r in rows)
+    keys = [k for k in weights[0] if k.startswith("s.model.")]
+    assert keys and all(torch.equal(weights[0][k], weights[2][k]) for k in keys)
+
+
 def test_resume_without_run(tmp_path):
     with pytest.raises(KoaError, match="nothing to resume"):
         engine.fit(_cfg(tmp_path / "cache"), tmp_path / "empty", resume=True, progress=False)
