@@ -101,6 +101,7 @@ class TrainConfig:
     channels_last: bool = True
     grad_clip: float = 5.0  # ours
     max_steps_per_epoch: int | None = None  # ours: cap for smoke runs
+    compile: bool = False  # ours: torch.compile the training forward (1.4x on a GPU)
 
 
 @dataclass

@@ -372,6 +372,10 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                         steps_per_epoch * cfg.train.warmup_epochs))
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) \
         if ddp else model
+    if cfg.train.compile:
+        # Training steps run compiled; validation and the checkpoints use ``model`` itself,
+        # whose parameters the compiled module shares.
+        net = torch.compile(net)
 
     start, best, stale, history = 1, -math.inf, 0, []
     if resume:

@@ -137,6 +137,19 @@ def test_worker_processes_do_not_change_training(tmp_path):
     assert keys and all(torch.equal(weights[0][k], weights[2][k]) for k in keys)
 
 
+@pytest.mark.slow
+def test_compiled_training_writes_the_same_kind_of_run(tmp_path):
+    cfg = _cfg(tmp_path / "cache", **{"train.compile": "true", "train.epochs": 1,
+                                      "train.max_steps_per_epoch": 2})
+    summary = engine.fit(cfg, tmp_path / "c", progress=False)
+    assert summary["epochs_run"] == 1
+    w = _final_weights(tmp_path / "c")
+    assert not any("_orig_mod" in k for k in w)  # plain parameter names, loadable anywhere
+    plain = _cfg(tmp_path / "cache", **{"train.epochs": 1, "train.max_steps_per_epoch": 2})
+    engine.fit(plain, tmp_path / "p", progress=False)
+    assert set(_final_weights(tmp_path / "p")) == set(w)
+
+
 def test_resume_without_run(tmp_path):
     with pytest.raises(KoaError, match="nothing to resume"):
         engine.fit(_cfg(tmp_path / "cache"), tmp_path / "empty", resume=True, progress=False)
