@@ -87,14 +87,17 @@ class ClassAugment:
 
     def reseed(self, seed: int) -> None:
         """Restart every grade's random stream from ``seed`` (per epoch / per worker)."""
-        for g, pipe in self._pipes.items():
-            pipe.set_random_seed(int(seed) * 7 + g)
+        for g in self._pipes:
+            self._seed_grade(g, seed)
+
+    def _seed_grade(self, grade: int, seed: int) -> None:
+        self._pipes[grade].set_random_seed(int(seed) * 7 + grade)
 
     def __call__(self, raw: np.ndarray, clahe: np.ndarray, grade: int, seed: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Augment one sample; ``seed`` first restarts this grade's stream (per-sample draws)."""
-        pipe = self._pipes[int(grade)]
+        grade = int(grade)
         if seed is not None:
-            pipe.set_random_seed(int(seed) * 7 + int(grade))
-        out = pipe(image=np.asarray(raw), clahe=np.asarray(clahe))
+            self._seed_grade(grade, seed)
+        out = self._pipes[grade](image=np.asarray(raw), clahe=np.asarray(clahe))
         return out["image"], out["clahe"]

@@ -36,7 +36,7 @@ from .augment import ClassAugment
 from .cache import ViewCache
 from .config import ModelConfig
 from .data import Record, discover
-from .dataset import EpochSampler, KneeDataset, make_loader
+from .dataset import EpochSampler, KneeDataset, make_loader, start_epoch
 from .gpumon import GpuUtilization
 from .preprocess import Preprocessor, apply_clahe, resize_square
 
@@ -114,8 +114,13 @@ def bench_pipeline(records: list[Record], size: int, workers: int, batch: int) -
 
 
 # ---------------------------------------------------------------- model
-def _model_step_rates(size: int, batch: int, device: torch.device, bf16: bool,
-                      channels_last: bool, compile_: bool, steps: int) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _training_setup(device: torch.device, channels_last: bool):
+    """The proposed model (seeded, from scratch), its loss and an AdamW optimizer."""
     from .losses import KLMultiTaskLoss
     from .models import build_model
 
@@ -123,51 +128,52 @@ def _model_step_rates(size: int, batch: int, device: torch.device, bf16: bool,
     model = build_model(ModelConfig(pretrained="none")).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model, KLMultiTaskLoss().to(device), torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def _train_step(fwd, loss_fn, opt, x, y, ctx) -> None:
+    with ctx():
+        out = fwd(x)
+    loss = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()},
+                   y)["loss"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _model_step_rates(size: int, batch: int, device: torch.device, bf16: bool,
+                      channels_last: bool, compile_: bool, steps: int) -> dict:
+    model, loss_fn, opt = _training_setup(device, channels_last)
     fwd = torch.compile(model) if compile_ else model
-    loss_fn = KLMultiTaskLoss().to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (batch, 2, size, size), dtype=torch.uint8, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 5, (batch,), device=device)
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def train_step():
-        with ctx():
-            out = fwd(x)
-        loss = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()},
-                       y)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _reset_peak_rss()
     model.train()
     for _ in range(2 if compile_ else 1):  # warm-up (and compilation, also of the backward)
-        train_step()
-    sync()
+        _train_step(fwd, loss_fn, opt, x, y, ctx)
+    _sync(device)
     with GpuUtilization(device) as util:
         t0 = time.perf_counter()
         for _ in range(steps):
-            train_step()
-        sync()
+            _train_step(fwd, loss_fn, opt, x, y, ctx)
+        _sync(device)
         train = batch * steps / (time.perf_counter() - t0)
     model.eval()
     with torch.no_grad():
         with ctx():
             fwd(x)
-        sync()
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             with ctx():
                 fwd(x)
-        sync()
+        _sync(device)
         infer = batch * steps / (time.perf_counter() - t0)
     mem = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
            else _peak_rss_mb())
@@ -178,14 +184,14 @@ def _model_step_rates(size: int, batch: int, device: torch.device, bf16: bool,
 def loader_fed_rate(records: list[Record], size: int, batch: int, device: torch.device,
                     workers: int, steps: int) -> dict:
     """Training images/s (bf16 + channels_last) fed by the cached pipeline with augmentation."""
-    from .losses import KLMultiTaskLoss
-    from .models import build_model
+    from .engine import batch_input
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(pretrained="none")).to(device)
-    model = model.to(memory_format=torch.channels_last).train()
-    loss_fn = KLMultiTaskLoss().to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, loss_fn, opt = _training_setup(device, channels_last=True)
+    model.train()
+
+    def ctx():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
     with tempfile.TemporaryDirectory() as tmp:
         views = ViewCache(tmp, workers=max(1, workers)).get(records, Preprocessor(size=size))
         ds = KneeDataset(records, views, ClassAugment(size, seed=0))
@@ -195,37 +201,23 @@ def loader_fed_rate(records: list[Record], size: int, batch: int, device: torch.
         def batches(loader):
             epoch = 0
             while True:
-                ds.set_epoch(epoch)
-                loader.sampler.set_epoch(epoch)
-                yield from loader
+                yield from start_epoch(loader, epoch)
                 epoch += 1
 
-        def step(raw, clahe, y):
-            x = torch.cat([raw.to(device, non_blocking=True),
-                           clahe.to(device, non_blocking=True)], 1)
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=device.type == "cuda"):
-                out = model(x)
-            loss = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()},
-                           y.to(device, non_blocking=True))["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        def step(it):
+            raw, clahe, y, _ = next(it)
+            _train_step(model, loss_fn, opt, batch_input(raw, clahe, device, True),
+                        y.to(device, non_blocking=True), ctx)
 
         it = batches(loader)
         for _ in range(3):  # warm-up: workers start, cuDNN picks kernels
-            raw, clahe, y, _ = next(it)
-            step(raw, clahe, y)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            step(it)
+        _sync(device)
         with GpuUtilization(device) as util:
             t0 = time.perf_counter()
             for _ in range(steps):
-                raw, clahe, y, _ = next(it)
-                step(raw, clahe, y)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+                step(it)
+            _sync(device)
             rate = batch * steps / (time.perf_counter() - t0)
         it.close()
         del it, loader  # shuts the workers down before the cache goes
@@ -252,12 +244,10 @@ def roofline(size: int, device: torch.device) -> dict:
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = 0.0
     for _ in range(4):  # the first is a warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         t0 = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return {"gflop_per_image": flops / 1e9, "matmul_gflops": best / 1e9,
             "matmul_dtype": str(dtype).replace("torch.", ""),

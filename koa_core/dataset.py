@@ -23,7 +23,7 @@ from .data import Record
 from .preprocess import Preprocessor
 
 __all__ = ["EpochSampler", "KneeDataset", "class_counts", "load_views", "make_loader",
-           "stratified_subset"]
+           "start_epoch", "stratified_subset"]
 
 
 class KneeDataset(Dataset):
@@ -103,6 +103,14 @@ def make_loader(ds: KneeDataset, batch_size: int, shuffle: bool, seed: int = 0,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=bool(persistent and num_workers),
                       prefetch_factor=4 if num_workers else None)
+
+
+def start_epoch(loader: DataLoader, epoch: int):
+    """Set epoch ``epoch``'s order (the loader's sampler) and augmentation (its dataset);
+    returns an iterator, whose workers start preparing batches at once."""
+    loader.dataset.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch)
+    return iter(loader)
 
 
 def stratified_subset(records: Sequence[Record], n: int | None, seed: int = 0

@@ -42,7 +42,8 @@ from .cache import ViewCache
 from .checkpoint import load_state, save_checkpoint, save_state
 from .config import Config, config_from_dict, config_to_dict
 from .data import discover
-from .dataset import EpochSampler, KneeDataset, class_counts, make_loader, stratified_subset
+from .dataset import (EpochSampler, KneeDataset, class_counts, make_loader, start_epoch,
+                      stratified_subset)
 from .errors import KoaError
 from .losses import KLMultiTaskLoss, resolve_alpha
 from .gpumon import GpuUtilization
@@ -53,6 +54,7 @@ from .preprocess import Preprocessor
 __all__ = [
     "TrainData",
     "amp_dtype",
+    "batch_input",
     "fit",
     "predict_views",
     "prepare_data",
@@ -157,7 +159,8 @@ def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -
 
 
 # ---------------------------------------------------------------- steps
-def _batch_input(raw, clahe, device, channels_last):
+def batch_input(raw, clahe, device, channels_last: bool) -> torch.Tensor:
+    """The model input (N, 2, S, S) on ``device`` from a loader batch's two views."""
     # copy the (pinned) views first, join them on the device: a joined host tensor
     # would be unpinned and its copy synchronous
     x = torch.cat([raw.to(device, non_blocking=True), clahe.to(device, non_blocking=True)], 1)
@@ -195,12 +198,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def _first_bad(losses: list[torch.Tensor]) -> int | None:
-    """Index of the first non-finite loss in ``losses`` (one device sync), or None."""
-    bad = ~torch.isfinite(torch.stack(losses))
-    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
-
-
 def _train_epoch(model, epoch_iter, n_batches, loss_fn, opt, sched, device, dtype, cfg, epoch,
                  progress, rank):
     """One pass over ``epoch_iter`` (an iterator of the train loader, possibly already
@@ -228,7 +225,7 @@ def _train_epoch(model, epoch_iter, n_batches, loss_fn, opt, sched, device, dtyp
             if batch is None:
                 break
             raw, clahe, y, _ = batch
-            x = _batch_input(raw, clahe, device, cfg.train.channels_last)
+            x = batch_input(raw, clahe, device, cfg.train.channels_last)
             y = y.to(device, non_blocking=True)
             with _autocast(device, dtype):
                 out = model(x)
@@ -276,10 +273,11 @@ def _train_epoch(model, epoch_iter, n_batches, loss_fn, opt, sched, device, dtyp
 
 
 def _check_losses(pending: list[torch.Tensor], epoch: int, steps: int) -> None:
-    bad = _first_bad(pending)
-    if bad is not None:
-        step = steps - len(pending) + bad
-        value = float(pending[bad])
+    """Stop at the first non-finite loss among the last ``len(pending)`` steps (one sync)."""
+    bad = (~torch.isfinite(torch.stack(pending))).nonzero()
+    if len(bad):
+        step = steps - len(pending) + int(bad[0, 0])
+        value = float(pending[int(bad[0, 0])])
         raise KoaError(f"the training loss became {value} at epoch {epoch}, step {step}; "
                        "lower train.lr or check the data")
 
@@ -400,7 +398,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             if stale >= cfg.train.patience:
                 break
             torch.manual_seed(cfg.train.seed * 1000 + epoch)
-            epoch_iter = next_iter if next_iter is not None else _start_epoch(loader, epoch)
+            epoch_iter = next_iter if next_iter is not None else start_epoch(loader, epoch)
             next_iter = None
             t0 = time.perf_counter()
             row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
@@ -409,7 +407,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             del epoch_iter
             if epoch < cfg.train.epochs:
                 # the workers prepare the next epoch's first batches during validation
-                next_iter = _start_epoch(loader, epoch + 1)
+                next_iter = start_epoch(loader, epoch + 1)
             val = _validate(model, data.val, cfg, device, dtype)
             metrics = val.pop("_metrics")
             row.update(val)
@@ -440,13 +438,6 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             dist.destroy_process_group()
     return {"out": str(out), "epochs_run": len(history), "best_" + cfg.train.select_metric: best,
             "history": history, "seconds": time.perf_counter() - t_start}
-
-
-def _start_epoch(loader, epoch: int):
-    """Set epoch ``epoch``'s order and augmentation; an iterator whose workers start now."""
-    loader.dataset.set_epoch(epoch)
-    loader.sampler.set_epoch(epoch)
-    return iter(loader)
 
 
 def _in_main_thread() -> bool:

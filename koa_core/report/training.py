@@ -5,7 +5,6 @@ ablation table.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -114,12 +113,13 @@ def config_table(run_dir: str | Path) -> pd.DataFrame:
 
 def run_summary(run_dir: str | Path) -> pd.DataFrame:
     """Epochs run, the selected epoch and its validation metrics, training time, hardware."""
-    side = json.loads((Path(run_dir) / "best.json").read_text())
-    hist, vm = read_history(run_dir), side["val_metrics"]
-    rows = {"epochs run": len(hist), "selected epoch (best val macro F1)": side["epoch"],
-            "val accuracy": round(vm["accuracy"], 4), "val macro F1": round(vm["macro_f1"], 4),
-            "val QWK": round(vm["qwk"], 4), "training time (s)": round(hist.epoch_s.sum()),
-            "hardware": side.get("hardware", "")}
+    from ..runs import summarize_run
+
+    r = summarize_run(run_dir)
+    rows = {"epochs run": r["epochs"], "selected epoch (best val macro F1)": r["selected"],
+            "val accuracy": round(r["val_accuracy"], 4),
+            "val macro F1": round(r["val_macro_f1"], 4), "val QWK": round(r["val_qwk"], 4),
+            "training time (s)": round(r["train_seconds"]), "hardware": r["hardware"]}
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
 
 
