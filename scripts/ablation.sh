@@ -9,8 +9,9 @@
 #       --set train.epochs=15 --set data.num_workers=12
 set -euo pipefail
 root=${1:?usage: scripts/ablation.sh ROOT [OUT] [--set KEY=VALUE ...]}
-out=${2:-runs/ablation}
-shift $(( $# >= 2 ? 2 : 1 ))
+shift
+out=runs/ablation
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out=$1; shift; fi  # OUT given (not an option)
 mkdir -p "$out"
 start=$(date +%s)
 for name in proposed clahe raw dual-noattn; do
@@ -19,4 +20,4 @@ for name in proposed clahe raw dual-noattn; do
   echo "$name: $(( $(date +%s) - t )) s" | tee -a "$out/timings.txt"
 done
 echo "all four, data preparation included: $(( $(date +%s) - start )) s" | tee -a "$out/timings.txt"
-python -m koa_core.cli runs "$out"/proposed "$out"/clahe "$out"/raw "$out"/dual-noattn
+koa runs "$out"/proposed "$out"/clahe "$out"/raw "$out"/dual-noattn
