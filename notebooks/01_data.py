@@ -41,8 +41,6 @@
 # ## Imports
 
 # %%
-from pathlib import Path
-
 from koa_core import report
 from koa_core.data import discover
 from koa_core.datacheck import scan

@@ -41,8 +41,6 @@
 # ## Imports
 
 # %%
-from pathlib import Path
-
 from IPython.display import Markdown
 
 from koa_core import GRADE_NAMES, report

@@ -40,8 +40,6 @@
 # ## Imports
 
 # %%
-from pathlib import Path
-
 from koa_core import report
 from koa_core.config import PAPER_ALPHA
 from koa_core.data import discover

@@ -42,8 +42,6 @@
 # ## Imports
 
 # %%
-from pathlib import Path
-
 from koa_core import report
 
 # %% [markdown]

@@ -38,8 +38,6 @@
 # ## Imports
 
 # %%
-from pathlib import Path
-
 from koa_core import report
 from koa_core.data import discover
 
