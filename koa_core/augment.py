@@ -16,7 +16,9 @@ additional target, so they get the same geometric (and photometric) parameters. 
 pipeline is seeded; the datasets pass a per-sample seed (from the epoch and the sample's
 index) so that runs, resumed runs included, see the same draws with any number of workers.
 Argument names are those of albumentations 2.x (old names are ignored with a mere
-warning there; the test suite turns albumentations warnings into errors).
+warning there; the test suite turns albumentations warnings into errors). albumentations
+is imported when a pipeline is first built, so a GPU training process that augments on the
+device (:mod:`koa_core.gpu_augment`) needs no albumentations.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A
-import cv2
 import numpy as np
 
 __all__ = ["ClassAugment", "build_pipelines"]
@@ -35,6 +35,9 @@ _PAD = 8  # pixels of reflect padding before the basic random crop
 
 
 def _basic(size: int) -> list:
+    import albumentations as A
+    import cv2
+
     return [
         A.PadIfNeeded(min_height=size + 2 * _PAD, min_width=size + 2 * _PAD,
                       border_mode=cv2.BORDER_REFLECT_101),
@@ -53,6 +56,8 @@ def build_pipelines(size: int, class_specific: bool = True) -> dict[int, list]:
     """
     if not class_specific:
         return {g: _basic(size) for g in range(5)}
+    import albumentations as A
+    import cv2
 
     def strong():
         return [
@@ -80,10 +85,18 @@ class ClassAugment:
         self.size = size
         self.class_specific = class_specific
         self.seed = seed
-        self._pipes = {
-            g: A.Compose(t, additional_targets={"clahe": "image"}, seed=seed + g)
-            for g, t in build_pipelines(size, class_specific).items()
-        }
+        self._built: dict | None = None
+
+    @property
+    def _pipes(self) -> dict:
+        if self._built is None:  # built on first use (imports albumentations)
+            import albumentations as A
+
+            self._built = {
+                g: A.Compose(t, additional_targets={"clahe": "image"}, seed=self.seed + g)
+                for g, t in build_pipelines(self.size, self.class_specific).items()
+            }
+        return self._built
 
     def reseed(self, seed: int) -> None:
         """Restart every grade's random stream from ``seed`` (per epoch / per worker)."""

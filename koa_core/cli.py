@@ -293,6 +293,79 @@ def add_runs_command(sub) -> None:
     p.set_defaults(func=_cmd_runs)
 
 
+# ---------------------------------------------------------------- campaigns and records
+def _cmd_campaign(args) -> int:
+    from .ablation import ablation_table, format_ablation
+    from .campaign import run_campaign
+
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise KoaError("--time-limit must be positive (seconds)")
+    r = run_campaign(args.plan, args.data, args.runs, args.records, time_limit=args.time_limit,
+                     data_encoding=args.data_encoding, data_name=args.data_name,
+                     only=args.only, progress=args.progress)
+    print(f"campaign: {len(r['done'])} run(s) trained, {len(r['skipped'])} already recorded, "
+          f"{len(r['remaining'])} left, in {r['seconds']:.0f} s"
+          + (f"; stopped: {r['stopped']}" if r["stopped"] else ""))
+    if r["done"] or r["skipped"]:
+        print(format_ablation(ablation_table(args.records, n_boot=args.n_boot)))
+    return 0 if not r["remaining"] else 3
+
+
+def _cmd_ablation(args) -> int:
+    from .ablation import ablation_table, format_ablation, to_json
+
+    t = ablation_table(args.records, n_boot=args.n_boot)
+    print(to_json(t) if args.json else format_ablation(t))
+    return 0
+
+
+def _cmd_select(args) -> int:
+    from .campaign import select_run
+
+    s = select_run(args.records, min_recall=args.min_recall)
+    if args.json:
+        print(json.dumps(s, indent=1))
+    else:
+        m = s["metrics"]
+        print(f"{s['name']}: val macro F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}, "
+              f"lowest grade recall {s['min_recall']:.3f} ({s['eligible']} of {s['records']} "
+              f"runs eligible; rule: {s['rule']})")
+    return 0
+
+
+def add_campaign_commands(sub) -> None:
+    p = sub.add_parser("campaign", help="train a plan's configurations x seeds in one process, "
+                       "one record per run; finished runs are skipped")
+    p.add_argument("plan", help="plan YAML, or a bundled plan name (table5)")
+    p.add_argument("--data", help="dataset root (default: the profile's, else the phantom)")
+    p.add_argument("--runs", required=True, help="folder for the run folders (checkpoints)")
+    p.add_argument("--records", required=True, help="folder for the runs' records")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no epoch that would end later; the run in progress is dropped")
+    p.add_argument("--data-encoding", default="as stored",
+                   help="how the data copy was encoded, for the records (e.g. 'train WebP q90')")
+    p.add_argument("--data-name", default=None, help="the dataset's name, for the records")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="only these runs (NAME or NAME-sSEED; repeatable)")
+    p.add_argument("--n-boot", type=_positive_int, default=2000)
+    p.add_argument("--progress", action="store_true", help="progress bars and epoch lines")
+    p.set_defaults(func=_cmd_campaign)
+
+    p = sub.add_parser("ablation", help="Table 5 from records: mean ± sd over seeds, the "
+                       "paper's claims as paired differences with bootstrap intervals")
+    p.add_argument("records", help="folder of records (koa campaign --records)")
+    p.add_argument("--n-boot", type=_positive_int, default=2000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_ablation)
+
+    p = sub.add_parser("select", help="the record to ship: best validation macro F1 among "
+                       "runs whose every grade has recall >= --min-recall")
+    p.add_argument("records", help="folder of records")
+    p.add_argument("--min-recall", type=float, default=0.3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_select)
+
+
 # ---------------------------------------------------------------- parser and main
 def build_parser() -> argparse.ArgumentParser:
     """The full ``koa`` parser (tests build and inspect it)."""
@@ -305,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_command(sub)
     add_export_command(sub)
     add_runs_command(sub)
+    add_campaign_commands(sub)
     add_book_command(sub)
     for extra in _EXTRA_COMMANDS:
         extra(sub)
@@ -326,12 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("koa: error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `koa data stats ROOT --json | head` (before OSError,
+        return 0  # its base class)
     except OSError as exc:  # e.g. an output path under a file, a full disk
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"koa: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # e.g. `koa data stats ROOT --json | head`
-        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

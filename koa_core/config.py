@@ -46,6 +46,7 @@ class DataConfig:
     image_size: int = 224  # §2.1-2.2: 224x224 crops
     cache_dir: str | None = None  # None = ~/.cache/koa_core (never inside the data root)
     num_workers: int = 0  # ours: 0 keeps CPU runs simple; raise on a GPU machine
+    device_resident: str = "auto"  # ours: views on the GPU, augmented there (auto = on CUDA)
     allow_leakage: bool = False  # refuse a patient found in two splits
     subset: int | None = None  # ours: cap images per split (stratified) for quick runs
     phantom_per_class: int = 40  # ours: phantom size when root is None

@@ -8,15 +8,17 @@ folder: ``config.yaml`` (resolved), ``history.csv`` (one row per epoch), ``best.
 Choices the paper leaves open are ours and stated in :mod:`koa_core.config`: AdamW, a
 linear warmup then cosine learning-rate schedule stepped per batch, early stopping on the
 selection metric, gradient clipping. bf16 autocast and channels_last are used where the
-hardware runs them natively (CUDA with bf16; CPUs with AVX-512-BF16 or AMX). Every epoch
-reseeds torch and draws its order (:class:`~koa_core.dataset.EpochSampler`) and every
-sample's augmentation from (seed, epoch), so a resumed run repeats an uninterrupted one;
-one DataLoader with persistent workers serves all epochs. The training step never waits
+hardware runs them natively (:mod:`koa_core.runtime`). Every epoch reseeds torch and
+draws its order and every sample's augmentation from (seed, epoch), so a resumed run
+repeats an uninterrupted one. Batches come from :mod:`koa_core.feed`: on a GPU the views
+stay on the device and are augmented there; on a CPU a DataLoader with persistent workers
+serves all epochs. Validation runs on the device and syncs once. The training step never waits
 for the GPU: running sums stay on the device and the host checks the loss for NaN every
 25 steps. ``history.csv`` records per epoch the images/s, the seconds spent waiting for
 data and the mean GPU utilisation (:mod:`koa_core.gpumon`). Under ``torchrun`` the same
 code trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 writes the
-files.
+files. ``fit(..., data=, keep_state=False, deadline=)`` is the form
+:mod:`koa_core.campaign` uses to train many runs on data loaded once.
 """
 
 from __future__ import annotations
@@ -24,11 +26,8 @@ from __future__ import annotations
 import csv
 import math
 import os
-import platform
-import random
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,16 +41,18 @@ from .cache import ViewCache
 from .checkpoint import load_state, save_checkpoint, save_state
 from .config import Config, config_from_dict, config_to_dict
 from .data import discover
-from .dataset import (EpochSampler, KneeDataset, class_counts, make_loader, start_epoch,
-                      stratified_subset)
+from .dataset import KneeDataset, class_counts, stratified_subset
 from .errors import KoaError
-from .losses import KLMultiTaskLoss, resolve_alpha
+from .feed import make_feed, to_model_layout
 from .gpumon import GpuUtilization
+from .losses import KLMultiTaskLoss, resolve_alpha
 from .metrics import classification_metrics
 from .models import build_model
 from .preprocess import Preprocessor
+from .runtime import amp_dtype, autocast, hardware_name, resolve_device, seed_everything
 
 __all__ = [
+    "DeadlineReached",
     "TrainData",
     "amp_dtype",
     "batch_input",
@@ -68,47 +69,11 @@ HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_aux_binary",
                   "data_wait_s", "gpu_util"]
 
 
-# ---------------------------------------------------------------- environment
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; optionally force deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick kernels
+_autocast = autocast
 
 
-def resolve_device(local_rank: int = 0) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def _cpu_has_bf16() -> bool:
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, c, lambda: False)() for c in checks)
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for ``"bf16"``; for ``"auto"`` only where the hardware runs bf16 natively."""
-    if mode is False or mode == "off":  # YAML reads a bare `off` as false
-        return None
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode != "auto":
-        raise KoaError(f"train.amp must be auto, bf16 or off (got {mode!r})")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if _cpu_has_bf16() else None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+class DeadlineReached(Exception):
+    """The next epoch would end after ``fit``'s deadline; the run is left incomplete."""
 
 
 # ---------------------------------------------------------------- data
@@ -161,32 +126,36 @@ def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -
 # ---------------------------------------------------------------- steps
 def batch_input(raw, clahe, device, channels_last: bool) -> torch.Tensor:
     """The model input (N, 2, S, S) on ``device`` from a loader batch's two views."""
-    # copy the (pinned) views first, join them on the device: a joined host tensor
-    # would be unpinned and its copy synchronous
     x = torch.cat([raw.to(device, non_blocking=True), clahe.to(device, non_blocking=True)], 1)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return to_model_layout(x, channels_last)
 
 
 @torch.no_grad()
 def predict_views(model: torch.nn.Module, views: np.ndarray | torch.Tensor, batch_size: int = 64,
                   device: torch.device | None = None, dtype: torch.dtype | None = None,
                   channels_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class probabilities (N, 5) and fusion gates (N, 2) or None for (N, 2, S, S) views."""
+    """Class probabilities (N, 5) and fusion gates (N, 2) or None for (N, 2, S, S) views.
+
+    ``views`` may be a host array (a memory map is copied chunk by chunk) or a tensor
+    already on the device; results stay on the device until one final copy.
+    """
     device = device or next(model.parameters()).device
     model.eval()
     probs, gates = [], []
     for i in range(0, len(views), batch_size):
-        chunk = torch.from_numpy(np.array(views[i:i + batch_size]))  # copy off the memmap
-        x = chunk.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, dtype):
+        chunk = views[i:i + batch_size]
+        if not isinstance(chunk, torch.Tensor):
+            chunk = torch.from_numpy(np.array(chunk))  # copy off the memmap
+        x = to_model_layout(chunk.to(device, non_blocking=True), channels_last)
+        with autocast(device, dtype):
             out = model(x)
-        probs.append(torch.softmax(out["logits"].float(), dim=1).cpu())
+        probs.append(torch.softmax(out["logits"].float(), dim=1))
         if out["gate"] is not None:
-            gates.append(out["gate"].float().cpu())
-    p = torch.cat(probs).numpy() if probs else np.zeros((0, 5), np.float32)
-    return p, (torch.cat(gates).numpy() if gates else None)
+            gates.append(out["gate"].float())
+    if not probs:
+        return np.zeros((0, 5), np.float32), None
+    p = torch.cat(probs).cpu().numpy()
+    return p, (torch.cat(gates).cpu().numpy() if gates else None)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -198,12 +167,12 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def _train_epoch(model, epoch_iter, n_batches, loss_fn, opt, sched, device, dtype, cfg, epoch,
+def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, cfg, epoch,
                  progress, rank):
-    """One pass over ``epoch_iter`` (an iterator of the train loader, possibly already
-    prefetching). Running sums stay on the device; the host syncs every ``check_every``
-    steps (every step on a CPU, where syncing is free) to stop at the first non-finite loss
-    and to update the progress bar."""
+    """One pass over ``batches`` (an iterator of ``(x, y)`` on the device, from a
+    :mod:`~koa_core.feed`). Running sums stay on the device; the host syncs every
+    ``check_every`` steps (every step on a CPU, where syncing is free) to stop at the first
+    non-finite loss and to update the progress bar."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -214,7 +183,7 @@ def _train_epoch(model, epoch_iter, n_batches, loss_fn, opt, sched, device, dtyp
     steps = n = 0
     wait = 0.0
     t0 = time.perf_counter()
-    it = tqdm(epoch_iter, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+    it = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
               disable=not progress or rank != 0)
     batches = iter(it)
     with GpuUtilization(device) as util:
@@ -224,10 +193,8 @@ def _train_epoch(model, epoch_iter, n_batches, loss_fn, opt, sched, device, dtyp
             wait += time.perf_counter() - tw
             if batch is None:
                 break
-            raw, clahe, y, _ = batch
-            x = batch_input(raw, clahe, device, cfg.train.channels_last)
-            y = y.to(device, non_blocking=True)
-            with _autocast(device, dtype):
+            x, y = batch
+            with autocast(device, dtype):
                 out = model(x)
             parts = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()},
                             y)
@@ -282,11 +249,10 @@ def _check_losses(pending: list[torch.Tensor], epoch: int, steps: int) -> None:
                        "lower train.lr or check the data")
 
 
-def _validate(model, ds: KneeDataset, cfg, device, dtype) -> dict:
-    probs, gates = predict_views(model, ds.views, cfg.train.batch_size * 2, device, dtype,
-                                 cfg.train.channels_last)
-    y = ds.grades
-    m = classification_metrics(y, probs.argmax(1), n_boot=0)
+def _validate(model, views, grades: np.ndarray, cfg, device, dtype) -> dict:
+    probs, gates = predict_views(model, views, max(256, cfg.train.batch_size * 2), device,
+                                 dtype, cfg.train.channels_last)
+    m = classification_metrics(grades, probs.argmax(1), n_boot=0)
     return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "val_qwk": m["qwk"],
             "val_mae": m["mae"], "val_kl4_recall": m["per_class"]["4"]["recall"],
             "val_gate_raw": float(gates[:, 0].mean()) if gates is not None else float("nan"),
@@ -304,18 +270,21 @@ def _check_writable(out: Path) -> None:
         raise KoaError(f"{out}: output folder is not writable ({exc.strerror})") from None
 
 
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train, select on validation, write the run folder; returns a summary dict."""
+def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
+        data: TrainData | None = None, keep_state: bool = True,
+        deadline: float | None = None) -> dict:
+    """Train, select on validation, write the run folder; returns a summary dict.
+
+    ``data``: datasets already prepared for ``cfg`` (a campaign loads them once).
+    ``keep_state=False``: no ``last_state.safetensors`` (no ``--resume``) and the selected
+    weights are kept in memory and written once at the end, which saves a checkpoint write
+    per epoch. ``deadline`` (a ``time.monotonic()`` value): raise :class:`DeadlineReached`
+    instead of starting an epoch that would end after it.
+    """
     out = Path(out_dir)
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if ddp and not dist.is_initialized():
@@ -329,7 +298,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
     if resume:
         if not (out / "config.yaml").exists() or not state_path.exists():
             raise KoaError(f"{out}: nothing to resume (no config.yaml / last_state.safetensors)")
-    elif rank == 0 and state_path.exists():
+    elif rank == 0 and (state_path.exists() or best_path.exists()):
         raise KoaError(f"{out}: already holds a run; use --resume to continue it or choose "
                        "another --out")
     if rank == 0:
@@ -337,12 +306,13 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
     seed_everything(cfg.train.seed, cfg.train.deterministic)
 
     # Rank 0 builds the phantom and the view cache first; the others then read them.
-    if rank == 0:
-        data = prepare_data(cfg, progress=progress)
-    if ddp:
-        dist.barrier()
-    if rank != 0:
-        data = prepare_data(cfg)
+    if data is None:
+        if rank == 0:
+            data = prepare_data(cfg, progress=progress)
+        if ddp:
+            dist.barrier()
+        if rank != 0:
+            data = prepare_data(cfg)
 
     model = build_model(cfg.model).to(device)
     if cfg.train.channels_last:
@@ -354,15 +324,13 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                               aux_early_weight=cfg.loss.aux_early_weight).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                             weight_decay=cfg.train.weight_decay)
+    sampler = None
     if ddp:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(data.train, shuffle=True, seed=cfg.train.seed)
-    else:
-        sampler = EpochSampler(len(data.train), seed=cfg.train.seed)
-    # one loader for every epoch: workers persist, the epoch reaches them via set_epoch
-    loader = make_loader(data.train, cfg.train.batch_size, shuffle=True,
-                         num_workers=cfg.data.num_workers, sampler=sampler, persistent=True)
-    steps_per_epoch = math.ceil(len(data.train) / (cfg.train.batch_size * world))
+    feed = make_feed(cfg, data.train, device, sampler=sampler, distributed=ddp)
+    steps_per_epoch = len(feed) if not ddp else math.ceil(
+        len(data.train) / (cfg.train.batch_size * world))
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -374,6 +342,9 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
         # Training steps run compiled; validation and the checkpoints use ``model`` itself,
         # whose parameters the compiled module shares.
         net = torch.compile(net)
+    # validation views: on the device with the device feed (uploaded once), else host
+    val_views = (torch.from_numpy(np.array(data.val.views)).to(device)
+                 if feed.kind == "device" else data.val.views)
 
     start, best, stale, history = 1, -math.inf, 0, []
     if resume:
@@ -391,24 +362,24 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                     for sig in (signal.SIGTERM, signal.SIGINT)} \
         if rank == 0 and _in_main_thread() else {}
     t_start = time.perf_counter()
+    held = None  # keep_state=False: (epoch, metrics, weights) of the selected epoch
 
-    next_iter = None
     try:
         for epoch in range(start, cfg.train.epochs + 1):
             if stale >= cfg.train.patience:
                 break
+            if deadline is not None and history:
+                last = history[-1]["epoch_s"]
+                if time.monotonic() + 1.2 * last > deadline:
+                    raise DeadlineReached(f"epoch {epoch} would end after the deadline")
             torch.manual_seed(cfg.train.seed * 1000 + epoch)
-            epoch_iter = next_iter if next_iter is not None else start_epoch(loader, epoch)
-            next_iter = None
             t0 = time.perf_counter()
             row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
-            row.update(_train_epoch(net, epoch_iter, len(loader), loss_fn, opt, sched, device,
-                                    dtype, cfg, epoch, progress, rank))
-            del epoch_iter
+            row.update(_train_epoch(net, feed.epoch(epoch), len(feed), loss_fn, opt, sched,
+                                    device, dtype, cfg, epoch, progress, rank))
             if epoch < cfg.train.epochs:
-                # the workers prepare the next epoch's first batches during validation
-                next_iter = start_epoch(loader, epoch + 1)
-            val = _validate(model, data.val, cfg, device, dtype)
+                feed.prefetch(epoch + 1)  # the loader's workers start during validation
+            val = _validate(model, val_views, data.val.grades, cfg, device, dtype)
             metrics = val.pop("_metrics")
             row.update(val)
             row["epoch_s"] = time.perf_counter() - t0
@@ -417,27 +388,38 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             improved = score > best
             best, stale = (score, 0) if improved else (best, stale + 1)
             if rank == 0:
-                if improved:
+                if improved and keep_state:
                     save_checkpoint(best_path, model, _sidecar(cfg, data, metrics, epoch, device,
                                                               world))
+                elif improved:
+                    held = (epoch, metrics, {k: v.detach().clone()
+                                             for k, v in model.state_dict().items()})
                 _write_history(out / "history.csv", history)
-                save_state(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                        "scheduler": sched.state_dict(), "epoch": epoch,
-                                        "best": best, "stale": stale, "history": history})
+                if keep_state:
+                    save_state(state_path, {"model": model.state_dict(),
+                                            "optimizer": opt.state_dict(),
+                                            "scheduler": sched.state_dict(), "epoch": epoch,
+                                            "best": best, "stale": stale, "history": history})
                 if progress:
                     print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc "
                           f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
                           f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
+        if held is not None:
+            epoch, metrics, weights = held
+            current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(weights)
+            save_checkpoint(best_path, model, _sidecar(cfg, data, metrics, epoch, device, world))
+            model.load_state_dict(current)
     finally:
-        next_iter = None
-        del loader  # shuts persistent workers down
+        feed.close()
         for sig, handler in old_handlers.items():
             # None: the old handler was installed outside Python; the default is closest
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if ddp:
             dist.destroy_process_group()
     return {"out": str(out), "epochs_run": len(history), "best_" + cfg.train.select_metric: best,
-            "history": history, "seconds": time.perf_counter() - t_start}
+            "history": history, "seconds": time.perf_counter() - t_start, "feed": feed.kind,
+            "hardware": hardware_name(device)}
 
 
 def _in_main_thread() -> bool:
@@ -463,7 +445,7 @@ def _sidecar(cfg: Config, data: TrainData, metrics: dict, epoch: int, device, wo
         "val_metrics": metrics,
         "data": {"root": data.root if cfg.data.root else "synthetic phantom",
                  "train_counts": data.counts["train"], "val_counts": data.counts["val"]},
-        "hardware": _hardware(device) + (f" x{world}" if world > 1 else ""),
+        "hardware": hardware_name(device) + (f" x{world}" if world > 1 else ""),
         "torch": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

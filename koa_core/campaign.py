@@ -1,0 +1,246 @@
+"""Campaigns: many training runs in one process, each leaving a record (paper §3.2, Table 5).
+
+``koa campaign PLAN.yaml --data ROOT --runs DIR --records DIR`` trains a plan's
+configurations x seeds one after another on data loaded once, writes each run's record
+(:mod:`koa_core.records`) the moment the run ends, and skips runs whose record is already
+complete, so a campaign cut off by a time limit loses only the run in progress and a
+second call carries on. A plan is YAML::
+
+    description: Table 5 from scratch, three seeds
+    profiles: [paper]                 # bundled profiles or YAML files, stacked first
+    set: [model.pretrained=none]      # --set overrides for every run
+    stages:                           # in order; within a stage, seed by seed
+      - name: table5
+        seeds: [1, 2, 3]
+        runs:
+          - {name: clahe, configs: [ablation-clahe]}
+          - {name: proposed, configs: [ablation-proposed], set: [train.lr=0.001]}
+
+A run is named ``NAME-sSEED``; its seed sets ``train.seed`` and ``augment.seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .errors import KoaError
+
+__all__ = ["PlanRun", "load_plan", "run_campaign"]
+
+
+@dataclass
+class PlanRun:
+    name: str  # NAME-sSEED
+    group: str  # NAME
+    stage: str
+    seed: int
+    configs: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+
+
+def _strings(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise KoaError(f"{where}: expected a list of strings")
+    return [str(v) for v in value]
+
+
+def load_plan(path: str | Path) -> tuple[dict, list[PlanRun]]:
+    """The plan's header and its runs in order; a bundled plan may be named without .yaml."""
+    p = Path(path)
+    if not p.exists():
+        bundled = Path(__file__).parent / "plans" / f"{path}.yaml"
+        if not bundled.exists():
+            raise KoaError(f"plan not found: {path}")
+        p = bundled
+    try:
+        plan = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise KoaError(f"{p}: not a readable YAML plan ({str(exc).splitlines()[0]})") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("stages"), list):
+        raise KoaError(f"{p}: a plan needs a list of stages")
+    base_cfgs = _strings(plan.get("profiles"), f"{p}: profiles")
+    base_sets = _strings(plan.get("set"), f"{p}: set")
+    runs: list[PlanRun] = []
+    for i, stage in enumerate(plan["stages"]):
+        where = f"{p}: stage {i + 1}"
+        if not isinstance(stage, dict) or not isinstance(stage.get("runs"), list):
+            raise KoaError(f"{where}: needs a list of runs")
+        seeds = stage.get("seeds", [42])
+        if not isinstance(seeds, list) or not seeds or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise KoaError(f"{where}: seeds must be a list of integers")
+        for seed in seeds:
+            for r in stage["runs"]:
+                if not isinstance(r, dict) or not str(r.get("name", "")).strip():
+                    raise KoaError(f"{where}: every run needs a name")
+                name = str(r["name"]).strip()
+                if not name.replace("-", "").replace("_", "").isalnum():
+                    raise KoaError(f"{where}: run name {name!r}: letters, digits, - and _")
+                runs.append(PlanRun(
+                    name=f"{name}-s{seed}", group=name, stage=str(stage.get("name", i + 1)),
+                    seed=seed, configs=base_cfgs + _strings(r.get("configs"), where),
+                    sets=base_sets + _strings(r.get("set"), where)
+                    + [f"train.seed={seed}", f"augment.seed={seed}"]))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise KoaError(f"{p}: a run name repeats within a seed")
+    return plan, runs
+
+
+def _data_key(cfg) -> tuple:
+    return (repr(cfg.data), repr(cfg.preprocess), cfg.augment.enabled, cfg.train.seed
+            if cfg.data.subset else None)
+
+
+def _with_augment(data, cfg):
+    """``data`` with a training set augmented by the run's own seed (views shared)."""
+    from .augment import ClassAugment
+    from .dataset import KneeDataset
+
+    aug = (ClassAugment(cfg.data.image_size, cfg.augment.class_specific, seed=cfg.augment.seed)
+           if cfg.augment.enabled else None)
+    out = copy.copy(data)
+    out.train = KneeDataset(data.train.records, data.train.views, aug)
+    return out
+
+
+def _views_digest(views: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(views).tobytes())
+    return h.hexdigest()
+
+
+def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: str | Path,
+                 records_dir: str | Path, time_limit: float | None = None,
+                 data_encoding: str = "as stored", data_name: str | None = None,
+                 only: list[str] | None = None, progress: bool = False,
+                 echo=print) -> dict:
+    """Train the plan's runs that lack a complete record; returns what was done."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import load_config
+    from .engine import DeadlineReached, fit, predict_views, prepare_data
+    from .records import check_record, predictions_table, write_record
+    from .runtime import amp_dtype, code_commit, machine_info, resolve_device
+
+    t_begin = time.monotonic()
+    deadline = t_begin + time_limit if time_limit else None
+    plan, runs = load_plan(plan_path)
+    if only:
+        unknown = set(only) - {r.group for r in runs} - {r.name for r in runs}
+        if unknown:
+            raise KoaError(f"--only: no run named {', '.join(sorted(unknown))} in the plan")
+        runs = [r for r in runs if r.group in only or r.name in only]
+    runs_dir, records_dir = Path(runs_dir), Path(records_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    cfgs = {}
+    for r in runs:  # every config resolves before any data is read
+        sets = list(r.sets) + ([f"data.root={data_root}"] if data_root else [])
+        cfgs[r.name] = load_config(r.configs, sets)
+    device = resolve_device()
+    prog = Path(sys.argv[0]).as_posix() if sys.argv else ""
+    command = (shlex.join(["koa", *sys.argv[1:]])
+               if prog.endswith(("/koa", "koa_core/cli.py")) or prog == "koa"
+               else shlex.join(sys.argv))
+    commit = code_commit()
+    done, skipped, stopped = [], [], None
+    loaded: dict[tuple, object] = {}
+    durations: dict[str, float] = {}
+    for r in runs:
+        rec_dir = records_dir / r.name
+        if not check_record(rec_dir):
+            skipped.append(r.name)
+            continue
+        cfg = cfgs[r.name]
+        if deadline is not None and r.group in durations \
+                and time.monotonic() + durations[r.group] > deadline:
+            stopped = f"{r.name} would not finish within the time limit"
+            break
+        key = _data_key(cfg)
+        if key not in loaded:
+            loaded.clear()  # one dataset in memory at a time
+            t0 = time.perf_counter()
+            loaded[key] = prepare_data(cfg, progress=progress)
+            echo(f"data: {loaded[key].counts} prepared in {time.perf_counter() - t0:.1f} s")
+        data = _with_augment(loaded[key], cfg)
+        run_dir = runs_dir / r.name
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
+        echo(f"run {r.name} ({r.stage}): {' '.join(r.configs)}")
+        t0 = time.perf_counter()
+        try:
+            summary = fit(cfg, run_dir, progress=progress, data=data, keep_state=False,
+                          deadline=deadline)
+        except DeadlineReached as exc:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            stopped = f"{r.name} stopped: {exc}"
+            break
+        wall = time.perf_counter() - t0
+        durations[r.group] = wall
+        model, _ = load_checkpoint(run_dir / "best.safetensors", device)
+        model = model.to(memory_format=torch.channels_last)
+        probs, gates = predict_views(model, data.val.views, 512, device,
+                                     amp_dtype(cfg.train.amp, device), channels_last=True)
+        hist = summary["history"]
+        rates = [h["train_img_s"] for h in hist[1:]] or [h["train_img_s"] for h in hist]
+        prov = {
+            "name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
+            "plan": Path(plan_path).name, "commit": commit, "command": command,
+            "machine": machine_info(device),
+            "data": {"name": data_name or Path(data.root).name,
+                     "train_counts": data.counts["train"], "val_counts": data.counts["val"],
+                     "encoding": data_encoding,
+                     "val_views_blake2b": _views_digest(data.val.views)},
+            "feed": summary["feed"], "epochs_run": summary["epochs_run"],
+            "wall_s": round(wall, 2), "train_img_s": round(float(np.median(rates)), 1),
+        }
+        write_record(rec_dir, run_dir, predictions_table(data.val.records, probs, gates,
+                                                         data.root), prov)
+        done.append(r.name)
+        best = max(h[f"val_{cfg.train.select_metric}"] for h in hist)
+        echo(f"  {r.name}: {summary['epochs_run']} epochs in {wall:.0f} s, "
+             f"{prov['train_img_s']:.0f} img/s, best val {cfg.train.select_metric} {best:.3f}")
+    return {"done": done, "skipped": skipped, "stopped": stopped,
+            "remaining": [r.name for r in runs if r.name not in done and r.name not in skipped],
+            "seconds": time.monotonic() - t_begin}
+
+
+def select_run(records_dir: str | Path, min_recall: float = 0.3,
+               metric: str = "macro_f1") -> dict:
+    """The shipped-checkpoint rule: the best validation ``metric`` among records whose
+    every grade has validation recall >= ``min_recall``. Returns the record's name and
+    figures, and how many records were eligible."""
+    from .records import find_records, read_record
+
+    best, eligible, total = None, 0, 0
+    for path in find_records(records_dir):
+        rec = read_record(path)
+        m = rec["selected"]["val_metrics"]
+        total += 1
+        recalls = [m["per_class"][str(g)]["recall"] for g in range(5)]
+        if min(recalls) < min_recall:
+            continue
+        eligible += 1
+        if best is None or m[metric] > best["metrics"][metric]:
+            best = {"name": rec["name"], "metrics": m, "min_recall": min(recalls)}
+    if best is None:
+        raise KoaError(f"{records_dir}: none of {total} records has every grade's validation "
+                       f"recall >= {min_recall}")
+    return {**best, "eligible": eligible, "records": total, "rule":
+            f"best validation {metric} among runs whose every grade has recall >= {min_recall}"}

@@ -1,0 +1,122 @@
+"""Runtime setup shared by training, evaluation and benchmarks (paper §2.3, "Implementation").
+
+Seeding, the device, the autocast precision and a description of the machine a result was
+produced on. bf16 autocast is used where the hardware runs it natively (CUDA with bf16;
+CPUs with AVX-512-BF16 or AMX); elsewhere emulated bf16 is ~20x slower, so ``auto`` means
+fp32 there. :func:`machine_info` is the provenance every result record carries.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import KoaError
+
+__all__ = ["amp_dtype", "autocast", "code_commit", "hardware_name", "machine_info",
+           "resolve_device", "seed_everything"]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick kernels
+
+
+def resolve_device(local_rank: int = 0) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _cpu_has_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, c, lambda: False)() for c in checks)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for ``"bf16"``; for ``"auto"`` only where the hardware runs bf16 natively."""
+    if mode is False or mode == "off":  # YAML reads a bare `off` as false
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode != "auto":
+        raise KoaError(f"train.amp must be auto, bf16 or off (got {mode!r})")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _cpu_has_bf16() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` in ``dtype``, or nothing for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_name(device: torch.device) -> str:
+    """``NVIDIA H100 80GB HBM3 (CUDA)`` or ``CPU <model>, N threads``."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    return f"CPU {_cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def code_commit() -> str:
+    """``$KOA_COMMIT`` where set, else the code's git commit (``-dirty`` with uncommitted
+    changes to tracked files), else ``unknown``.
+
+    A copy of the code without its ``.git`` folder (e.g. shipped to a remote GPU machine)
+    names its commit through the ``KOA_COMMIT`` environment variable.
+    """
+    env = os.environ.get("KOA_COMMIT")
+    if env:
+        return env
+    here = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=here, capture_output=True, text=True, timeout=10)
+            return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env or "unknown"
+
+
+def machine_info(device: torch.device) -> dict:
+    """Where a result was computed: hardware, CPU, software versions."""
+    info = {
+        "hardware": hardware_name(device),
+        "cpu": _cpu_model(),
+        "cpu_bf16": _cpu_has_bf16(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": (torch.backends.cudnn.version() if device.type == "cuda" else None),
+        "platform": platform.platform(terse=True),
+    }
+    return info

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The reproduction on a remote GPU machine reached through capped transfers (see
+# docs/gpu-campaign.md). Steps, each run from the project's root:
+#
+#   here:   python scripts/pack_data.py ROOT --out .pack --lossy train=webp:90 ...
+#   there:  scripts/gpu-campaign.sh setup [WHEELS_DIR] [PACK_DIR]   # once per transfer
+#   there:  scripts/gpu-campaign.sh smoke                           # every step, phantom
+#   there:  scripts/gpu-campaign.sh run OUT [SECONDS]               # the campaign
+#   here:   scripts/gpu-campaign.sh collect OUT                     # records into results/gpu
+#
+# `setup` installs wheels carried along (no index) and unpacks whichever data parts came
+# with this transfer; `run` checks the data against the manifest, trains the plan
+# (KOA_PLAN, default table5) for at most SECONDS, selects the checkpoint to ship on
+# validation, and leaves in OUT at most five files: records.tar.gz (every record, the
+# Table 5 answer, the selection, the log), the exported checkpoint's sidecar and the
+# checkpoint in parts of 15 MiB. `collect` puts the records under results/ and joins the
+# checkpoint. Nothing of this reads the held-out test split.
+set -euo pipefail
+cmd=${1:?usage: gpu-campaign.sh setup|run|collect ...}
+shift
+DATA=${KOA_DATA:-/tmp/koa-data}
+WORK=${KOA_WORK:-/tmp/koa-work}
+PLAN=${KOA_PLAN:-table5}
+PY=${PYTHON:-python3}
+export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+case "$cmd" in
+setup)
+    wheels=${1:-}
+    pack=${2:-.pack}
+    if [ -n "$wheels" ] && compgen -G "$wheels/*.whl" >/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$WORK/site" "$wheels"/*.whl
+    fi
+    mkdir -p "$DATA"
+    "$PY" scripts/pack_data.py --unpack "$pack" "$DATA"
+    cp "$pack/MANIFEST.json" "$DATA/MANIFEST.json"
+    echo "setup: $(find "$DATA" -type f | wc -l) files under $DATA"
+    ;;
+smoke)
+    # the campaign's every step on a small synthetic phantom (two short runs): a check of
+    # the machine and the code before the real campaign spends its time
+    rm -rf "$WORK/smoke"
+    "$PY" -m koa_core.cli campaign rehearsal --runs "$WORK/smoke/runs" \
+        --records "$WORK/smoke/records" --only proposed-s1 --only clahe-s1 \
+        --data-encoding "synthetic phantom" --n-boot 100
+    "$PY" -m koa_core.cli select "$WORK/smoke/records" --min-recall 0
+    "$PY" -m koa_core.cli export "$WORK/smoke/runs/proposed-s1" \
+        --out "$WORK/smoke/ship/selected.safetensors" --dataset "synthetic phantom"
+    echo "smoke: ok"
+    ;;
+run)
+    out=${1:?usage: gpu-campaign.sh run OUT [SECONDS]}
+    limit=${2:-480}
+    mkdir -p "$out" "$WORK/records"
+    log="$WORK/records/campaign.log"
+    "$PY" scripts/pack_data.py --verify "$DATA" "$DATA/MANIFEST.json" | tee -a "$log"
+    encoding=$("$PY" -c "import json,sys; m=json.load(open(sys.argv[1]))['encoding']; \
+print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
+    (nvidia-smi -L || true) | tee -a "$log"
+    set +e
+    "$PY" -m koa_core.cli campaign "$PLAN" --data "$DATA" --runs "$WORK/runs" \
+        --records "$WORK/records/runs" --time-limit "$limit" --data-encoding "$encoding" \
+        ${KOA_DATA_NAME:+--data-name "$KOA_DATA_NAME"} 2>&1 | tee -a "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+    echo "campaign exit status $status" | tee -a "$log"
+    if "$PY" -m koa_core.cli ablation "$WORK/records/runs" --json > "$WORK/records/ablation.json"
+    then "$PY" -m koa_core.cli ablation "$WORK/records/runs" | tee -a "$log"; fi
+    if "$PY" -m koa_core.cli select "$WORK/records/runs" --min-recall "${KOA_MIN_RECALL:-0.3}" \
+        --json > "$WORK/records/selection.json"
+    then
+        name=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['name'])" \
+            "$WORK/records/selection.json")
+        mkdir -p "$WORK/ship"
+        "$PY" -m koa_core.cli export "$WORK/runs/$name" --out "$WORK/ship/selected.safetensors" \
+            --dataset "${KOA_DATA_NAME:-the dataset under $DATA}; $encoding" \
+            --note "selected on validation: $(cat "$WORK/records/selection.json" | tr -d '\n')"
+        cp "$WORK/ship/selected.json" "$out/selected.json"
+        split -b 15m -d "$WORK/ship/selected.safetensors" "$out/selected.safetensors.part"
+    else
+        rm -f "$WORK/records/selection.json"
+        echo "no run qualifies for shipping" | tee -a "$log"
+    fi
+    tar -czf "$out/records.tar.gz" -C "$WORK" records
+    ls -la "$out"
+    ;;
+collect)
+    src=${1:?usage: gpu-campaign.sh collect OUT [DEST] [CHECKPOINT_DIR]}
+    dest=${2:-results/gpu}
+    ckpt=${3:-runs/gpu-selected}  # weights never go under results/
+    mkdir -p "$dest"
+    tar -xzf "$src/records.tar.gz" -C "$dest" --strip-components=1
+    if compgen -G "$src/selected.safetensors.part*" >/dev/null; then
+        mkdir -p "$ckpt"
+        cat "$src"/selected.safetensors.part* > "$ckpt/selected.safetensors"
+        cp "$src/selected.json" "$ckpt/selected.json"
+    fi
+    echo "collect: $(find "$dest" -name provenance.json | wc -l) records in $dest"
+    ;;
+*)
+    echo "usage: gpu-campaign.sh setup|run|collect ..." >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,89 @@
+"""Table 5 from records (paper §3.2): per-configuration means, paired claims, verdicts."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from koa_core import ablation
+from koa_core.campaign import select_run
+from koa_core.errors import KoaError
+from test_records import make_record
+
+
+def test_macro_f1_from_counts_matches_sklearn():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 5, 60)
+        p = np.where(rng.random(60) < 0.5, y, rng.integers(0, 4, 60))
+        cm = np.zeros((5, 5))
+        np.add.at(cm, (y, p), 1)
+        assert ablation._macro_f1_from_counts(cm) == pytest.approx(
+            f1_score(y, p, average="macro", zero_division=0))
+
+
+def _preds(y, correct_rate, rng):
+    right = rng.random(len(y)) < correct_rate
+    wrong = (y + rng.integers(1, 5, len(y))) % 5
+    return np.where(right, y, wrong)
+
+
+def _group(y, rate, seeds, rng):
+    paths = [f"val/{g}/{i}.png" for i, g in enumerate(y)]
+    return {s: {"grade": y, "pred": _preds(y, rate, rng), "path": paths} for s in seeds}
+
+
+@pytest.mark.parametrize("a_rate,b_rate,verdict", [
+    (0.9, 0.5, "supported"), (0.5, 0.9, "contradicted"), (0.6, 0.6, "inconclusive")])
+def test_paired_difference_verdicts(a_rate, b_rate, verdict):
+    rng = np.random.default_rng(1)
+    y = np.tile(np.arange(5), 80)
+    a, b = _group(y, a_rate, [1, 2, 3], rng), _group(y, b_rate, [1, 2, 3], rng)
+    d = ablation.paired_difference(a, b, n_boot=500)
+    lo, hi = d["accuracy_ci"]
+    assert lo <= d["accuracy"] <= hi
+    assert d["accuracy"] == pytest.approx(
+        np.mean([(a[s]["pred"] == y).mean() - (b[s]["pred"] == y).mean() for s in (1, 2, 3)]))
+    if verdict == "inconclusive":  # same accuracy: an interval around 0 of a few points
+        assert lo < 0 < hi and hi - lo < 0.2
+    assert ablation._verdict(d["accuracy_ci"]) == verdict
+
+
+def test_pairing_refuses_different_knees():
+    rng = np.random.default_rng(2)
+    y = np.tile(np.arange(5), 10)
+    a, b = _group(y, 0.8, [1], rng), _group(y, 0.8, [1], rng)
+    b[1]["path"] = list(reversed(b[1]["path"]))
+    with pytest.raises(KoaError, match="different validation knees"):
+        ablation.paired_difference(a, b)
+    with pytest.raises(KoaError, match="no seed"):
+        ablation.paired_difference(a, _group(y, 0.8, [2], rng))
+
+
+def test_table_from_records(tmp_path):
+    rng = np.random.default_rng(3)
+    y = np.tile(np.arange(5), 40)
+    for group, rate in (("raw", 0.8), ("clahe", 0.4)):
+        for seed in (1, 2):
+            make_record(tmp_path, y, _preds(y, rate, rng), name=f"{group}-s{seed}", seed=seed)
+    t = ablation.ablation_table(tmp_path / "records", n_boot=300)
+    raw = t["configurations"]["raw"]
+    assert raw["seeds"] == [1, 2] and raw["paper_test_accuracy"] == 65.10
+    assert 0.7 < raw["accuracy"]["mean"] < 0.9 and raw["accuracy"]["sd"] is not None
+    (claim,) = t["claims"]
+    assert (claim["better"], claim["worse"], claim["verdict"]) == ("raw", "clahe", "supported")
+    assert claim["paper_inside_interval"] is False  # +3.26 points vs a ~+40 point gap
+    text = ablation.format_ablation(t)
+    assert "raw - clahe" in text and "supported" in text
+
+
+def test_select_run_applies_the_recall_floor(tmp_path):
+    y = np.tile(np.arange(5), 20)
+    never_kl1 = np.where(y == 1, 0, y)  # best accuracy, but KL1 recall 0
+    rng = np.random.default_rng(4)
+    fair = _preds(y, 0.7, rng)
+    make_record(tmp_path, y, never_kl1, name="a-s1")
+    make_record(tmp_path, y, fair, name="b-s1")
+    s = select_run(tmp_path / "records", min_recall=0.3)
+    assert s["name"] == "b-s1" and s["eligible"] == 1 and s["records"] == 2
+    with pytest.raises(KoaError, match="recall"):
+        select_run(tmp_path / "records", min_recall=0.99)

@@ -1,0 +1,107 @@
+"""Campaigns (paper §3.2): many runs on data loaded once, a record each, resumable."""
+
+import json
+
+import pytest
+import yaml
+
+from koa_core import campaign
+from koa_core.cli import main
+from koa_core.errors import KoaError
+from koa_core.records import check_record, read_record
+
+
+def _plan(tmp_path, **extra):
+    plan = {
+        "description": "test",
+        "profiles": ["demo"],
+        "set": [f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=64",
+                "data.phantom_per_class=6", "train.epochs=2", "train.batch_size=8",
+                "train.max_steps_per_epoch=2", "train.amp=off", "data.device_resident=on"],
+        "stages": [{"name": "t5", "seeds": [1, 2],
+                    "runs": [{"name": "raw", "configs": ["ablation-raw"]},
+                             {"name": "proposed", "configs": ["ablation-proposed"]}]}],
+        **extra,
+    }
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def test_plan_order_and_seeds(tmp_path):
+    _, runs = campaign.load_plan(_plan(tmp_path))
+    assert [r.name for r in runs] == ["raw-s1", "proposed-s1", "raw-s2", "proposed-s2"]
+    assert "train.seed=2" in runs[2].sets and "augment.seed=2" in runs[2].sets
+    assert runs[1].configs == ["demo", "ablation-proposed"]
+
+
+def test_bundled_table5_plan_puts_table5_first():
+    plan, runs = campaign.load_plan("table5")
+    groups = [r.group for r in runs]
+    assert groups[:12] == ["clahe", "raw", "dual-noattn", "proposed"] * 3
+    assert groups[12:] == ["dual-gate"] * 3
+    assert "model.pretrained=none" in runs[0].sets
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"stages": "x"}, "list of stages"),
+    ({"stages": [{"seeds": [1], "runs": [{"configs": []}]}]}, "needs a name"),
+    ({"stages": [{"seeds": ["a"], "runs": [{"name": "x"}]}]}, "seeds"),
+    ({"stages": [{"runs": [{"name": "x y"}]}]}, "letters"),
+])
+def test_bad_plans_are_one_line_errors(tmp_path, bad, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad))
+    with pytest.raises(KoaError, match=match):
+        campaign.load_plan(p)
+
+
+def test_campaign_records_each_run_and_skips_finished_ones(tmp_path, capsys):
+    plan = _plan(tmp_path)
+    args = ["campaign", str(plan), "--runs", str(tmp_path / "runs"), "--records",
+            str(tmp_path / "rec"), "--n-boot", "50", "--data-encoding", "phantom PNG"]
+    assert main(args + ["--only", "raw-s1", "--only", "proposed"]) == 0  # raw-s2 not asked
+    out = capsys.readouterr().out
+    assert "3 run(s) trained, 0 already recorded, 0 left" in out
+    for name in ("raw-s1", "proposed-s1", "proposed-s2"):
+        assert check_record(tmp_path / "rec" / name) == []
+    rec = read_record(tmp_path / "rec" / "proposed-s1")
+    prov = rec["provenance"]
+    assert prov["feed"] == "device" and prov["data"]["encoding"] == "phantom PNG"
+    assert prov["command"].startswith("koa campaign") or "campaign" in prov["command"]
+    assert rec["selected"]["val_metrics"]["n"] == sum(prov["data"]["val_counts"]) == 5
+    assert rec["predictions"]["gate_raw"] is not None
+    assert read_record(tmp_path / "rec" / "raw-s1")["predictions"]["gate_raw"] is None
+    # a damaged record is trained again; complete ones are skipped
+    (tmp_path / "rec" / "raw-s1" / "val_predictions.csv").write_text("path\n")
+    before = (tmp_path / "rec" / "proposed-s1" / "provenance.json").read_text()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 run(s) trained, 2 already recorded, 0 left" in out
+    assert (tmp_path / "rec" / "proposed-s1" / "provenance.json").read_text() == before
+    assert check_record(tmp_path / "rec" / "raw-s1") == []
+    assert "raw - " not in out  # no claim pairs raw with proposed
+    assert "proposed" in out
+
+
+def test_time_limit_drops_only_the_run_in_progress(tmp_path, capsys):
+    plan = _plan(tmp_path)
+    rc = main(["campaign", str(plan), "--runs", str(tmp_path / "runs"), "--records",
+               str(tmp_path / "rec"), "--time-limit", "0.001", "--only", "raw-s1"])
+    assert rc == 3
+    out = capsys.readouterr().out
+    assert "stopped: raw-s1 stopped" in out
+    assert not (tmp_path / "rec" / "raw-s1").exists()
+    assert not (tmp_path / "runs" / "raw-s1").exists()
+
+
+def test_select_cli(tmp_path, capsys):
+    import numpy as np
+    from test_records import make_record
+
+    y = np.tile(np.arange(5), 10)
+    make_record(tmp_path, y, y, name="good-s1")
+    assert main(["select", str(tmp_path / "records"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "good-s1"
+    assert main(["select", str(tmp_path / "nothing")]) == 2
+    assert "koa: error:" in capsys.readouterr().err

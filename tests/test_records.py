@@ -1,0 +1,131 @@
+"""Result records (paper §3): complete, self-consistent, refused when tampered with."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from koa_core.data import Record
+from koa_core.errors import KoaError
+from koa_core.records import (PROVENANCE, check_record, find_records, predictions_table,
+                              read_record, write_record)
+
+
+def _fake_run(tmp_path, name="run"):
+    """The files a finished run folder holds (what engine.fit writes)."""
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": 1}}))
+    (run / "history.csv").write_text("epoch,val_macro_f1\n1,0.2\n2,0.4\n3,0.3\n")
+    (run / "best.json").write_text(json.dumps({"epoch": 2, "select_metric": "macro_f1"}))
+    return run
+
+
+def _provenance(name="r-s1"):
+    return {"name": name, "commit": "abc123", "command": "koa campaign table5",
+            "machine": {"hardware": "CPU test"}, "data": {"encoding": "as stored"},
+            "wall_s": 1.0, "train_img_s": 10.0}
+
+
+def make_record(tmp_path, y, pred, name="r-s1", gates=True, seed=0):
+    """A record of a run whose selected checkpoint predicted ``pred`` for grades ``y``."""
+    rng = np.random.default_rng(seed)
+    y, pred = np.asarray(y), np.asarray(pred)
+    probs = rng.dirichlet(np.ones(5), size=len(y)) * 0.5
+    probs[np.arange(len(y)), pred] += 0.5  # pred is the most probable grade
+    recs = [Record(path=str(tmp_path / "data" / "val" / str(g) / f"{9000000 + i}L.png"),
+                   grade=int(g), split="val", patient=str(9000000 + i), side="L")
+            for i, g in enumerate(y)]
+    g = np.stack([np.full(len(y), 0.3), np.full(len(y), 0.7)], 1) if gates else None
+    rows = predictions_table(recs, probs, g, tmp_path / "data")
+    run = _fake_run(tmp_path, f"run-{name}")
+    return write_record(tmp_path / "records" / name, run, rows, _provenance(name), n_boot=50)
+
+
+def test_written_record_is_complete_and_recomputes(tmp_path):
+    y = [0, 1, 2, 3, 4] * 6
+    pred = [0, 1, 2, 2, 4] * 6
+    rec = make_record(tmp_path, y, pred)
+    assert check_record(rec) == []
+    r = read_record(rec)
+    m = r["selected"]["val_metrics"]
+    assert m["n"] == 30 and m["accuracy"] == pytest.approx(0.8)
+    assert r["selected"]["epoch"] == 2
+    assert r["predictions"]["path"][0] == "val/0/9000000L.png"  # relative to the data root
+    assert np.allclose(r["predictions"]["gate_raw"], 0.3)
+    assert find_records(tmp_path / "records") == [rec]
+
+
+def _rewrite_predictions(rec, change):
+    path = rec / "val_predictions.csv"
+    rows = list(csv.DictReader(open(path)))
+    change(rows)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _rehash(rec):
+    import hashlib
+    prov = json.loads((rec / PROVENANCE).read_text())
+    for name in prov["files"]:
+        prov["files"][name] = hashlib.sha256((rec / name).read_bytes()).hexdigest()
+    (rec / PROVENANCE).write_text(json.dumps(prov))
+
+
+def test_tampered_predictions_are_caught(tmp_path):
+    rec = make_record(tmp_path, [0, 1, 2, 3, 4] * 4, [0, 1, 2, 3, 4] * 4)
+
+    def flip_first(rows):
+        rows[0]["pred"], rows[0]["p0"], rows[0]["p4"] = "4", rows[0]["p4"], rows[0]["p0"]
+
+    _rewrite_predictions(rec, flip_first)
+    assert any("does not match the hash" in p for p in check_record(rec))
+    _rehash(rec)  # a consistent-looking edit: the stored metrics no longer recompute
+    problems = check_record(rec)
+    assert any("accuracy" in p and "does not recompute" in p for p in problems)
+    assert any("confusion matrix" in p for p in problems)
+    with pytest.raises(KoaError):
+        read_record(rec)
+
+
+def test_pred_must_be_the_most_probable_grade(tmp_path):
+    rec = make_record(tmp_path, [0, 1, 2, 3, 4] * 4, [0, 1, 2, 3, 4] * 4)
+    _rewrite_predictions(rec, lambda rows: rows[1].update(p1="0.000001", p2="0.999999",
+                                                          p0="0", p3="0", p4="0"))
+    _rehash(rec)
+    assert any("most probable" in p for p in check_record(rec))
+
+
+def test_missing_provenance_or_files_make_a_record_incomplete(tmp_path):
+    rec = make_record(tmp_path, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4])
+    prov = json.loads((rec / PROVENANCE).read_text())
+    prov["machine"] = {}
+    prov["commit"] = ""
+    (rec / PROVENANCE).write_text(json.dumps(prov))
+    problems = check_record(rec)
+    assert any("commit" in p for p in problems) and any("hardware" in p for p in problems)
+    (rec / PROVENANCE).unlink()
+    assert check_record(rec) and "incomplete" in check_record(rec)[0]
+    assert find_records(tmp_path / "records") == []
+
+
+def test_write_refuses_incomplete_provenance(tmp_path):
+    run = _fake_run(tmp_path)
+    prov = _provenance()
+    del prov["command"]
+    rec = Record(path="x.png", grade=0, split="val")
+    rows = predictions_table([rec], np.eye(5)[:1], None, None)
+    with pytest.raises(KoaError, match="command"):
+        write_record(tmp_path / "rec", run, rows, prov)
+    assert not (tmp_path / "rec").exists()
+
+
+def test_selected_epoch_must_be_in_history(tmp_path):
+    rec = make_record(tmp_path, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4])
+    (rec / "history.csv").write_text("epoch,val_macro_f1\n1,0.2\n")
+    _rehash(rec)
+    assert any("selected epoch 2" in p for p in check_record(rec))
