@@ -129,7 +129,7 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
                  records_dir: str | Path, time_limit: float | None = None,
                  data_encoding: str = "as stored", data_name: str | None = None,
                  only: list[str] | None = None, progress: bool = False,
-                 echo=print) -> dict:
+                 command: str | None = None, echo=print) -> dict:
     """Train the plan's runs that lack a complete record; returns what was done."""
     import torch
 
@@ -155,10 +155,7 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
         sets = list(r.sets) + ([f"data.root={data_root}"] if data_root else [])
         cfgs[r.name] = load_config(r.configs, sets)
     device = resolve_device()
-    prog = Path(sys.argv[0]).as_posix() if sys.argv else ""
-    command = (shlex.join(["koa", *sys.argv[1:]])
-               if prog.endswith(("/koa", "koa_core/cli.py")) or prog == "koa"
-               else shlex.join(sys.argv))
+    command = command or shlex.join(sys.argv)
     commit = code_commit()
     done, skipped, stopped = [], [], None
     loaded: dict[tuple, object] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -302,7 +303,7 @@ def _cmd_campaign(args) -> int:
         raise KoaError("--time-limit must be positive (seconds)")
     r = run_campaign(args.plan, args.data, args.runs, args.records, time_limit=args.time_limit,
                      data_encoding=args.data_encoding, data_name=args.data_name,
-                     only=args.only, progress=args.progress)
+                     only=args.only, progress=args.progress, command=args.command_line)
     print(f"campaign: {len(r['done'])} run(s) trained, {len(r['skipped'])} already recorded, "
           f"{len(r['remaining'])} left, in {r['seconds']:.0f} s"
           + (f"; stopped: {r['stopped']}" if r["stopped"] else ""))
@@ -392,7 +393,9 @@ _EXTRA_COMMANDS: list = []
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors become one line and exit 2."""
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        args.command_line = shlex.join(["koa", *argv])  # recorded in result records
         return int(args.func(args) or 0)
     except KoaError as exc:
         print(f"koa: error: {exc}", file=sys.stderr)

@@ -68,7 +68,7 @@ def test_campaign_records_each_run_and_skips_finished_ones(tmp_path, capsys):
     rec = read_record(tmp_path / "rec" / "proposed-s1")
     prov = rec["provenance"]
     assert prov["feed"] == "device" and prov["data"]["encoding"] == "phantom PNG"
-    assert prov["command"].startswith("koa campaign") or "campaign" in prov["command"]
+    assert prov["command"].startswith(f"koa campaign {plan} --runs")
     assert rec["selected"]["val_metrics"]["n"] == sum(prov["data"]["val_counts"]) == 5
     assert rec["predictions"]["gate_raw"] is not None
     assert read_record(tmp_path / "rec" / "raw-s1")["predictions"]["gate_raw"] is None
