@@ -27,9 +27,10 @@ __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "decode_gray", "is_image_file", "read
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_PIXELS = 64_000_000  # ~8000x8000: larger files are almost surely not knee crops
 
-# OpenCV logs a WARN line for every file it cannot decode; we report those ourselves.
+# OpenCV logs its own WARN or ERROR line (e.g. "[ERROR:0@...] global grfmt_png.cpp ... IHDR
+# chunk shall be first") for a file it cannot decode; we report those ourselves, once.
 try:
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 except AttributeError:  # pragma: no cover - very old OpenCV builds
     pass
 

@@ -269,3 +269,19 @@ def test_max_pixels_refused(tmp_path, monkeypatch):
     assert "30x20" in str(ei.value)
     monkeypatch.setattr(imaging, "MAX_PIXELS", 600)  # exactly at the limit is fine
     assert read_gray(p).shape == (20, 30)
+
+
+def test_corrupt_png_gives_exactly_the_projects_line(tmp_path):
+    """No OpenCV log line beside ours (a bad IHDR chunk makes OpenCV print an ERROR)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDX" + b"0" * 40)
+    code = ("import sys; from koa_core.imaging import read_gray\n"
+            "try:\n    read_gray(sys.argv[1])\nexcept Exception as e:\n"
+            "    print('koa: error:', e, file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True,
+                       timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("koa: error:"), r.stderr
