@@ -453,8 +453,10 @@ def _sidecar(cfg: Config, data: TrainData, metrics: dict, epoch: int, device, wo
 
 def load_run_config(run_dir: str | Path) -> Config:
     """The resolved config saved in a run folder."""
+    from .runs import read_run
+
     p = Path(run_dir) / "config.yaml"
-    try:
-        return config_from_dict(yaml.safe_load(p.read_text()) or {}, origin=str(p))
-    except OSError:
-        raise KoaError(f"{p}: cannot read the run's config") from None
+    cfg = read_run(run_dir)["config"]
+    if cfg is None:
+        raise KoaError(f"{p}: cannot read the run's config")
+    return config_from_dict(cfg, origin=str(p))

@@ -8,13 +8,13 @@ training history summary and a free-text note, and drops local paths (data root,
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_checkpoint, read_sidecar, save_checkpoint
 from .errors import KoaError
+from .runs import read_run
 
 __all__ = ["export_run"]
 
@@ -37,9 +37,8 @@ def export_run(run_dir: str | Path, out: str | Path, dataset: str, note: str = "
     data = dict(side.get("data", {}))
     data["root"] = dataset
     side.update({"config": cfg, "data": data, "note": note})
-    hist = run / "history.csv"
-    if hist.exists():
-        rows = list(csv.DictReader(open(hist)))
+    rows = read_run(run)["history"]
+    if rows:
         side["training"] = {
             "epochs_run": len(rows),
             "seconds": round(sum(float(r["epoch_s"]) for r in rows), 1),

@@ -81,15 +81,14 @@ def write_record(into: str | Path, run_dir: str | Path, rows: list[dict],
     into ``into`` from the selected checkpoint's validation predictions ``rows``
     (:func:`predictions_table`). ``provenance`` needs ``name``, ``command``, ``commit``,
     ``machine``, ``data``, ``wall_s``, ``train_img_s``; the file hashes are added here."""
+    from .runs import CONFIG, HISTORY, read_run
+
     run, into = Path(run_dir), Path(into)
-    try:
-        side = json.loads((run / "best.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise KoaError(f"{run}: not a finished run (best.json unreadable: {exc})") from None
+    side = read_run(run, need=("config", "history", "best"))["best"]
     tmp = into.with_name(f".{into.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("config.yaml", "history.csv"):
+    for name in (CONFIG, HISTORY):
         shutil.copyfile(run / name, tmp / name)
     with open(tmp / "val_predictions.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=PRED_FIELDS)

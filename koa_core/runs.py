@@ -1,9 +1,11 @@
-"""Summaries of training runs (``koa runs``): the selected epoch and its figures.
+"""Run folders (``koa runs``): reading them back, and the selected epoch's figures.
 
-A run folder written by :func:`koa_core.engine.fit` holds ``history.csv`` (one row per
-epoch) and ``best.json`` (the sidecar of the checkpoint chosen on validation). This module
-reads them back into one row per run, for the ablation table of paper §3 (Table 5) and
-for comparing runs on throughput (images/s, GPU utilisation, time waiting for data).
+A run folder written by :func:`koa_core.engine.fit` holds ``config.yaml`` (the resolved
+config), ``history.csv`` (one row per epoch) and ``best.json`` (the sidecar of the
+checkpoint chosen on validation). :func:`read_run` is the one reader of those files (the
+engine, export, records and the book use it); :func:`summarize_run` makes one row per
+run, for the ablation table of paper §3 (Table 5) and for comparing runs on throughput
+(images/s, GPU utilisation, time waiting for data).
 """
 
 from __future__ import annotations
@@ -16,7 +18,38 @@ from pathlib import Path
 
 from .errors import KoaError
 
-__all__ = ["format_runs", "summarize_run"]
+__all__ = ["format_runs", "read_run", "summarize_run"]
+
+CONFIG, HISTORY, BEST = "config.yaml", "history.csv", "best.json"
+
+
+def read_run(run_dir: str | Path, need: tuple[str, ...] = ()) -> dict:
+    """``{"config": dict | None, "history": [row dicts], "best": sidecar | None}`` of a run
+    folder; a part that is missing is None (history: empty). ``need`` names parts
+    (``"config"``, ``"history"``, ``"best"``) whose absence or corruption is an error."""
+    import yaml
+
+    run = Path(run_dir)
+    out: dict = {"config": None, "history": [], "best": None}
+    problems = []
+    for key, name in (("config", CONFIG), ("history", HISTORY), ("best", BEST)):
+        path = run / name
+        try:
+            if key == "config":
+                out[key] = yaml.safe_load(path.read_text()) or {}
+            elif key == "history":
+                with open(path, newline="") as fh:
+                    out[key] = list(csv.DictReader(fh))
+            else:
+                out[key] = json.loads(path.read_text())
+        except FileNotFoundError:
+            if key in need:
+                problems.append(f"no {name}")
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            problems.append(f"{name} unreadable ({str(exc).splitlines()[0][:80]})")
+    if problems and (set(need) or any("unreadable" in p for p in problems)):
+        raise KoaError(f"{run}: not a finished run folder ({'; '.join(problems)})")
+    return out
 
 
 def _floats(rows: list[dict], key: str) -> list[float]:
@@ -34,13 +67,8 @@ def _floats(rows: list[dict], key: str) -> list[float]:
 def summarize_run(run_dir: str | Path) -> dict:
     """One run's selected epoch, its validation figures and its throughput."""
     run = Path(run_dir)
-    try:
-        side = json.loads((run / "best.json").read_text())
-        with open(run / "history.csv", newline="") as fh:
-            hist = list(csv.DictReader(fh))
-    except (OSError, ValueError) as exc:
-        raise KoaError(f"{run}: not a finished run folder (history.csv and best.json "
-                       f"needed: {exc})") from None
+    r = read_run(run, need=("history", "best"))
+    side, hist = r["best"], r["history"]
     metric = side.get("select_metric", "macro_f1")
     best = next((r for r in hist if int(r["epoch"]) == int(side["epoch"])), None)
     if best is None:

@@ -19,17 +19,21 @@ from .paper import ABLATIONS, PAPER_TABLE5
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
     """The run's ``history.csv`` (one row per epoch); empty if there is none yet."""
-    p = Path(run_dir) / "history.csv"
-    return pd.read_csv(p) if p.exists() else pd.DataFrame()
+    from ..runs import read_run
+
+    rows = read_run(run_dir)["history"]
+    return pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce") if rows else pd.DataFrame()
 
 
 def run_status(run_dir: str | Path, cfg) -> str:
     """``"empty"``, ``"other"`` (a different config), ``"partial"`` or ``"complete"``."""
+    from ..runs import read_run
+
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
+    saved = read_run(run_dir)["config"]
+    if saved is None:
         return "other" if run_dir.exists() and any(run_dir.iterdir()) else "empty"
-    if yaml.safe_load(saved.read_text()) != yaml.safe_load(yaml.safe_dump(config_to_dict(cfg))):
+    if saved != yaml.safe_load(yaml.safe_dump(config_to_dict(cfg))):
         return "other"
     hist = read_history(run_dir)
     if hist.empty or not (run_dir / "best.safetensors").exists():
@@ -101,9 +105,12 @@ _PAPER_SETTINGS = [
 ]
 
 
-def config_table(run_dir: str | Path) -> pd.DataFrame:
-    """Key settings of a run (its ``config.yaml``) beside what the paper says about each."""
-    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+def config_table(run_dir: str | Path | dict) -> pd.DataFrame:
+    """Key settings of a run (its ``config.yaml``, or that config as a dict, e.g. a
+    record's) beside what the paper says about each."""
+    from ..runs import read_run
+
+    cfg = run_dir if isinstance(run_dir, dict) else read_run(run_dir, need=("config",))["config"]
     rows = []
     for key, paper in _PAPER_SETTINGS:
         section, name = key.split(".")
