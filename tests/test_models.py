@@ -88,18 +88,95 @@ def test_uint8_and_float_inputs_agree():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def _raw_stream(model, x):
+    """The raw stream's feature map after cross-attention (its trunk output without)."""
+    seen = {}
+
+    def keep(mod, inputs, out):  # returns None: the output is left as it is
+        seen["f"] = out[0] if isinstance(out, tuple) else out
+
+    h = (model.cross if model.cross is not None else model.tap_raw).register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h.remove()
+    return seen["f"]
+
+
 def test_cross_attention_mixes_streams():
-    """With cross-attention, the raw stream's features depend on the CLAHE view."""
+    """Changing only the CLAHE view changes the raw stream's features after cross-attention;
+    without cross-attention (same gate) the raw stream does not see the CLAHE view at all."""
     x = _x()
     y = x.clone()
     y[:, 1] = 255 - y[:, 1]
     m = _model()
-    def f_raw(model, inp):
-        return model.forward_features(inp)[0]
+    assert not torch.allclose(_raw_stream(m, x), _raw_stream(m, y), atol=1e-4)
+    no_attn = _model(cross_attention=False)
+    assert torch.equal(_raw_stream(no_attn, x), _raw_stream(no_attn, y))
 
-    assert not torch.allclose(f_raw(m, x), f_raw(m, y))
-    single = _model(streams="raw")
-    assert torch.allclose(f_raw(single, x), f_raw(single, y))
+
+def test_both_streams_go_through_the_same_trunk():
+    """The raw stream of (a, b) equals the CLAHE stream of (b, a): true for one shared trunk,
+    false for two trunks with their own weights."""
+    m = _model(cross_attention=False, fusion="mean")
+    x = _x()
+    swapped = x.flip(1)
+    seen = {}
+
+    def keep(name):
+        def hook(mod, inputs, out):
+            seen[name] = out
+        return hook
+
+    hooks = [m.tap_raw.register_forward_hook(keep("raw")),
+             m.tap_clahe.register_forward_hook(keep("clahe"))]
+    with torch.no_grad():
+        m(x)
+        first = dict(seen)
+        seen.clear()
+        m(swapped)
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(first["raw"], seen["clahe"], atol=1e-5)
+    assert torch.allclose(first["clahe"], seen["raw"], atol=1e-5)
+    assert not torch.allclose(first["raw"], first["clahe"], atol=1e-3)
+
+
+def _drive_gate(model, w_raw: float):
+    last = model.fusion.mlp[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([50.0, -50.0] if w_raw == 1 else [-50.0, 50.0]))
+
+
+@pytest.mark.parametrize("w_raw,streams", [(1, "raw"), (0, "clahe")])
+def test_gate_at_an_extreme_is_one_stream(w_raw, streams):
+    """Gate driven to (1, 0) / (0, 1): the fused features are the raw-only / CLAHE-only
+    model's features with the same trunk."""
+    dual = _model(cross_attention=False)
+    _drive_gate(dual, w_raw)
+    single = _model(streams=streams)
+    single.trunk.load_state_dict(dual.trunk.state_dict())
+    x = _x()
+    with torch.no_grad():
+        fused, gate = dual.forward_features(x)
+        alone, _ = single.forward_features(x)
+    assert gate[:, 0].tolist() == pytest.approx([w_raw] * len(x))
+    assert torch.allclose(fused, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("streams,ignored", [("raw", 1), ("clahe", 0)])
+def test_single_stream_models_ignore_the_other_view(streams, ignored):
+    m = _model(streams=streams)
+    x = _x()
+    y = x.clone()
+    y[:, ignored] = 255 - y[:, ignored]
+    with torch.no_grad():
+        assert torch.equal(m(x)["logits"], m(y)["logits"])
+        z = x.clone()
+        z[:, 1 - ignored] = 255 - z[:, 1 - ignored]
+        assert not torch.allclose(m(x)["logits"], m(z)["logits"])
 
 
 @pytest.mark.parametrize("bad", [{"streams": "triple"}, {"fusion": "concat"}])
