@@ -7,8 +7,8 @@ seeds both have) with a 95 % percentile bootstrap interval over validation knees
 resample draws knees with replacement and recomputes both configurations' accuracy and
 macro F1 on the same knees for every seed. The verdict rule (stated wherever it is shown):
 
-* ``supported`` - the interval lies above zero (the claimed direction);
-* ``contradicted`` - the interval lies below zero;
+* ``reproduced`` - the interval lies above zero (the claimed direction);
+* ``not reproduced`` - the interval lies below zero;
 * ``inconclusive`` - the interval contains zero.
 
 Whether the paper's magnitude lies inside the interval is reported beside the verdict.
@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import KoaError
 
-__all__ = ["CLAIMS", "PAPER_TABLE5", "ablation_table", "format_ablation", "paired_difference"]
+__all__ = ["CLAIMS", "PAPER_TABLE5", "ablation_table", "format_ablation", "load_groups",
+           "paired_difference"]
 
 # Table 5 of the paper: test accuracy (%) per configuration.
 PAPER_TABLE5 = {"clahe": 61.84, "raw": 65.10, "dual-noattn": 70.47, "proposed": 72.06}
@@ -91,15 +92,18 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], n_boot: int = 2000
 
 
 def _verdict(ci: list[float]) -> str:
+    """The rule for a claimed improvement, given the interval of our difference."""
     if ci[0] > 0:
-        return "supported"
+        return "reproduced"
     if ci[1] < 0:
-        return "contradicted"
+        return "not reproduced"
     return "inconclusive"
 
 
-def ablation_table(records_dir: str | Path, n_boot: int = 2000) -> dict:
-    """Per-configuration means and the paper's claims, from the records under a folder."""
+def load_groups(records_dir: str | Path) -> tuple[dict[str, dict[int, dict]], dict]:
+    """The records under a folder as {configuration: {seed: predictions + figures}} (the
+    configuration and seed from the provenance, else from the name ``NAME-sSEED``), and
+    {configuration: hardware, data encoding, commit}."""
     from .records import find_records, read_record
 
     groups: dict[str, dict[int, dict]] = {}
@@ -119,6 +123,12 @@ def ablation_table(records_dir: str | Path, n_boot: int = 2000) -> dict:
         meta.setdefault(group, {"hardware": prov["machine"]["hardware"],
                                 "encoding": prov["data"]["encoding"],
                                 "commit": prov["commit"]})
+    return groups, meta
+
+
+def ablation_table(records_dir: str | Path, n_boot: int = 2000) -> dict:
+    """Per-configuration means and the paper's claims, from the records under a folder."""
+    groups, meta = load_groups(records_dir)
     if not groups:
         raise KoaError(f"{records_dir}: no complete records")
     rows = {}
@@ -132,6 +142,7 @@ def ablation_table(records_dir: str | Path, n_boot: int = 2000) -> dict:
         rows[g] = {
             "seeds": sorted(by_seed), **meta[g],
             "accuracy": stat([m["accuracy"] for m in ms]),
+            "seed_accuracy": [by_seed[s]["metrics"]["accuracy"] for s in sorted(by_seed)],
             "macro_f1": stat([m["macro_f1"] for m in ms]),
             "qwk": stat([m["qwk"] for m in ms]),
             "kl4_recall": stat([m["per_class"]["4"]["recall"] for m in ms]),
@@ -186,8 +197,8 @@ def format_ablation(t: dict) -> str:
                      f"[{lo:+.2f}, {hi:+.2f}] ({paper}); macro F1 {c['macro_f1']:+.3f} "
                      f"[{c['macro_f1_ci'][0]:+.3f}, {c['macro_f1_ci'][1]:+.3f}] -> "
                      f"{c['verdict']}")
-    lines.append("verdict: supported if the accuracy interval lies above 0, contradicted if "
-                 "below, inconclusive if it contains 0")
+    lines.append("verdict: reproduced if the accuracy interval lies above 0, not reproduced "
+                 "if below, inconclusive if it contains 0")
     hw = sorted({r["hardware"] for r in t["configurations"].values()})
     enc = sorted({r["encoding"] for r in t["configurations"].values()})
     lines.append(f"hardware: {'; '.join(hw)}; data: {'; '.join(enc)}")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .ablation import CLAIMS, PAPER_TABLE5, _boot_scores, paired_difference
+from .ablation import CLAIMS, PAPER_TABLE5, _boot_scores, _verdict, load_groups, paired_difference
 
-__all__ = ["RULE", "claim_rows", "config_interval", "gate_difference"]
+__all__ = ["RULE", "claim_rows", "config_interval", "gate_difference", "load_groups"]
 
 RULE = ("value claims: reproduced if the paper's value lies inside our 95 % interval, else "
         "not reproduced; difference claims: reproduced if our interval lies above 0, not "
@@ -83,18 +83,12 @@ def _value_verdict(paper: float, ci: list[float]) -> str:
     return "reproduced" if ci[0] <= paper <= ci[1] else "not reproduced"
 
 
-def _diff_verdict(ci: list[float]) -> str:
-    if ci[0] > 0:
-        return "reproduced"
-    if ci[1] < 0:
-        return "not reproduced"
-    return "inconclusive"
-
+_diff_verdict = _verdict
 
 def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (stands in for "
                "test)", data: str = "", n_boot: int = 2000) -> list[dict]:
     """The scorecard's rows from {configuration: {seed: predictions}} (see
-    :func:`koa_core.ablation.load_groups`). Values in percent or plain as the paper gives."""
+    :func:`load_groups`). Values in percent or plain as the paper gives."""
     rows = []
 
     def value(claim, paper, group, metric, scale):
@@ -138,23 +132,3 @@ def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (sta
     for r in rows:
         r["split"], r["data"] = split, data
     return rows
-
-
-def load_groups(records_dir: str | Path) -> tuple[dict[str, dict[int, dict]], dict]:
-    """{configuration: {seed: predictions}} and shared provenance, from records."""
-    import re
-
-    from .records import find_records, read_record
-
-    groups: dict[str, dict[int, dict]] = {}
-    meta: dict = {}
-    for path in find_records(records_dir):
-        rec = read_record(path)
-        prov = rec["provenance"]
-        group = prov.get("group") or re.sub(r"-s\d+$", "", rec["name"])
-        m = re.search(r"-s(\d+)$", rec["name"])
-        seed = int(prov.get("seed") or (m.group(1) if m else 0))
-        groups.setdefault(group, {})[seed] = rec["predictions"]
-        meta.setdefault("hardware", set()).add(prov["machine"]["hardware"])
-        meta.setdefault("encoding", set()).add(prov["data"]["encoding"])
-    return groups, meta

@@ -33,7 +33,7 @@ def _group(y, rate, seeds, rng):
 
 
 @pytest.mark.parametrize("a_rate,b_rate,verdict", [
-    (0.9, 0.5, "supported"), (0.5, 0.9, "contradicted"), (0.6, 0.6, "inconclusive")])
+    (0.9, 0.5, "reproduced"), (0.5, 0.9, "not reproduced"), (0.6, 0.6, "inconclusive")])
 def test_paired_difference_verdicts(a_rate, b_rate, verdict):
     rng = np.random.default_rng(1)
     y = np.tile(np.arange(5), 80)
@@ -70,10 +70,10 @@ def test_table_from_records(tmp_path):
     assert raw["seeds"] == [1, 2] and raw["paper_test_accuracy"] == 65.10
     assert 0.7 < raw["accuracy"]["mean"] < 0.9 and raw["accuracy"]["sd"] is not None
     (claim,) = t["claims"]
-    assert (claim["better"], claim["worse"], claim["verdict"]) == ("raw", "clahe", "supported")
+    assert (claim["better"], claim["worse"], claim["verdict"]) == ("raw", "clahe", "reproduced")
     assert claim["paper_inside_interval"] is False  # +3.26 points vs a ~+40 point gap
     text = ablation.format_ablation(t)
-    assert "raw - clahe" in text and "supported" in text
+    assert "raw - clahe" in text and "reproduced" in text
 
 
 def test_select_run_applies_the_recall_floor(tmp_path):
