@@ -198,3 +198,52 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert len(rows) == 1
     assert (out / "best.safetensors").exists()
+
+
+def test_selection_follows_validation_macro_f1(tmp_path, monkeypatch):
+    """Scripted validation macro F1 .2, .6, .4, .3 with patience 2: training stops after
+    epoch 4, and best.json, its weights and its metrics are epoch 2's."""
+    from safetensors.torch import load_file
+
+    scripted = iter([0.2, 0.6, 0.4, 0.3, 0.9, 0.9])
+    snapshots = []
+    real = engine._validate
+
+    def fake(model, views, grades, cfg, device, dtype):
+        out = real(model, views, grades, cfg, device, dtype)
+        out["val_macro_f1"] = next(scripted)
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(engine, "_validate", fake)
+    cfg = _cfg(tmp_path / "cache", **{"train.epochs": 6, "train.patience": 2})
+    out = tmp_path / "run"
+    summary = engine.fit(cfg, out, progress=False)
+    assert summary["epochs_run"] == 4
+    side = json.loads((out / "best.json").read_text())
+    assert side["epoch"] == 2
+    data = engine.prepare_data(cfg)
+    assert side["val_metrics"]["n"] == len(data.val) == sum(side["data"]["val_counts"])
+    best = load_file(str(out / "best.safetensors"))
+    for k, v in snapshots[1].items():
+        assert torch.equal(best[k], v), k
+    assert any(not torch.equal(best[k], v) for k, v in snapshots[3].items())
+
+
+@pytest.mark.parametrize("keep_state", [True, False])
+def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state):
+    """best.safetensors re-evaluated on the validation split gives best.json's confusion
+    matrix (whether it was written at once or held in memory until the end)."""
+    from koa_core.checkpoint import load_checkpoint
+    from koa_core.metrics import classification_metrics
+
+    cfg = _cfg(tmp_path / "cache", **{"train.epochs": 3})
+    out = tmp_path / "run"
+    engine.fit(cfg, out, progress=False, keep_state=keep_state)
+    assert (out / "last_state.safetensors").exists() == keep_state
+    side = json.loads((out / "best.json").read_text())
+    model, _ = load_checkpoint(out / "best.safetensors")
+    data = engine.prepare_data(cfg)
+    probs, _ = engine.predict_views(model, data.val.views)
+    m = classification_metrics(data.val.grades, probs.argmax(1), n_boot=0)
+    assert m["confusion_matrix"] == side["val_metrics"]["confusion_matrix"]
