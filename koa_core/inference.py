@@ -129,6 +129,7 @@ class Prediction:
     probabilities: list[float] | None = None
     gate: list[float] | None = None
     cams: list[str] | None = None
+    precision: str | None = None  # "fp32" or "bf16 autocast": how the model was run
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -169,7 +170,8 @@ def predict_files(paths: list[str], checkpoint: str | Path | None = None,
         views = np.stack([raw, clahe])[None]
         probs, gates = predict_views(model, views, 1, dev, dtype, channels_last=True)
         pred = Prediction(path, int(probs[0].argmax()), [float(p) for p in probs[0]],
-                          [float(g) for g in gates[0]] if gates is not None else None)
+                          [float(g) for g in gates[0]] if gates is not None else None,
+                          precision="bf16 autocast" if dtype is not None else "fp32")
         if cam_dir is not None:
             from .explain import save_cam_overlays
             pred.cams = [str(p) for p in save_cam_overlays(model, views[0], cam_dir,

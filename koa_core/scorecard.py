@@ -18,7 +18,6 @@ split stands in, and the table says so.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
