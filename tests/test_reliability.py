@@ -87,9 +87,13 @@ def test_odd_images_are_converted_everywhere(phantom_copy, tree_hash, tiny_run, 
     assert main(["evaluate", "--checkpoint", str(tiny_run[0] / "best.safetensors"),
                  "--data", str(phantom_copy), "--split", "train", "--n-boot", "10",
                  "--quiet"]) == 0
+    capsys.readouterr()  # count predict's own lines only
     assert main(["predict", *map(str, odd), "--checkpoint",
                  str(tiny_run[0] / "best.safetensors")]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) > len(odd)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(odd)
+    for path, line in zip(odd, lines):
+        assert line.startswith(f"{path}: KL") and "p[KL0..KL4]" in line
     assert tree_hash(phantom_copy) == before
 
 
