@@ -77,6 +77,12 @@ def _cmd_data_stats(args) -> int:
     rep = scan(_index(args), workers=args.workers)
     d = rep.to_dict()
     if args.json:
+        import time
+
+        from .runtime import code_commit
+        d["provenance"] = {"command": getattr(args, "command_line", ""),
+                           "commit": code_commit(),
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         print(json.dumps(d, indent=2))
     else:
         for k, v in d.items():
