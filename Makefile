@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.koa-installed
-PROFILE ?= demo
+PROFILE ?= published
 
 .PHONY: install test test-fast book lint clean
 

@@ -32,7 +32,8 @@ import yaml
 from .errors import KoaError
 
 __all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
-           "resolve_parameters", "convert", "execute", "build_html", "run_book"]
+           "resolve_parameters", "convert", "execute", "build_html", "run_book",
+           "write_scorecard"]
 
 INJECTED_TAG = "injected-parameters"
 HIDE_TAG = "remove-input"  # the values (absolute paths) are shown by each chapter itself
@@ -95,11 +96,22 @@ def chapter_parameters(py: str | Path) -> set[str]:
     return set(re.findall(r"^([A-Za-z_]\w*)\s*(?::[^=]*)?=", cells[0].source, re.M))
 
 
-def resolve_parameters(profile: dict, sets: dict, data: str | None, build_dir: Path) -> dict:
+def resolve_parameters(profile: dict, sets: dict, data: str | None, build_dir: Path,
+                       root: Path | None = None) -> dict:
     """The parameters every chapter gets: the profile's, then ``--set`` ones, then the
     data root (given, or the phantom written under ``build_dir``) and absolute folders
-    (``runs_dir`` defaults to ``build_dir/runs/<profile name>``)."""
+    (``runs_dir`` defaults to ``build_dir/runs/<profile name>``). Parameters the profile
+    lists under ``paths`` are made absolute against the book's ``root`` (the published
+    profile's committed records and sample); one that does not exist is an error."""
     params = {**profile["parameters"], **sets}
+    for key in profile.get("paths") or []:
+        value = params.get(key)
+        if value and root is not None:
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else Path(root) / path
+            if not path.exists():
+                raise KoaError(f"book parameter {key}: {value} not found")
+            params[key] = str(path.resolve())
     unknown = set(sets) - set(profile["parameters"])
     if unknown:
         raise KoaError(f"--set: unknown book parameter(s) {', '.join(sorted(unknown))} "
@@ -175,6 +187,20 @@ def execute(ipynb: str | Path, out: str | Path, params: dict, cwd: str | Path,
     return Path(out)
 
 
+def write_scorecard(root: Path, params: dict, profile: str) -> Path:
+    """``book/scorecard.md``, included by the landing page: the paper's claims against the
+    records in ``records_dir`` (the committed GPU campaign unless the profile names
+    others), computed at every build (:mod:`koa_core.scorecard`)."""
+    from .report.published import scorecard_markdown
+
+    records = params.get("records_dir") or str(root / "results" / "gpu" / "runs")
+    path = root / "book" / "scorecard.md"
+    path.write_text(scorecard_markdown(records, params.get("shipped_eval") or None,
+                                       profile=profile,
+                                       sample_root=params.get("sample_root") or None))
+    return path
+
+
 def build_html(root: str | Path, strict: bool = True) -> Path:
     """``jupyter-book build ROOT [-W -n --keep-going]``; returns ``ROOT/_build/html``."""
     exe = Path(sys.executable).with_name("jupyter-book")
@@ -193,8 +219,9 @@ def run_book(profile: str = "demo", data: str | None = None, sets: list[str] | N
     root = find_book_root(root)
     prof = {"name": Path(profile).stem, **load_profile(profile, root)}
     build_dir = root / "_build"
-    params = resolve_parameters(prof, parse_sets(sets), data, build_dir)
+    params = resolve_parameters(prof, parse_sets(sets), data, build_dir, root)
     build_dir.mkdir(parents=True, exist_ok=True)
+    write_scorecard(root, params, prof["name"])
     os.environ.setdefault("KOA_CACHE_DIR", str(build_dir / "cache"))
     chapters = sorted((root / "notebooks").glob("*.py"))
     if only:

@@ -40,25 +40,32 @@
 # ## Imports
 
 # %%
+from IPython.display import Markdown
+
 from koa_core import report
 from koa_core.config import PAPER_ALPHA
 from koa_core.data import discover
-from koa_core.dataset import class_counts
 from koa_core.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
 
 # %% [markdown]
 # ## Parameters
+#
+# `stats_json` is the output of `koa data stats ROOT --json` on a full copy of the data: when
+# given, "our training split" below is the one it counted, not `data_root`'s.
 
 # %% tags=["parameters"]
 data_root = ""  # dataset root (empty: the synthetic phantom)
 runs_dir = "runs/book"
+stats_json = ""  # koa data stats --json of the full copy (empty: count data_root)
 seed = 0
 gamma = 2.0  # the paper's focusing parameter
 
 # %%
 report.setup(seed)
 root = report.resolve_root(data_root, runs_dir)
-report.parameter_table(data_root=root, seed=seed, gamma=gamma)
+stats = report.load_stats(stats_json)  # None without a stats file
+counted = stats or discover(root)
+report.parameter_table(data_root=root, stats_json=stats_json, seed=seed, gamma=gamma)
 
 # %% [markdown]
 # ## Table 2, recomputed
@@ -78,16 +85,15 @@ table2
 # %% [markdown]
 # ## Why the paper's shares cannot be reproduced
 #
-# - n·α is 513.0, 472.6, 342.9, 171.0 and 98.2 (sum 1597.7): shares of 32.1, 29.6,
-#   21.5, 10.7 and 6.1 %, not the paper's 19.5, 18.0, 12.8, 6.5 and 37.2 %.
-# - The paper's share divided by n·α is about 0.038 for KL0-KL3 and 0.379 for KL4:
-#   its numbers are proportional to n·α for KL0-3 and ten times that for KL4. A focal
-#   factor would have to be equal for KL0-3 and ten times larger for KL4; no natural assumption
-#   gives that (the class-prior column above does not).
-# - The paper's shares sum to 94.0 %, not 100 %.
-#
-# A conjecture that fits: α of KL4 taken as 3.33 instead of 0.333, and the shares then
-# scaled by 0.94. That reproduces every share within 0.2 points, but it is a guess about a
+# Computed from the table above (compare the class-prior column, one natural model of the
+# focal factor):
+
+# %%
+Markdown(report.table2_reasons(table2))
+
+# %% [markdown]
+# A conjecture: α of KL4 taken as 3.33 instead of 0.333, and the shares then scaled by
+# 0.94 (what the paper's column sums to). Even where it comes close, it is a guess about a
 # slip, not a documented computation, so the training uses the α the paper prints.
 
 # %%
@@ -97,15 +103,22 @@ guess = (0.94 * conjecture["after alpha %"]).round(1)
 table2.assign(**{"conjecture x 0.94 %": guess})[
     ["count", "after alpha %", "conjecture x 0.94 %", "paper %"]]
 
+# %%
+Markdown(report.conjecture_text(guess, table2["paper %"]))
+
 # %% [markdown]
 # ## The same table on this book's training split
 #
 # The paper's α were set for the paper's counts; here they meet the training split of
-# this book's data root (with the demo profile, a phantom with the paper's proportions).
+# this book's data: the full real copy's, as counted by `koa data stats` (published profile),
+# or that of the data root (with the demo profile, a phantom with the paper's proportions).
 
 # %%
-train_counts = class_counts(discover(root).split("train"))
-report.influence_table(train_counts, PAPER_ALPHA, gamma)
+ours = report.influence_table(report.split_counts(counted)["train"], PAPER_ALPHA, gamma)
+ours
+
+# %%
+Markdown(report.influence_text(ours, f"the training split of {report.source_name(counted)}"))
 
 # %% [markdown]
 # ## Focal loss against cross-entropy
@@ -121,11 +134,17 @@ fig = report.focal_figure(gammas=(0, 1, gamma, 3, 5))
 # %% [markdown]
 # ## Summary
 #
-# Table 2's first columns (counts, shares, α) are reproduced; its last column is not,
-# under any stated model: our recomputation gives KL4 about 6 % of the influence after
-# weighting, not 37.2 %, and the paper's column sums to 94 %. A slip in α of KL4 (3.33
-# for 0.333) would explain it; we train with the printed α and say so. The focal factor
-# acts per sample and does not change the class shares unless the grades differ in how
+# Table 2 was recomputed from the paper's counts and α under a stated model of
+# "influence", beside the paper's column:
+
+# %%
+Markdown(report.table2_verdict(table2))
+
+# %% [markdown]
+# A slip in α of KL4 (3.33 for 0.333) is one conjecture for the gap (the computed line
+# under the conjecture column says how close it comes); we train with the printed α and say
+# so. The same table was computed for this book's training split. The focal factor acts
+# per sample and does not change the class shares unless the grades differ in how
 # confidently they are predicted.
 #
 # ### What's next

@@ -443,3 +443,247 @@ def test_cam_share_table_keeps_empty_maps():
     t = report.cam_share_table([{"case": case, "targets": {"top-1": 1, "true": 2},
                                  "maps": maps}])
     assert t.shape == (1, 2) and np.isnan(t.iloc[0, 1]) and t.iloc[0, 0] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- the published profile
+@pytest.fixture(scope="module")
+def val_only(phantom_root, tmp_path_factory) -> Path:
+    """A sample in the committed layout: the phantom's validation knees only, SAMPLE.json."""
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("sample") / "sample"
+    shutil.copytree(phantom_root / "val", root / "val")
+    (root / "SAMPLE.json").write_text(json.dumps({"command": "python make_sample.py ROOT",
+                                                  "split": "val", "files": []}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def stats(index, tmp_path_factory) -> tuple[dict, Path]:
+    """``koa data stats --json`` of the phantom, as the CLI writes it (with provenance)."""
+    import json
+
+    from koa_core.datacheck import scan
+
+    d = scan(index, workers=2).to_dict()
+    d["provenance"] = {"command": f"koa data stats {index.root} --json",
+                       "commit": "0123456789abcdef0123-dirty", "created": "2026-01-02T03:04"}
+    path = tmp_path_factory.mktemp("stats") / "data-stats.json"
+    path.write_text(json.dumps(d))
+    return report.load_stats(path), path
+
+
+def test_load_stats(tmp_path, stats):
+    assert report.load_stats("") is None and stats[0]["images"] == 60
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(KoaError, match="koa data stats"):
+        report.load_stats(tmp_path / "x.json")
+
+
+def test_first_split_takes_the_split_that_exists(index, val_only):
+    from types import SimpleNamespace
+
+    sample = discover(val_only)
+    assert report.first_split(index) == "train" and report.first_split(sample) == "val"
+    assert report.first_split(index, prefer=("test", "val")) == "test"
+    with pytest.raises(KoaError, match="no images"):
+        report.first_split(SimpleNamespace(root="x", split=lambda s: []))
+    imgs, grades = report.sample_images(sample, n=100)  # all of them, from val
+    assert len(imgs) == len(sample.records) and sorted(grades) == sorted(
+        r.grade for r in sample.records)
+    fig = report.sample_grid(sample, per_grade=2, seed=0)
+    assert len(fig.axes) == 10 and any(ax.images for ax in fig.axes)
+
+
+def test_stats_tables_equal_the_index_tables(index, stats):
+    from koa_core.datacheck import scan
+
+    st = stats[0]
+    assert report.split_counts(st) == report.split_counts(index)
+    pd.testing.assert_frame_equal(report.counts_table(st), report.counts_table(index))
+    from_stats, from_scan = report.leakage_table(st), report.leakage_table(scan(index, workers=2))
+    shared = from_scan.index
+    assert set(shared) < set(from_stats.index) and "source formats" in from_stats.index
+    assert from_stats.loc[shared, "value"].astype(str).tolist() == \
+        from_scan["value"].astype(str).tolist()
+    assert report.source_name(st) == report.source_name(index) == Path(index.root).name
+
+
+def test_majority_table_and_imbalance_text(index, stats):
+    st = {**stats[0], "counts": {k: v for k, v in stats[0]["counts"].items() if k != "test"}}
+    m = report.majority_table(st)
+    assert m.loc["test", "majority rate (ours)"] == "n/a: held out"
+    val = report.split_counts(st)["val"]
+    assert m.loc["val", "majority rate (ours)"] == f"{max(val) / sum(val):.3f}"
+    assert m.loc["val", "paper's Table 1"] == f"{328 / 826:.3f}"
+    no_test = discover(index.root)
+    no_test.records = [r for r in no_test.records if r.split != "test"]
+    assert report.majority_table(no_test).loc["test", "majority rate (ours)"].startswith("n/a (")
+    ours, paper = report.counts_table(st), report.paper_counts_table()
+    text = report.imbalance_text(ours, paper, m)
+    assert f"{ours.loc['KL0', 'share %']:.1f} %" in text and "(paper's Table 1: 39.4 %" in text
+    assert f"right on {100 * max(val) / sum(val):.1f} %" in text
+    held = m.assign(**{"majority rate (ours)": "n/a: held out"})
+    assert "always answers" not in report.imbalance_text(ours, paper, held)
+
+
+def test_counts_match_text():
+    paper = report.paper_counts_table()
+    train = dict(zip("01234", report.PAPER_TABLE1["train"]))
+    ours = report.counts_table({"counts": {"train": train,
+                                           "val": dict(zip("01234", [328, 153, 212, 106, 26]))}})
+    text = report.counts_match_text(ours, paper)
+    assert text.startswith("The train split (5,778 images) equals the paper's Table 1")
+    assert "val split has 825 images (paper: 826), with grade shares within 0.1 points" in text
+    assert text.endswith("(test not counted here).")
+    moved = {"train": train, "val": dict(zip("01234", [327, 153, 212, 106, 28]))}
+    text = report.counts_match_text(report.counts_table({"counts": moved}), paper)
+    assert "val split (826 images) differs from the paper's Table 1 in KL0 327 vs 328, KL4" in text
+
+
+def test_leakage_verdict_is_computed(stats):
+    st = stats[0]
+    t = report.leakage_table(st)
+    assert report.leakage_verdict(t, []) == (
+        "No patient appears in two splits; no file is duplicated across splits; no image "
+        "fails to decode (0 discovery warning(s)). The data are usable for training.")
+    bad = {**st, "leaking_patients": {"9000001": ["train", "val"]},
+           "unreadable": ["a.png: empty file"],
+           "problems": ["1 unreadable image(s)", "1 patient(s) in more than one split"]}
+    t = report.leakage_table(bad)
+    assert t.loc["patients in more than one split", "verdict"] == "LEAK, e.g. 9000001"
+    text = report.leakage_verdict(t, ["w"])
+    assert "1 patient(s) appears in two splits" in text and "1 image(s) fails" in text
+    assert "(1 discovery warning(s))" in text and "NOT usable" in text
+
+
+def test_stats_provenance_shows_no_build_paths(stats):
+    st, _ = stats
+    text = report.stats_provenance(st)
+    assert "`koa data stats kl --json`" in text and "`0123456789ab-dirty`" in text
+    assert "2026-01-02" in text and "60 images" in text and "/" not in text.split("`")[3]
+
+
+def test_sample_table_and_note(val_only):
+    sample = discover(val_only)
+    t = report.sample_table(sample)
+    assert list(t.index) == report.KL and t["knees"].sum() == len(sample.records)
+    assert set(t["split"]) == {"val"}
+    first = sorted(Path(r.path).stem for r in sample.records if r.grade == 0)
+    assert t.loc["KL0", "files (OAI patient id + side)"] == ", ".join(first)
+    note = report.sample_note(sample)
+    assert f"sample of {len(sample.records)} real knees: the val split only" in note
+    assert "`python make_sample.py ROOT`" in note and "CLAHE-enhanced upstream" in note
+    assert "second CLAHE pass" in report.sample_note(sample, study="clahe")
+
+
+def test_clahe_verdict_second_pass(knees):
+    t = report.clahe_table(knees[:1], clips=(1.0, 2.0))
+    assert "second CLAHE pass" not in report.clahe_verdict(t)
+    assert report.clahe_verdict(t, second_pass=True).endswith("not the paper's single pass.")
+
+
+def test_influence_text_and_table2_verdict():
+    from koa_core.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
+
+    t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA, paper=PAPER_TABLE2_SHARES_PCT)
+    text = report.influence_text(t, "the paper's counts")
+    assert text.startswith("On the paper's counts (9,786 images), KL0 holds 39.4 % of the")
+    assert f"{t.loc['KL4', 'after alpha %']:.1f} % of the influence after alpha" in text
+    v = report.table2_verdict(t)
+    assert "6.2 % for KL4" in v and "prints 19.5 % and 37.2 %" in v
+    assert "31.1 points (KL4)" in v and "sums to 94.0 %" in v
+
+
+def test_pick_cases_top5_is_the_least_likely():
+    cases = report.pick_cases(_pred_frame(), n_correct=2, n_wrong=1)
+    p = _pred_frame().set_index("path").loc[cases.path, [f"p{g}" for g in range(5)]].to_numpy()
+    assert p[np.arange(len(p)), cases.top5].tolist() == p.min(axis=1).tolist()  # ties: any
+    assert cases.iloc[2].top5 == 4 and cases.iloc[1].top5 == 4
+
+
+def test_stream_cams_equal_explain_grad_cam(tiny_run):
+    from koa_core.checkpoint import load_checkpoint
+    from koa_core.explain import grad_cam
+
+    run, root = tiny_run
+    pred = report.predict_split(run / "best.safetensors", root, "test")
+    cases = report.pick_cases(pred.assign(pred=(pred.grade + 1) % 5), 0, 2)
+    res = report.cam_cases(run / "best.safetensors", cases, other="top5")
+    model, _ = load_checkpoint(run / "best.safetensors")
+    assert [list(r["maps"]) for r in res] == [[("raw", "top-1"), ("raw", "top5"),
+                                              ("clahe", "top-1"), ("clahe", "top5")]] * 2
+    for r, (_, c) in zip(res, cases.iterrows()):
+        assert r["targets"] == {"top-1": c.top1, "top5": c.top5}
+        for (stream, target), cam in r["maps"].items():
+            ref = grad_cam(model, r["views"], r["targets"][target], stream)
+            assert cam.shape == ref.shape and np.abs(cam - ref).max() < 1e-4
+    with pytest.raises(ValueError, match="other must be"):
+        report.cam_cases(run / "best.safetensors", cases, other="top3")
+    assert report.cam_cases(run / "best.safetensors", cases.iloc[:0]) == []
+
+
+def test_cam_conflict_and_cases_text():
+    def result(case, f1, f5):
+        def cam(mass_in_band):
+            m = np.zeros((10, 10))
+            m[5, 5], m[0, 0] = mass_in_band, 1 - mass_in_band
+            return m
+        return {"case": pd.Series({"case": case}), "targets": {"top-1": 0, "top5": 4},
+                "maps": {("raw", "top-1"): cam(f1), ("raw", "top5"): cam(f5),
+                         ("clahe", "top-1"): cam(f1), ("clahe", "top5"): np.zeros((10, 10))}}
+
+    res = [result("correct", 0.1, 0.9), result("misclassified", 0.9, 0.1),
+           result("misclassified", 0.2, 0.8)]
+    text = report.cam_conflict_text(res)
+    assert "Of the 2 misclassified case(s)" in text and "than the top-5 map" in text
+    assert "1 of 2 case(s) in the raw stream" in text
+    assert "0 of 0 case(s) in the clahe stream (2 with an empty map left out)" in text
+    assert "not" in report.cam_conflict_text(res[:1])
+    pred = _pred_frame()
+    cases = report.pick_cases(pred, 2, 1)
+    text = report.cases_text(pred, cases, "val")
+    right = int((pred.grade == pred.pred).sum())
+    assert text.startswith(f"The model is right on {right} of the 5 val knees")
+    assert "grade-balanced" not in text and "2 correct and 1 misclassified" in text
+    assert f"entropies {cases.entropy.iloc[2]:.2f} (a uniform" in text
+
+
+def test_checkpoint_note(tmp_path):
+    import json
+
+    ckpt = tmp_path / "m.safetensors"
+    (tmp_path / "m.json").write_text(json.dumps({
+        "select_metric": "macro_f1", "epoch": 10, "val_metrics": {"n": 826},
+        "data": {"root": "kneeKL224, train+val"}, "hardware": "GPU X",
+        "config": {"model": {"pretrained": "none"}}}))
+    note = report.checkpoint_note(ckpt, "val")
+    assert note.startswith("**About the checkpoint.** It was selected by validation macro_f1 "
+                           "(epoch 10, on 826 validation knees), so the val knees explained")
+    assert 'sidecar as "kneeKL224, train+val"' in note and "from scratch" in note
+    assert "take part" not in report.checkpoint_note(ckpt, "test")
+    (tmp_path / "m.json").write_text(json.dumps({"data": {"root": "/abs/path"}}))
+    assert report.checkpoint_note(ckpt) == ""
+
+
+def test_crop_text(index, val_only):
+    text = report.crop_text(discover(val_only), n=100)
+    n = len(discover(val_only).records)
+    assert text == (f"On the {n} images of this chapter (64x64 pixels), the central crop "
+                    f"leaves {n} unchanged and crops 0.")
+    assert report.crop_text(index, n=10).startswith("On the ")
+
+
+def test_table2_reasons_and_conjecture_text():
+    from koa_core.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
+
+    t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA, paper=PAPER_TABLE2_SHARES_PCT)
+    text = report.table2_reasons(t)
+    assert "- n·α is 513.0, 472.6, 342.9, 171.0 and 98.2 (sum 1597.7)" in text
+    assert "shares of 32.1, 29.6, 21.5, 10.7 and 6.1 %" in text
+    assert "0.379 for KL4" in text and "10.0 times" in text and "sum to 94.0 %" in text
+    conj = report.influence_table(PAPER_TABLE2_COUNTS, [0.133, 0.267, 0.133, 0.133, 3.33])
+    guess = (0.94 * conj["after alpha %"]).round(1)
+    assert "within 0.20 points (largest gap at KL2)" in report.conjecture_text(guess,
+                                                                                t["paper %"])

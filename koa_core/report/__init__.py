@@ -23,11 +23,16 @@ from .paper import (
 )
 from .common import ensure_phantom, parameter_table, resolve_root, setup
 from .data import (
-    counts_table, crop_example, leakage_table, paper_count_slips, paper_counts_table,
-    sample_grid, sample_images, share_figure,
+    UPSTREAM_CLAHE, counts_match_text, counts_table, crop_example, crop_text, first_split,
+    imbalance_text, leakage_table, leakage_verdict, load_stats, majority_table,
+    paper_count_slips, paper_counts_table, sample_grid, sample_images, sample_note,
+    sample_table, share_figure, source_name, split_counts, stats_provenance,
 )
 from .clahe import clahe_figure, clahe_measures, clahe_table, clahe_verdict
-from .loss import focal_figure, influence_table
+from .loss import (
+    conjecture_text, focal_figure, influence_table, influence_text, table2_reasons,
+    table2_verdict,
+)
 from .training import (
     ablation_figure, config_table, learning_curves, proposed_checkpoint, proposed_run,
     read_history, run_ablation, run_status, run_summary, train_or_reuse,
@@ -36,7 +41,15 @@ from .evaluation import (
     ci_table, comparison_table, confusion_figure, gate_figure, gate_table, kl4_table,
     paper_correct_counts, paper_report_table, predict_split, report_table,
 )
-from .cams import cam_cases, cam_figure, cam_share_table, pick_cases
+from .cams import (
+    cam_cases, cam_conflict_text, cam_figure, cam_share_table, cases_text, checkpoint_note,
+    pick_cases, stream_cams,
+)
+from .published import (
+    data_caveats, load_records, provenance_table, record_frame, record_history, record_metrics,
+    record_summary, records_note, scorecard_markdown, scorecard_table, selected_record_name,
+    table5_claims, table5_figure, table5_table,
+)
 
 __all__ = [
     "ABLATIONS",
@@ -48,10 +61,14 @@ __all__ = [
     "PAPER_TABLE5",
     "PAPER_TABLE7",
     "PUBLISHED",
+    "UPSTREAM_CLAHE",
     "ablation_figure",
     "cam_cases",
+    "cam_conflict_text",
     "cam_figure",
     "cam_share_table",
+    "cases_text",
+    "checkpoint_note",
     "ci_table",
     "clahe_figure",
     "clahe_measures",
@@ -59,17 +76,28 @@ __all__ = [
     "clahe_verdict",
     "comparison_table",
     "config_table",
+    "conjecture_text",
     "confusion_figure",
+    "counts_match_text",
     "counts_table",
     "crop_example",
+    "crop_text",
+    "data_caveats",
     "ensure_phantom",
+    "first_split",
     "focal_figure",
     "gate_figure",
     "gate_table",
+    "imbalance_text",
     "influence_table",
+    "influence_text",
     "kl4_table",
     "leakage_table",
+    "leakage_verdict",
     "learning_curves",
+    "load_records",
+    "load_stats",
+    "majority_table",
     "paper_correct_counts",
     "paper_count_slips",
     "paper_counts_table",
@@ -79,7 +107,13 @@ __all__ = [
     "predict_split",
     "proposed_checkpoint",
     "proposed_run",
+    "provenance_table",
     "read_history",
+    "record_frame",
+    "record_history",
+    "record_metrics",
+    "record_summary",
+    "records_note",
     "report_table",
     "resolve_root",
     "run_ablation",
@@ -87,7 +121,21 @@ __all__ = [
     "run_summary",
     "sample_grid",
     "sample_images",
+    "sample_note",
+    "sample_table",
+    "scorecard_markdown",
+    "scorecard_table",
+    "selected_record_name",
     "setup",
     "share_figure",
+    "source_name",
+    "split_counts",
+    "stats_provenance",
+    "stream_cams",
+    "table2_reasons",
+    "table2_verdict",
+    "table5_claims",
+    "table5_figure",
+    "table5_table",
     "train_or_reuse",
 ]

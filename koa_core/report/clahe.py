@@ -88,8 +88,9 @@ def clahe_figure(images: Sequence[np.ndarray], clips: Sequence[float] = (1.0, 2.
     return fig
 
 
-def clahe_verdict(table: pd.DataFrame, chosen: str = "2") -> str:
-    """One paragraph (Markdown) saying what :func:`clahe_table` shows about the clip limits."""
+def clahe_verdict(table: pd.DataFrame, chosen: str = "2", second_pass: bool = False) -> str:
+    """One paragraph (Markdown) saying what :func:`clahe_table` shows about the clip limits;
+    ``second_pass``: the images were CLAHE-enhanced upstream, and the paragraph says so."""
     t = table.drop(index="raw")
     best = str(t["edge/noise"].idxmax())
     gains = ", ".join(f"{c}: x{e:.2f} edges, x{n:.2f} noise" for c, e, n in
@@ -103,6 +104,11 @@ def clahe_verdict(table: pd.DataFrame, chosen: str = "2") -> str:
         text = (f"{text}. At every clip limit CLAHE amplifies flat-region texture more than it "
                 "sharpens the joint (edge/noise below 1)")
     if best == chosen:
-        return text + f"; this supports the paper's choice of {chosen}.0."
-    return text + (f"; by this measure the numbers do not single out the paper's {chosen}.0, "
-                   "whose choice in the paper rests on visual quality.")
+        text += f"; this supports the paper's choice of {chosen}.0."
+    else:
+        text += (f"; by this measure the numbers do not single out the paper's {chosen}.0, "
+                 "whose choice in the paper rests on visual quality.")
+    if second_pass:
+        text += (" Caveat: these images were CLAHE-enhanced upstream, so this measures a "
+                 "second CLAHE pass on top of the first, not the paper's single pass.")
+    return text

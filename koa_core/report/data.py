@@ -1,16 +1,21 @@
 """Dataset tables and figures (paper §2.1, Table 1, Fig. 1): counts per split and grade,
-the paper's count slips, sample grids, leakage, the central crop.
+the paper's count slips, sample grids, leakage, the central crop; and, for the published
+profile, the same tables from a ``koa data stats --json`` summary and the caveats of the
+committed real sample.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
 from .. import GRADE_NAMES
+from ..errors import KoaError
 from .paper import KL, PAPER_FIG1_COUNTS, PAPER_TABLE1
 
 
@@ -25,10 +30,11 @@ def _counts_frame(counts: dict[str, Sequence[int]]) -> pd.DataFrame:
     return df
 
 
-def counts_table(index) -> pd.DataFrame:
-    """Images per grade and split of a :class:`~koa_core.data.DatasetIndex`, with shares
-    and the imbalance ratio KL0 : KLk."""
-    return _counts_frame({s: [c[g] for g in range(5)] for s, c in index.counts().items()})
+def counts_table(source) -> pd.DataFrame:
+    """Images per grade and split of a :class:`~koa_core.data.DatasetIndex` (or of a
+    ``koa data stats --json`` summary, see :func:`load_stats`), with shares and the
+    imbalance ratio KL0 : KLk."""
+    return _counts_frame(split_counts(source))
 
 
 def paper_counts_table() -> pd.DataFrame:
@@ -64,12 +70,14 @@ def share_figure(ours: pd.DataFrame, paper: pd.DataFrame, label: str = "ours"):
     return fig
 
 
-def sample_grid(index, per_grade: int = 4, split: str = "train", seed: int = 0):
-    """One row per grade of randomly chosen images of a split (like the paper's Fig. 1)."""
+def sample_grid(index, per_grade: int = 4, split: str | None = None, seed: int = 0):
+    """One row per grade of randomly chosen images of a split (like the paper's Fig. 1);
+    ``split`` None: the first of train, val, test that holds images."""
     import matplotlib.pyplot as plt
 
     from ..imaging import read_gray
 
+    split = split or first_split(index)
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(5, per_grade, figsize=(1.5 * per_grade + 0.4, 7.6),
                              squeeze=False)
@@ -86,7 +94,11 @@ def sample_grid(index, per_grade: int = 4, split: str = "train", seed: int = 0):
 
 
 def leakage_table(report) -> pd.DataFrame:
-    """The patient/leakage facts of a :class:`~koa_core.datacheck.ScanReport`, one per row."""
+    """The patient/leakage facts of a :class:`~koa_core.datacheck.ScanReport` (or of a
+    ``koa data stats --json`` summary, which also lists the source formats), one per row."""
+    if isinstance(report, dict):
+        return pd.DataFrame(_stats_leakage_rows(report),
+                            columns=["check", "value", "verdict"]).set_index("check")
     idx = report.index
     leaks = report.leaks
     rows = [(f"patients in {s}", n, "") for s, n in idx.patients().items()]
@@ -120,13 +132,221 @@ def crop_example(img: np.ndarray, pad: int = 40, extra_width: float = 0.35):
     return fig
 
 
-def sample_images(index, n: int = 40, split: str = "train", seed: int = 0
+def sample_images(index, n: int = 40, split: str | None = None, seed: int = 0
                   ) -> tuple[list[np.ndarray], list[int]]:
     """``n`` decoded, centrally cropped images of a split (grade-stratified, seeded) at their
-    own size, and their grades."""
+    own size, and their grades; ``split`` None: the first of train, val, test that holds
+    images (all of them when ``n`` is at least their number)."""
     from ..dataset import stratified_subset
     from ..imaging import read_gray
     from ..preprocess import central_crop
 
-    recs = stratified_subset(index.split(split), n, seed=seed)
+    recs = stratified_subset(index.split(split or first_split(index)), n, seed=seed)
     return [central_crop(read_gray(r.path)) for r in recs], [r.grade for r in recs]
+
+
+# ---------------------------------------------------------------- the published profile
+# A full dataset copy is summarised by ``koa data stats ROOT --json`` (a "stats" dict) and
+# its live figures use a committed sample of it; the helpers below take a stats dict
+# wherever the demo path takes a DatasetIndex or ScanReport, so a chapter reads the same
+# way with either.
+
+UPSTREAM_CLAHE = ("this copy of the dataset is CLAHE-enhanced upstream (its upstream copy was "
+                  "labelled \"ClaheDataset224\"): the \"raw\" view of every knee has already "
+                  "been through one CLAHE pass, and the model's CLAHE view through two")
+
+
+def load_stats(path: str | Path | None) -> dict | None:
+    """The JSON written by ``koa data stats ROOT --json``; None for an empty path."""
+    if not path:
+        return None
+    stats = json.loads(Path(path).read_text())
+    if not isinstance(stats, dict) or "counts" not in stats:
+        raise KoaError(f"{path}: not the output of koa data stats ROOT --json (no counts)")
+    return stats
+
+
+def first_split(index, prefer: Sequence[str] = ("train", "val", "test")) -> str:
+    """The first split of ``prefer`` that holds images (a sample of validation knees, for
+    instance, has no training split)."""
+    for s in prefer:
+        if index.split(s):
+            return s
+    raise KoaError(f"{index.root}: no images in the {', '.join(prefer)} split(s)")
+
+
+def split_counts(source) -> dict[str, list[int]]:
+    """Images per grade 0..4 of each split, from a DatasetIndex or a stats dict."""
+    if isinstance(source, dict):
+        return {s: [int(c.get(str(g), 0)) for g in range(5)]
+                for s, c in source["counts"].items()}
+    return {s: [c[g] for g in range(5)] for s, c in source.counts().items()}
+
+
+def source_name(source) -> str:
+    """The data root's folder name (a DatasetIndex, a ScanReport or a stats dict)."""
+    root = source["root"] if isinstance(source, dict) else getattr(source, "index", source).root
+    return Path(str(root)).name
+
+
+def majority_table(source, paper: dict[str, Sequence[int]] = PAPER_TABLE1) -> pd.DataFrame:
+    """The majority rate (share of the most frequent grade, what always answering it
+    scores) of the validation and test splits, ours beside the paper's Table 1. A split
+    the data lacks reads "n/a": held out for a stats summary (the copy was made without
+    it), "no such split here" for a data root."""
+    ours = split_counts(source)
+    missing = "n/a: held out" if isinstance(source, dict) else "n/a (no such split here)"
+    rows = []
+    for s in ("val", "test"):
+        c = ours.get(s)
+        rows.append({"split": s, "images": sum(c) if c else 0,
+                     "majority rate (ours)": f"{max(c) / sum(c):.3f}" if c and sum(c)
+                     else missing,
+                     "paper's Table 1": f"{max(paper[s]) / sum(paper[s]):.3f}"})
+    return pd.DataFrame(rows).set_index("split")
+
+
+def imbalance_text(ours: pd.DataFrame, paper: pd.DataFrame, majority: pd.DataFrame) -> str:
+    """Markdown: the grade shares and KL0 : KL4 ratio of :func:`counts_table` tables and the
+    validation majority rate of :func:`majority_table`, ours against the paper's."""
+    def part(t):
+        return (t.loc["KL0", "share %"], t.loc["KL4", "share %"],
+                t.loc["KL0", "total"] / max(t.loc["KL4", "total"], 1))
+
+    (o0, o4, orat), (p0, p4, prat) = part(ours), part(paper)
+    val = majority.loc["val", "majority rate (ours)"]
+    text = (f"KL0 is {o0:.1f} % of the images counted here and KL4 {o4:.1f} % (paper's "
+            f"Table 1: {p0:.1f} % and {p4:.1f} %), {orat:.1f} KL0 images for each KL4 image "
+            f"(paper: {prat:.1f}).")
+    if not str(val).startswith("n/a"):
+        text += (f" A model that always answers KL0 is right on {100 * float(val):.1f} % of the "
+                 "validation split: accuracy is read against this majority rate, and "
+                 "per-grade recall (KL4 above all) matters more than the headline number.")
+    return text
+
+
+def _stats_leakage_rows(stats: dict) -> list[tuple]:
+    leaks, dups, bad = (stats.get(k) or [] for k in
+                        ("leaking_patients", "duplicates_across_splits", "unreadable"))
+    problems = stats.get("problems") or []
+    return ([(f"patients in {s}", n, "") for s, n in stats["patients"].items()]
+            + [("patients in more than one split", len(leaks),
+                "ok" if not leaks else "LEAK, e.g. " + ", ".join(list(leaks)[:3])),
+               ("identical files in two splits", len(dups), "ok" if not dups else "LEAK"),
+               ("unreadable images", len(bad), "ok" if not bad else str(bad[0])),
+               ("image sizes", ", ".join(stats.get("sizes") or {}), ""),
+               ("source formats", ", ".join(stats.get("formats") or {}), ""),
+               ("usable for training", "no" if problems else "yes", "; ".join(problems))])
+
+
+def leakage_verdict(table: pd.DataFrame, warnings: Sequence[str] = ()) -> str:
+    """Markdown: what :func:`leakage_table` found, one computed sentence."""
+    v = table["value"]
+    facts = [("patient", "appears in two splits", int(v["patients in more than one split"])),
+             ("file", "is duplicated across splits", int(v["identical files in two splits"])),
+             ("image", "fails to decode", int(v["unreadable images"]))]
+    text = "; ".join(f"no {what} {verb}" if n == 0 else f"{n} {what}(s) {verb}"
+                     for what, verb, n in facts)
+    text = text[0].upper() + text[1:] + f" ({len(warnings)} discovery warning(s))"
+    return text + (". The data are usable for training." if v["usable for training"] == "yes"
+                   else ". The data are NOT usable for training: "
+                   + str(table.loc["usable for training", "verdict"]) + ".")
+
+
+def _short_commit(commit: str) -> str:
+    head, _, tail = str(commit).partition("-")
+    return head[:12] + (f"-{tail}" if tail else "")
+
+
+def stats_provenance(stats: dict, label: str = "") -> str:
+    """Markdown: where a stats summary comes from (command, code commit, date); absolute
+    paths in the command are shown by their last part."""
+    prov = stats.get("provenance") or {}
+    cmd = " ".join(Path(w).name if w.startswith("/") else w
+                   for w in str(prov.get("command") or "koa data stats ROOT --json").split())
+    splits = ", ".join(f"{s} {sum(c):,}" for s, c in split_counts(stats).items())
+    return (f"Counts and checks of the full copy `{source_name(stats)}`{label} "
+            f"({stats.get('images', 0):,} images: {splits}) come from `{cmd}`, run on code "
+            f"commit `{_short_commit(prov.get('commit', 'unknown'))}`"
+            + (f" on {str(prov['created'])[:10]}" if prov.get("created") else "") + ".")
+
+
+def sample_table(index) -> pd.DataFrame:
+    """The knees of a (small) data root per grade: how many and their file names, which
+    are the OAI patient id and the knee's side (L/R)."""
+    rows = []
+    for g in range(5):
+        recs = sorted((r for r in index.records if r.grade == g), key=lambda r: r.path)
+        rows.append({"grade": KL[g], "split": ", ".join(sorted({r.split for r in recs})),
+                     "knees": len(recs),
+                     "files (OAI patient id + side)": ", ".join(Path(r.path).stem
+                                                                for r in recs)})
+    return pd.DataFrame(rows).set_index("grade")
+
+
+def sample_note(index, study: str = "") -> str:
+    """Markdown: the data caveats of the committed real sample at ``index`` (how many
+    knees of which split, drawn how, the upstream CLAHE), plus, for ``study`` "clahe",
+    what they mean for the CLAHE study."""
+    meta_path = Path(index.root) / "SAMPLE.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    counts = split_counts(index)
+    per = sorted({n for c in counts.values() for n in c})
+    per_grade = f"{per[0]} per grade" if len(per) == 1 else "per grade: " + ", ".join(
+        f"{KL[g]} {sum(c[g] for c in counts.values())}" for g in range(5))
+    text = (f"**Data caveats.** The live figures use the committed sample of "
+            f"{len(index.records)} real knees: the {' and '.join(counts)} split only, "
+            f"{per_grade}" + (f", drawn by `{meta['command']}`" if meta.get("command") else "")
+            + f". {UPSTREAM_CLAHE[0].upper()}{UPSTREAM_CLAHE[1:]}.")
+    if study == "clahe":
+        text += (" So the \"raw\" row of the study below is an already-enhanced image, and "
+                 "each clip limit measures a second CLAHE pass on top of it.")
+    return text
+
+
+def counts_match_text(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
+    """Markdown: split by split, whether :func:`counts_table` counts equal the paper's
+    Table 1 (:func:`paper_counts_table`) grade for grade, where they differ, and (for a
+    split of another size, e.g. the phantom's) how far its grade shares are from the
+    paper's."""
+    parts = []
+    for s in [c for c in ours.columns if c in ("train", "val", "test")]:
+        n, m = int(ours.loc["total", s]), int(paper.loc["total", s])
+        diff = [f"{g} {int(ours.loc[g, s]):,} vs {int(paper.loc[g, s]):,}" for g in KL
+                if ours.loc[g, s] != paper.loc[g, s]]
+        if not diff:
+            parts.append(f"the {s} split ({n:,} images) equals the paper's Table 1 grade "
+                         "for grade")
+        elif n != m:
+            gap = max(abs(100 * ours.loc[g, s] / max(n, 1) - 100 * paper.loc[g, s] / m)
+                      for g in KL)
+            parts.append(f"the {s} split has {n:,} images (paper: {m:,}), with grade shares "
+                         f"within {gap:.1f} points of the paper's")
+        else:
+            parts.append(f"the {s} split ({n:,} images) differs from the paper's Table 1 in "
+                         + ", ".join(diff))
+    missing = [s for s in ("train", "val", "test") if s not in ours.columns]
+    text = "; ".join(parts) if parts else "no split was counted"
+    text = text[0].upper() + text[1:]
+    if missing:
+        text += f" ({' and '.join(missing)} not counted here)"
+    return text + "."
+
+
+def crop_text(index, n: int = 40, split: str | None = None, seed: int = 0) -> str:
+    """Markdown: of the images :func:`sample_images` takes (same ``n``, ``split``, ``seed``),
+    how many :func:`~koa_core.preprocess.central_crop` leaves exactly as they are."""
+    from ..dataset import stratified_subset
+    from ..imaging import read_gray
+    from ..preprocess import central_crop
+
+    recs = stratified_subset(index.split(split or first_split(index)), n, seed=seed)
+    same, sizes = 0, set()
+    for r in recs:
+        img = read_gray(r.path)
+        out = central_crop(img)
+        same += out.shape == img.shape and bool(np.array_equal(out, img))
+        sizes.add(f"{img.shape[1]}x{img.shape[0]}")
+    return (f"On the {len(recs)} images of this chapter ({', '.join(sorted(sizes))} pixels), "
+            f"the central crop leaves {same} unchanged and crops {len(recs) - same}.")
+

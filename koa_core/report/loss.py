@@ -62,3 +62,61 @@ def focal_figure(gammas: Sequence[float] = (0, 1, 2, 3, 5)):
     axes[0].legend()
     fig.tight_layout()
     return fig
+
+
+def influence_text(table: pd.DataFrame, label: str = "this training split") -> str:
+    """Markdown: image share and influence share (after alpha, and after alpha and the
+    focal factor at p = prior) of KL0 and KL4 in an :func:`influence_table`."""
+    n = int(table["count"].sum())
+    focal = "after alpha + focal (p = prior) %"
+
+    def grade(g):
+        r = table.loc[g]
+        return (f"{g} holds {r['share before %']:.1f} % of the images and "
+                f"{r['after alpha %']:.1f} % of the influence after alpha "
+                f"({r[focal]:.1f} % with the focal factor at p = prior)")
+
+    return f"On {label} ({n:,} images), {grade('KL0')}; {grade('KL4')}."
+
+
+def table2_verdict(table: pd.DataFrame) -> str:
+    """Markdown: Table 2 recomputed (an :func:`influence_table` with the paper's column)
+    against the paper's last column, for KL0 and KL4, and what the paper's column sums to."""
+    ours, paper = table["after alpha %"], table["paper %"]
+    diff = (ours - paper).abs()
+    return (f"Recomputed from the paper's counts and alpha, the influence share after "
+            f"weighting is {ours['KL0']:.1f} % for KL0 and {ours['KL4']:.1f} % for KL4, "
+            f"where the paper's Table 2 prints {paper['KL0']:.1f} % and {paper['KL4']:.1f} %; "
+            f"the largest gap is {diff.max():.1f} points ({diff.idxmax()}), and the paper's "
+            f"column sums to {paper.sum():.1f} %.")
+
+
+def table2_reasons(table: pd.DataFrame) -> str:
+    """Markdown bullets, computed from an :func:`influence_table` with the paper's column:
+    n x alpha and its shares against the paper's, the paper's share per unit of n x alpha
+    (KL0-KL3 against KL4), and what the paper's column sums to."""
+    na = table["count"] * table["alpha"]
+    shares = 100 * na / na.sum()
+    per = table["paper %"] / na
+    low, kl4 = per.iloc[:4], per.iloc[4]
+
+    def nums(v, d=1):
+        v = [f"{x:.{d}f}" for x in v]
+        return ", ".join(v[:-1]) + " and " + v[-1]
+
+    return "\n".join([
+        f"- n·α is {nums(na)} (sum {na.sum():.1f}): shares of {nums(shares)} %, not "
+        f"the paper's {nums(table['paper %'])} %.",
+        f"- The paper's share divided by n·α is {low.min():.3f}-{low.max():.3f} for "
+        f"KL0-KL3 and {kl4:.3f} for KL4: the paper's numbers are close to proportional to n·α "
+        f"for KL0-KL3 and {kl4 / low.mean():.1f} times that for KL4. A focal factor would "
+        f"have to be about equal for KL0-KL3 and that many times larger for KL4.",
+        f"- The paper's shares sum to {table['paper %'].sum():.1f} %, not 100 %."])
+
+
+def conjecture_text(guess: pd.Series, paper: pd.Series) -> str:
+    """Markdown: how close a conjectured column comes to the paper's (largest gap)."""
+    gap = (guess - paper).abs()
+    return (f"The conjecture reproduces every share of the paper's column within "
+            f"{gap.max():.2f} points (largest gap at {gap.idxmax()}).")
+

@@ -1,0 +1,79 @@
+"""The published book's helpers: chapters and the scorecard read records, and refuse
+incomplete ones."""
+
+import json
+
+import numpy as np
+import pytest
+
+from koa_core import report
+from koa_core.errors import KoaError
+from koa_core.records import PROVENANCE
+from test_records import make_record
+
+Y = np.repeat(np.arange(5), [40, 20, 25, 12, 5])
+
+
+def _records(tmp_path):
+    rng = np.random.default_rng(0)
+    for group, rate in (("raw", 0.7), ("clahe", 0.5), ("proposed", 0.6)):
+        for seed in (1, 2):
+            right = rng.random(len(Y)) < rate
+            pred = np.where(right, Y, (Y + 1) % 5)
+            make_record(tmp_path, Y, pred, name=f"{group}-s{seed}", seed=seed,
+                        gates=group == "proposed")
+    return tmp_path / "records"
+
+
+def test_record_frame_and_metrics_match_the_record(tmp_path):
+    recs = report.load_records(_records(tmp_path))
+    rec = recs["proposed-s1"]
+    df = report.record_frame(rec)
+    assert list(df.columns[:3]) == ["path", "grade", "pred"] and len(df) == len(Y)
+    assert np.allclose(df.gate_raw, 0.3)
+    m = report.record_metrics(rec, n_boot=50)
+    assert m["accuracy"] == pytest.approx(rec["selected"]["val_metrics"]["accuracy"])
+    assert report.gate_table(df)["mean w_raw"].tolist() == pytest.approx([0.3] * 5)
+    assert np.isnan(report.record_frame(recs["raw-s1"]).gate_raw).all()
+
+
+def test_published_chapters_refuse_a_record_without_provenance(tmp_path):
+    root = _records(tmp_path)
+    prov = root / "raw-s2" / PROVENANCE
+    d = json.loads(prov.read_text())
+    del d["commit"]
+    prov.write_text(json.dumps(d))
+    with pytest.raises(KoaError, match="commit"):
+        report.load_records(root)
+    with pytest.raises(KoaError):
+        report.scorecard_markdown(root)
+
+
+def test_scorecard_markdown_is_computed_from_the_records(tmp_path):
+    root = _records(tmp_path)
+    text = report.scorecard_markdown(root, profile="published", n_boot=200)
+    assert "| raw-only beats CLAHE-only (raw - clahe, accuracy points)" in text
+    assert "6 records" in text and "CPU test" in text
+    assert "validation" in text  # the split that stands in for test is named
+    table = report.scorecard_table(root, n_boot=200)
+    verdicts = set(table.verdict)
+    assert verdicts <= {"reproduced", "not reproduced", "inconclusive"}
+    # no record, no result: the page says so instead of showing anything else
+    assert "No result records" in report.scorecard_markdown(tmp_path / "none")
+
+
+def test_selected_record_name_reads_selection_or_applies_the_rule(tmp_path):
+    root = _records(tmp_path)
+    name = report.selected_record_name(root)
+    assert name in {p.name for p in root.iterdir()}
+    (root.parent / "selection.json").write_text(json.dumps({"name": "clahe-s2"}))
+    assert report.selected_record_name(root) == "clahe-s2"
+
+
+def test_table5_table_and_claims(tmp_path):
+    table, t = report.table5_table(_records(tmp_path), n_boot=200)
+    assert list(table.index) == ["Single-stream (CLAHE only)", "Single-stream (Raw only)",
+                                 "Proposed (cross-attention + gate)"]
+    assert table.loc["Single-stream (Raw only)", "paper test accuracy %"] == "65.10"
+    claims = report.table5_claims(t)
+    assert "raw - clahe" in set(claims["difference"])
