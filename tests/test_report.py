@@ -67,6 +67,10 @@ def test_paper_report_tables(table, acc, n):
 def test_paper_count_slips_and_table5():
     slips = report.paper_count_slips()
     assert {"1,786", "1,286", "1,086"} <= set(slips["paper says"])
+    # the conclusion's "Weighted F1" 0.6127 -> 0.6712 are Tables 3-4's macro F1 values
+    (row,) = slips[slips["quantity"].str.startswith("Weighted F1")].itertuples()
+    assert report.PAPER_TABLE3["macro"][2] == 0.6127 and report.PAPER_TABLE4["macro"][2] == 0.6712
+    assert f"{report.PAPER_TABLE3['weighted'][2]:.4f}" in row.but
     assert [a for _, _, a in report.ABLATIONS] == [61.84, 65.10, 70.47, 72.06]
     assert report.PAPER_TABLE5["Proposed (dual-stream + attention)"] == 72.06
 
