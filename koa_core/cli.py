@@ -214,6 +214,15 @@ def _cmd_bench(args) -> int:
                        skip_model=args.skip_model, fed_steps=args.fed_steps)
     print(json.dumps(r, indent=2) if args.json else format_table(r))
     if args.save:
+        import time
+
+        import torch
+
+        from .runtime import code_commit, machine_info, resolve_device
+        r["provenance"] = {"command": getattr(args, "command_line", ""), "commit": code_commit(),
+                           "machine": machine_info(resolve_device()),
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "threads": torch.get_num_threads()}
         Path(args.save).write_text(json.dumps(r, indent=2) + "\n")
     return 0
 
