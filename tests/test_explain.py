@@ -48,3 +48,32 @@ def test_overlay_and_files(tmp_path):
     paths = save_cam_overlays(model, views, tmp_path, "knee", 1)
     assert [p.name for p in paths] == ["knee_raw_cam.png", "knee_clahe_cam.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def _structured(size=64, shift=0):
+    """A bright disc on a gradient: something for the trunk to respond to."""
+    yy, xx = np.mgrid[:size, :size]
+    img = (xx * 2 + 20).astype(np.float32)
+    img[(yy - size // 2) ** 2 + (xx - size // 3 - shift) ** 2 < (size // 6) ** 2] = 250
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_each_stream_map_responds_to_its_own_view():
+    """Without cross-attention and the gate (mean fusion), the raw map depends on the raw
+    view only and the CLAHE map on the CLAHE view only (with them, each map also carries
+    gradient through the other stream); the two maps differ; neither is all zero."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(pretrained="none", cross_attention=False,
+                                    fusion="mean")).eval()
+    a, b = _structured(), _structured(shift=18)[:, ::-1].copy()
+    views = np.stack([a, b])
+    base = {s: grad_cam(model, views, 2, s) for s in ("raw", "clahe")}
+    for m in base.values():
+        assert m.max() == pytest.approx(1.0) and m.std() > 0.01  # not an all-zero map
+    assert np.abs(base["raw"] - base["clahe"]).mean() > 0.01
+    new_clahe = np.stack([a, _structured(shift=-15)])
+    new_raw = np.stack([_structured(shift=-15), b])
+    assert np.allclose(grad_cam(model, new_clahe, 2, "raw"), base["raw"], atol=1e-5)
+    assert np.allclose(grad_cam(model, new_raw, 2, "clahe"), base["clahe"], atol=1e-5)
+    assert np.abs(grad_cam(model, new_raw, 2, "raw") - base["raw"]).mean() > 0.01
+    assert np.abs(grad_cam(model, new_clahe, 2, "clahe") - base["clahe"]).mean() > 0.01
