@@ -34,7 +34,7 @@ import yaml
 
 from .errors import KoaError
 
-__all__ = ["PlanRun", "load_plan", "run_campaign"]
+__all__ = ["PlanRun", "load_plan", "record_run", "run_campaign", "select_run"]
 
 
 @dataclass
@@ -131,13 +131,11 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
                  only: list[str] | None = None, progress: bool = False,
                  command: str | None = None, echo=print) -> dict:
     """Train the plan's runs that lack a complete record; returns what was done."""
-    import torch
 
-    from .checkpoint import load_checkpoint
     from .config import load_config
-    from .engine import DeadlineReached, fit, predict_views, prepare_data
-    from .records import check_record, predictions_table, write_record
-    from .runtime import amp_dtype, code_commit, machine_info, resolve_device
+    from .engine import DeadlineReached, fit, prepare_data
+    from .records import check_record
+    from .runtime import code_commit
 
     t_begin = time.monotonic()
     deadline = t_begin + time_limit if time_limit else None
@@ -154,7 +152,6 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
     for r in runs:  # every config resolves before any data is read
         sets = list(r.sets) + ([f"data.root={data_root}"] if data_root else [])
         cfgs[r.name] = load_config(r.configs, sets)
-    device = resolve_device()
     command = command or shlex.join(sys.argv)
     commit = code_commit()
     done, skipped, stopped = [], [], None
@@ -190,32 +187,58 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
             break
         wall = time.perf_counter() - t0
         durations[r.group] = wall
-        model, _ = load_checkpoint(run_dir / "best.safetensors", device)
-        model = model.to(memory_format=torch.channels_last)
-        probs, gates = predict_views(model, data.val.views, 512, device,
-                                     amp_dtype(cfg.train.amp, device), channels_last=True)
         hist = summary["history"]
-        rates = [h["train_img_s"] for h in hist[1:]] or [h["train_img_s"] for h in hist]
-        prov = {
-            "name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
-            "plan": Path(plan_path).name, "commit": commit, "command": command,
-            "machine": machine_info(device),
-            "data": {"name": data_name or Path(data.root).name,
-                     "train_counts": data.counts["train"], "val_counts": data.counts["val"],
-                     "encoding": data_encoding,
-                     "val_views_blake2b": _views_digest(data.val.views)},
-            "feed": summary["feed"], "epochs_run": summary["epochs_run"],
-            "wall_s": round(wall, 2), "train_img_s": round(float(np.median(rates)), 1),
-        }
-        write_record(rec_dir, run_dir, predictions_table(data.val.records, probs, gates,
-                                                         data.root), prov)
+        record_run(run_dir, rec_dir, data, command=command, commit=commit,
+                   data_encoding=data_encoding, data_name=data_name, wall_s=wall,
+                   extra={"name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
+                          "plan": Path(plan_path).name, "feed": summary["feed"]})
         done.append(r.name)
         best = max(h[f"val_{cfg.train.select_metric}"] for h in hist)
+        rate = np.median([h["train_img_s"] for h in hist[1:] or hist])
         echo(f"  {r.name}: {summary['epochs_run']} epochs in {wall:.0f} s, "
-             f"{prov['train_img_s']:.0f} img/s, best val {cfg.train.select_metric} {best:.3f}")
+             f"{rate:.0f} img/s, best val {cfg.train.select_metric} {best:.3f}")
     return {"done": done, "skipped": skipped, "stopped": stopped,
             "remaining": [r.name for r in runs if r.name not in done and r.name not in skipped],
             "seconds": time.monotonic() - t_begin}
+
+
+def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit: str | None = None,
+               data_encoding: str = "as stored", data_name: str | None = None,
+               wall_s: float | None = None, extra: dict | None = None) -> Path:
+    """Write the record of a finished run folder: its selected checkpoint's predictions on
+    ``data.val`` (prepared with the run's config) and the provenance. ``wall_s`` defaults
+    to the sum of the history's epoch times; images/s is the median over epochs 2+."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import config_from_dict
+    from .engine import predict_views
+    from .records import predictions_table, write_record
+    from .runs import read_run
+    from .runtime import amp_dtype, code_commit, machine_info, resolve_device
+
+    run = read_run(run_dir, need=("config", "history", "best"))
+    cfg = config_from_dict(run["config"], origin=str(run_dir))
+    hist = run["history"]
+    rates = [float(h["train_img_s"]) for h in hist[1:] or hist]
+    device = resolve_device()
+    model, _ = load_checkpoint(Path(run_dir) / "best.safetensors", device)
+    model = model.to(memory_format=torch.channels_last)
+    probs, gates = predict_views(model, data.val.views, 512, device,
+                                 amp_dtype(cfg.train.amp, device), channels_last=True)
+    prov = {
+        "name": Path(into).name, **(extra or {}), "commit": commit or code_commit(),
+        "command": command, "machine": machine_info(device),
+        "data": {"name": data_name or Path(data.root).name,
+                 "train_counts": data.counts["train"], "val_counts": data.counts["val"],
+                 "encoding": data_encoding, "val_views_blake2b": _views_digest(data.val.views)},
+        "epochs_run": len(hist),
+        "wall_s": round(wall_s if wall_s is not None
+                        else sum(float(h["epoch_s"]) for h in hist), 2),
+        "train_img_s": round(float(np.median(rates)), 1),
+    }
+    return write_record(into, run_dir, predictions_table(data.val.records, probs, gates,
+                                                         data.root), prov)
 
 
 def select_run(records_dir: str | Path, min_recall: float = 0.3,

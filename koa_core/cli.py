@@ -327,6 +327,20 @@ def _cmd_campaign(args) -> int:
     return 0 if not r["remaining"] else 3
 
 
+def _cmd_record(args) -> int:
+    from .campaign import record_run
+    from .engine import load_run_config, prepare_data
+
+    cfg = load_run_config(args.run)
+    if args.data:
+        cfg.data.root = args.data
+    data = prepare_data(cfg, splits=("train", "val"))
+    path = record_run(args.run, args.into, data, command=args.command_line,
+                      data_encoding=args.data_encoding, data_name=args.data_name)
+    print(f"wrote the record of {args.run} to {path}")
+    return 0
+
+
 def _cmd_ablation(args) -> int:
     from .ablation import ablation_table, format_ablation, to_json
 
@@ -366,6 +380,16 @@ def add_campaign_commands(sub) -> None:
     p.add_argument("--n-boot", type=_positive_int, default=2000)
     p.add_argument("--progress", action="store_true", help="progress bars and epoch lines")
     p.set_defaults(func=_cmd_campaign)
+
+    p = sub.add_parser("record", help="write the record of a finished koa train run "
+                       "(config, history, selected epoch, validation predictions, provenance)")
+    p.add_argument("run", help="run folder written by koa train")
+    p.add_argument("--into", required=True, help="the record's folder, e.g. results/mine/NAME")
+    p.add_argument("--data", help="dataset root (default: the run's data.root)")
+    p.add_argument("--data-encoding", default="as stored",
+                   help="how the data copy was encoded, e.g. 'train WebP q90'")
+    p.add_argument("--data-name", default=None, help="the dataset's name")
+    p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("ablation", help="Table 5 from records: mean ± sd over seeds, the "
                        "paper's claims as paired differences with bootstrap intervals")

@@ -105,3 +105,22 @@ def test_select_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["name"] == "good-s1"
     assert main(["select", str(tmp_path / "nothing")]) == 2
     assert "koa: error:" in capsys.readouterr().err
+
+
+def test_koa_record_of_a_train_run(tiny_run, tmp_path, capsys):
+    """koa record: the record of a koa train run is complete, recomputes, and holds the
+    run's own selected epoch and the command that wrote it."""
+    run, root = tiny_run
+    into = tmp_path / "records" / "tiny"
+    assert main(["record", str(run), "--into", str(into), "--data", str(root),
+                 "--data-encoding", "phantom PNG"]) == 0
+    assert check_record(into) == []
+    rec = read_record(into)
+    best = json.loads((run / "best.json").read_text())
+    assert rec["selected"]["epoch"] == best["epoch"]
+    assert rec["provenance"]["command"].startswith("koa record ")
+    assert rec["provenance"]["data"]["encoding"] == "phantom PNG"
+    # the record's metrics are those the run selected on (same weights, same knees)
+    assert rec["selected"]["val_metrics"]["confusion_matrix"] == \
+        best["val_metrics"]["confusion_matrix"]
+    assert main(["record", str(tmp_path / "nope"), "--into", str(into)]) == 2
