@@ -10,10 +10,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (pyproject allows it): the same parser as tomli
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
