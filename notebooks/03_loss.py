@@ -12,10 +12,14 @@
 # # Loss weighting: the weighted focal loss and Table 2
 #
 # To handle the imbalance without copying images, the paper trains with a weighted focal
-# loss, L = −α·(1 − p)^γ·log p, with per-grade weights α and
-# focusing parameter γ = 2 (paper §2.3b). Its Table 2 claims that this moves the
-# "effective gradient influence share" of KL0 from 39.41 % to about 19.5 % and that of KL4
-# from 3.02 % to 37.2 %. This chapter recomputes that table.
+# loss
+#
+# $$L_\text{FL} = -\alpha_c \, (1 - p_c)^{\gamma} \log p_c ,$$
+#
+# where $p_c$ is the predicted probability of the true grade $c$, with per-grade weights
+# $\alpha_c$ and focusing parameter $\gamma = 2$ (paper §2.3b). Its Table 2 claims that this
+# moves the "effective gradient influence share" of KL0 from 39.41 % to about 19.5 % and
+# that of KL4 from 3.02 % to 37.2 %. This chapter recomputes that table.
 
 # %% [markdown]
 # ## Overview
@@ -73,7 +77,7 @@ report.parameter_table(data_root=root, stats_json=stats_json, seed=seed, gamma=g
 # The model of "influence" has to be stated, since the paper gives none. Ours
 # (`koa_core.losses.effective_influence_share`): grade c with n images, weight
 # α and a typical probability p of its true grade contributes
-# n·α·(1 − p)^γ, and shares are these over their sum. With one shared p
+# $n_c \, \alpha_c \, (1 - p_c)^{\gamma}$, and shares are these over their sum. With one shared p
 # the focal factor cancels; the last computed column lets each grade's typical p be its
 # class prior (a model that has learned only the frequencies).
 
