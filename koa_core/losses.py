@@ -85,12 +85,18 @@ def focal_loss(
 
     logp = F.log_softmax(logits, dim=1)
     logp_t = logp.gather(1, target.unsqueeze(1)).squeeze(1)
-    # 1 - p_t via expm1: exact for confident samples where p_t rounds to 1 in float32.
-    one_minus_p = -torch.expm1(logp_t)
     if gamma == 0:
         loss = -logp_t
     else:
-        loss = -one_minus_p.clamp(min=0.0).pow(gamma) * logp_t
+        # 1 - p_t as the sum of the other grades' probabilities, and for confident samples
+        # -log p_t as -log1p(-(1 - p_t)): both keep their relative precision where p_t
+        # rounds to 1 in float32 (and log_softmax's log p_t to 0), so the focal loss does
+        # not collapse to 0 there; elsewhere -log p_t comes from log_softmax as usual.
+        others = torch.ones_like(logp, dtype=torch.bool).scatter_(1, target.unsqueeze(1), False)
+        one_minus_p = logp.exp().masked_fill(~others, 0.0).sum(1)
+        confident = one_minus_p < 0.5
+        nll = torch.where(confident, -torch.log1p(-one_minus_p.clamp(max=0.5)), -logp_t)
+        loss = one_minus_p.pow(gamma) * nll
 
     if alpha is not None:
         alpha_t = torch.as_tensor(alpha, dtype=logp.dtype, device=logp.device)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,9 +118,30 @@ def test_gradient_finite_for_extreme_logits():
 
 
 def test_bf16_logits_computed_in_float32():
+    """bf16 logits are upcast before log_softmax: the loss equals the float32 loss of the
+    same (bf16-representable) logits exactly, not a bf16 approximation of it."""
     logits = torch.randn(4, 5).bfloat16()
-    loss = focal_loss(logits, torch.tensor([0, 1, 2, 3]))
+    target = torch.tensor([0, 1, 2, 3])
+    loss = focal_loss(logits, target, alpha=PAPER_ALPHA)
     assert loss.dtype == torch.float32
+    assert torch.equal(loss, focal_loss(logits.float(), target, alpha=PAPER_ALPHA))
+
+
+@pytest.mark.parametrize("margin", [20.0, 5.0, -30.0])
+def test_focal_loss_keeps_its_precision_at_every_margin(margin):
+    """At a logit margin of 20, p_t rounds to 1 in float32 and log_softmax's log p_t to 0,
+    so a focal factor computed from p_t (even with expm1) would make the loss 0; the loss
+    must match float64 there, at an ordinary margin, and for a confidently wrong sample."""
+    logits = torch.tensor([[margin, 0.0, 0.0, 0.0, 0.0]])
+    target = torch.tensor([0])
+    got = focal_loss(logits, target, gamma=1.0)
+    eps = 4 / (np.exp(margin) + 4)  # 1 - p_t in float64
+    nll = np.log1p(4 * np.exp(-margin)) if margin > 0 else np.log(np.exp(margin) + 4) - margin
+    expected = eps * nll
+    if margin == 20.0:
+        assert torch.softmax(logits, 1)[0, 0] == 1.0  # p_t is exactly 1 in float32
+    assert float(got) > 0
+    assert float(got) == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("bad", [{"reduction": "avg"}, {"alpha": [1.0, 1.0]}])
@@ -238,8 +260,16 @@ def test_multitask_components_and_weights():
 
 
 def test_multitask_alpha_buffer_moves_with_module():
-    crit = KLMultiTaskLoss(alpha=PAPER_ALPHA).to(torch.float64)
-    assert "alpha" in dict(crit.named_buffers())
+    """alpha is a buffer: .to() changes its dtype and device with the module."""
+    crit = KLMultiTaskLoss(alpha=PAPER_ALPHA)
+    buffers = dict(crit.named_buffers())
+    assert any(k.endswith("alpha") for k in buffers)
+    moved = crit.to(torch.float64)
+    alpha = [v for k, v in moved.named_buffers() if k.endswith("alpha")][0]
+    assert alpha.dtype == torch.float64
+    assert alpha.tolist() == pytest.approx(list(PAPER_ALPHA))
+    meta = KLMultiTaskLoss(alpha=PAPER_ALPHA).to("meta")
+    assert all(v.device.type == "meta" for v in meta.buffers())
 
 
 @pytest.mark.parametrize(
