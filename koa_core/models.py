@@ -130,7 +130,11 @@ def load_pretrained_trunk(trunk: nn.Sequential, spec: str) -> None:
         head, _, rest = k.partition(".")
         if head in names:
             mapped[f"{names.index(head)}.{rest}"] = v
-    missing, _ = trunk.load_state_dict(mapped, strict=False)
+    try:
+        missing, _ = trunk.load_state_dict(mapped, strict=False)
+    except RuntimeError as exc:  # a tensor of the right name but the wrong shape
+        raise KoaError(f"pretrained weights {spec}: not a ResNet-18 trunk "
+                       f"({str(exc).splitlines()[-1].strip()[:120]})") from None
     if missing:
         raise KoaError(f"pretrained weights {spec}: {len(missing)} trunk tensors missing "
                        f"(e.g. {missing[0]}); is it a ResNet-18?")

@@ -218,3 +218,34 @@ def test_pretrained_from_local_file(tmp_path, suffix):
 def test_pretrained_missing_file():
     with pytest.raises(KoaError, match="neither"):
         build_model(ModelConfig(pretrained="/no/such/weights.pth"))
+
+
+def test_pretrained_pickle_bomb_is_refused_without_running(tmp_path):
+    """A .pth whose unpickling would run code (here: create a file) is refused, and the
+    code never runs (torch.load with weights_only=True)."""
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Bomb:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "bomb.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"conv1.weight": Bomb()}, fh, protocol=2)
+    with pytest.raises(KoaError, match="cannot load weights"):
+        build_model(ModelConfig(pretrained=str(path)))
+    assert not marker.exists()
+
+
+def test_pretrained_that_is_not_a_resnet18_is_one_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(10, 512)}, str(path))  # a head, no trunk
+    with pytest.raises(KoaError, match="trunk tensors missing"):
+        build_model(ModelConfig(pretrained=str(path)))
+    save_file({"layer1.0.conv1.weight": torch.zeros(3, 3, 1, 1)}, str(path))  # wrong shape
+    with pytest.raises(KoaError, match="not a ResNet-18 trunk"):
+        build_model(ModelConfig(pretrained=str(path)))
