@@ -27,9 +27,9 @@ def test_shipped_checkpoint_loads_strictly_and_runs():
 
 
 def test_shipped_checkpoint_predicts_what_its_record_says():
-    """On 100 real validation knees (a fixed stratified subset) the shipped weights give the
+    """On 50 real validation knees (a fixed stratified subset) the shipped weights give the
     grades that the selected run's record holds (computed on the GPU in bf16) for at least
-    98 of them; the full split's figures are results/gpu/shipped-val-cpu.json."""
+    49 of them; the full split's figures are results/gpu/shipped-val-cpu.json."""
     if not (REAL / "val").is_dir():
         pytest.skip(f"real KL dataset not found at {REAL}")
     from koa_core.data import Record
@@ -42,11 +42,11 @@ def test_shipped_checkpoint_predicts_what_its_record_says():
     pred = read_record(RESULTS / "runs" / name)["predictions"]
     recs = [Record(path=str(REAL / p), grade=int(g), split="val")
             for p, g in zip(pred["path"], pred["grade"])]
-    keep = stratified_subset(recs, 100, seed=0)
+    keep = stratified_subset(recs, 50, seed=0)
     index = {r.path: i for i, r in enumerate(recs)}
     model, side = load_checkpoint(DEFAULT_CHECKPOINT)
     pre = preprocessor_from_sidecar(side)
     views = np.stack([np.stack(pre.load(r.path)) for r in keep])
     probs, _ = predict_views(model, views, batch_size=50)
     expected = np.array([pred["pred"][index[r.path]] for r in keep])
-    assert (probs.argmax(1) == expected).sum() >= 98
+    assert (probs.argmax(1) == expected).sum() >= len(keep) - 1
