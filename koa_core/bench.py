@@ -184,7 +184,7 @@ def _model_step_rates(size: int, batch: int, device: torch.device, bf16: bool,
 def loader_fed_rate(records: list[Record], size: int, batch: int, device: torch.device,
                     workers: int, steps: int) -> dict:
     """Training images/s (bf16 + channels_last) fed by the cached pipeline with augmentation."""
-    from .engine import batch_input
+    from .feed import batch_input
 
     model, loss_fn, opt = _training_setup(device, channels_last=True)
     model.train()

@@ -43,7 +43,7 @@ from .config import Config, config_from_dict, config_to_dict
 from .data import discover
 from .dataset import KneeDataset, class_counts, stratified_subset
 from .errors import KoaError
-from .feed import make_feed, to_model_layout
+from .feed import batch_input, device_views, make_feed, to_model_layout
 from .gpumon import GpuUtilization
 from .losses import KLMultiTaskLoss, resolve_alpha
 from .metrics import classification_metrics
@@ -67,9 +67,6 @@ HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_aux_binary",
                   "train_aux_early", "train_accuracy", "val_accuracy", "val_macro_f1", "val_qwk",
                   "val_mae", "val_kl4_recall", "val_gate_raw", "epoch_s", "train_img_s",
                   "data_wait_s", "gpu_util"]
-
-
-_autocast = autocast
 
 
 class DeadlineReached(Exception):
@@ -124,12 +121,6 @@ def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -
 
 
 # ---------------------------------------------------------------- steps
-def batch_input(raw, clahe, device, channels_last: bool) -> torch.Tensor:
-    """The model input (N, 2, S, S) on ``device`` from a loader batch's two views."""
-    x = torch.cat([raw.to(device, non_blocking=True), clahe.to(device, non_blocking=True)], 1)
-    return to_model_layout(x, channels_last)
-
-
 @torch.no_grad()
 def predict_views(model: torch.nn.Module, views: np.ndarray | torch.Tensor, batch_size: int = 64,
                   device: torch.device | None = None, dtype: torch.dtype | None = None,
@@ -343,8 +334,8 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
         # whose parameters the compiled module shares.
         net = torch.compile(net)
     # validation views: on the device with the device feed (uploaded once), else host
-    val_views = (torch.from_numpy(np.array(data.val.views)).to(device)
-                 if feed.kind == "device" else data.val.views)
+    val_views = device_views(data.val.views, device) if feed.kind == "device" \
+        else data.val.views
 
     start, best, stale, history = 1, -math.inf, 0, []
     if resume:
@@ -404,12 +395,10 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                     print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc "
                           f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
                           f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
-        if held is not None:
+        if held is not None:  # training is over: the model can take the selected weights
             epoch, metrics, weights = held
-            current = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(weights)
             save_checkpoint(best_path, model, _sidecar(cfg, data, metrics, epoch, device, world))
-            model.load_state_dict(current)
     finally:
         feed.close()
         for sig, handler in old_handlers.items():

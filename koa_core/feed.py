@@ -28,11 +28,25 @@ import torch
 from .dataset import EpochSampler, KneeDataset, make_loader, start_epoch
 from .errors import KoaError
 
-__all__ = ["DeviceFeed", "LoaderFeed", "make_feed", "to_model_layout", "use_device_feed"]
+__all__ = ["DeviceFeed", "LoaderFeed", "batch_input", "device_views", "make_feed",
+           "to_model_layout", "use_device_feed"]
 
 
 def to_model_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def batch_input(raw, clahe, device, channels_last: bool) -> torch.Tensor:
+    """The model input (N, 2, S, S) on ``device`` from a loader batch's two views."""
+    # copy the (pinned) views first, join them on the device: a joined host tensor
+    # would be unpinned and its copy synchronous
+    x = torch.cat([raw.to(device, non_blocking=True), clahe.to(device, non_blocking=True)], 1)
+    return to_model_layout(x, channels_last)
+
+
+def device_views(views: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A split's cached views as one tensor on ``device`` (a copy: the cache is read-only)."""
+    return torch.from_numpy(np.array(views)).to(device)
 
 
 class LoaderFeed:
@@ -63,11 +77,8 @@ class LoaderFeed:
             it = start_epoch(self.loader, epoch)
         self._next = None
         for raw, clahe, y, _ in it:
-            # copy the (pinned) views first, join them on the device: a joined host tensor
-            # would be unpinned and its copy synchronous
-            x = torch.cat([raw.to(self.device, non_blocking=True),
-                           clahe.to(self.device, non_blocking=True)], 1)
-            yield to_model_layout(x, self.channels_last), y.to(self.device, non_blocking=True)
+            yield (batch_input(raw, clahe, self.device, self.channels_last),
+                   y.to(self.device, non_blocking=True))
 
     def close(self) -> None:
         self._next = None
@@ -85,7 +96,7 @@ class DeviceFeed:
 
         self.device, self.channels_last = device, channels_last
         self.batch_size, self.drop_last = int(batch_size), drop_last
-        self.views = torch.from_numpy(np.array(ds.views)).to(device)  # copy: cache is read-only
+        self.views = device_views(ds.views, device)
         self.grades = torch.from_numpy(np.asarray(ds.grades, dtype=np.int64)).to(device)
         self.sampler = EpochSampler(len(ds), seed=seed)
         aug = ds.augment
