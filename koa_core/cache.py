@@ -29,7 +29,7 @@ from .data import Record
 from .errors import KoaError
 from .preprocess import Preprocessor
 
-__all__ = ["ViewCache", "default_cache_dir"]
+__all__ = ["ViewCache", "default_cache_dir", "views_digest"]
 
 
 def default_cache_dir() -> Path:
@@ -40,7 +40,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "koa_core"
 
 
-def _digest(arr: np.ndarray) -> str:
+def views_digest(arr: np.ndarray) -> str:
+    """BLAKE2b-128 of an array's bytes (read in 64 MiB chunks): what the cache verifies on
+    load, and what a result record stores to name the validation pixels it saw."""
     h = hashlib.blake2b(digest_size=16)
     flat = arr.reshape(-1)
     step = 64 << 20
@@ -91,7 +93,7 @@ class ViewCache:
             meta = json.loads(meta_p.read_text())
             arr = np.load(arr_p, mmap_mode="r", allow_pickle=False)
             ok = (isinstance(arr, np.ndarray) and list(arr.shape) == meta["shape"]
-                  and _digest(arr) == meta["digest"])
+                  and views_digest(arr) == meta["digest"])
         except Exception:  # any failure to read it back means: rebuild, never trust it
             ok = False
         if not ok:
@@ -128,7 +130,7 @@ class ViewCache:
         tmp = arr_p.with_name(f".{arr_p.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             np.save(fh, out)
-        meta = {"shape": list(out.shape), "digest": _digest(out), "params": pre.params(),
+        meta = {"shape": list(out.shape), "digest": views_digest(out), "params": pre.params(),
                 "n": n}
         tmp_meta = meta_p.with_name(f".{meta_p.name}.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps(meta))

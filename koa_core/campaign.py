@@ -107,22 +107,12 @@ def _data_key(cfg) -> tuple:
 
 def _with_augment(data, cfg):
     """``data`` with a training set augmented by the run's own seed (views shared)."""
-    from .augment import ClassAugment
     from .dataset import KneeDataset
+    from .engine import train_augment
 
-    aug = (ClassAugment(cfg.data.image_size, cfg.augment.class_specific, seed=cfg.augment.seed)
-           if cfg.augment.enabled else None)
     out = copy.copy(data)
-    out.train = KneeDataset(data.train.records, data.train.views, aug)
+    out.train = KneeDataset(data.train.records, data.train.views, train_augment(cfg))
     return out
-
-
-def _views_digest(views: np.ndarray) -> str:
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    h.update(np.ascontiguousarray(views).tobytes())
-    return h.hexdigest()
 
 
 def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: str | Path,
@@ -210,6 +200,7 @@ def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit
     to the sum of the history's epoch times; images/s is the median over epochs 2+."""
     import torch
 
+    from .cache import views_digest
     from .checkpoint import load_checkpoint
     from .config import config_from_dict
     from .engine import predict_views
@@ -231,7 +222,7 @@ def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit
         "command": command, "machine": machine_info(device),
         "data": {"name": data_name or Path(data.root).name,
                  "train_counts": data.counts["train"], "val_counts": data.counts["val"],
-                 "encoding": data_encoding, "val_views_blake2b": _views_digest(data.val.views)},
+                 "encoding": data_encoding, "val_views_blake2b": views_digest(data.val.views)},
         "epochs_run": len(hist),
         "wall_s": round(wall_s if wall_s is not None
                         else sum(float(h["epoch_s"]) for h in hist), 2),

@@ -61,6 +61,7 @@ __all__ = [
     "prepare_data",
     "resolve_device",
     "seed_everything",
+    "train_augment",
 ]
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_aux_binary",
@@ -98,6 +99,13 @@ def _phantom_root(cfg: Config, cache: ViewCache) -> Path:
     return root
 
 
+def train_augment(cfg: Config) -> ClassAugment | None:
+    """The training split's augmentation (§2.3a) as ``cfg`` asks for it, or None."""
+    if not cfg.augment.enabled:
+        return None
+    return ClassAugment(cfg.data.image_size, cfg.augment.class_specific, seed=cfg.augment.seed)
+
+
 def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -> TrainData:
     """Discover the data (or make the phantom), check leakage, cache views, build datasets."""
     cache = ViewCache(cfg.data.cache_dir)
@@ -111,11 +119,7 @@ def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -
         if not recs:
             raise KoaError(f"{root}: the {split} split has no images")
         views = cache.get(recs, pre, root=str(root), progress=progress)
-        aug = None
-        if split == "train" and cfg.augment.enabled:
-            aug = ClassAugment(cfg.data.image_size, cfg.augment.class_specific,
-                               seed=cfg.augment.seed)
-        sets[split] = KneeDataset(recs, views, aug)
+        sets[split] = KneeDataset(recs, views, train_augment(cfg) if split == "train" else None)
     counts = {s: class_counts(d.records) for s, d in sets.items()}
     return TrainData(sets.get("train"), sets.get("val"), str(root), counts)
 
