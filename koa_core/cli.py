@@ -77,12 +77,9 @@ def _cmd_data_stats(args) -> int:
     rep = scan(_index(args), workers=args.workers)
     d = rep.to_dict()
     if args.json:
-        import time
+        from .runtime import provenance
 
-        from .runtime import code_commit
-        d["provenance"] = {"command": getattr(args, "command_line", ""),
-                           "commit": code_commit(),
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        d["provenance"] = provenance(getattr(args, "command_line", ""))
         print(json.dumps(d, indent=2))
     else:
         for k, v in d.items():
@@ -214,14 +211,11 @@ def _cmd_bench(args) -> int:
                        skip_model=args.skip_model, fed_steps=args.fed_steps)
     print(json.dumps(r, indent=2) if args.json else format_table(r))
     if args.save:
-        import time
-
         import torch
 
-        from .runtime import code_commit, machine_info, resolve_device
-        r["provenance"] = {"command": getattr(args, "command_line", ""), "commit": code_commit(),
-                           "machine": machine_info(resolve_device()),
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        from .runtime import provenance, resolve_device
+
+        r["provenance"] = {**provenance(getattr(args, "command_line", ""), resolve_device()),
                            "threads": torch.get_num_threads()}
         Path(args.save).write_text(json.dumps(r, indent=2) + "\n")
     return 0
@@ -363,6 +357,13 @@ def _cmd_select(args) -> int:
     return 0
 
 
+def _add_data_provenance(p) -> None:
+    """The options that name the data copy in a result record."""
+    p.add_argument("--data-encoding", default="as stored",
+                   help="how the data copy was encoded, for the records (e.g. 'train WebP q90')")
+    p.add_argument("--data-name", default=None, help="the dataset's name, for the records")
+
+
 def add_campaign_commands(sub) -> None:
     p = sub.add_parser("campaign", help="train a plan's configurations x seeds in one process, "
                        "one record per run; finished runs are skipped")
@@ -372,9 +373,7 @@ def add_campaign_commands(sub) -> None:
     p.add_argument("--records", required=True, help="folder for the runs' records")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="start no epoch that would end later; the run in progress is dropped")
-    p.add_argument("--data-encoding", default="as stored",
-                   help="how the data copy was encoded, for the records (e.g. 'train WebP q90')")
-    p.add_argument("--data-name", default=None, help="the dataset's name, for the records")
+    _add_data_provenance(p)
     p.add_argument("--only", action="append", metavar="NAME",
                    help="only these runs (NAME or NAME-sSEED; repeatable)")
     p.add_argument("--n-boot", type=_positive_int, default=2000)
@@ -386,9 +385,7 @@ def add_campaign_commands(sub) -> None:
     p.add_argument("run", help="run folder written by koa train")
     p.add_argument("--into", required=True, help="the record's folder, e.g. results/mine/NAME")
     p.add_argument("--data", help="dataset root (default: the run's data.root)")
-    p.add_argument("--data-encoding", default="as stored",
-                   help="how the data copy was encoded, e.g. 'train WebP q90'")
-    p.add_argument("--data-name", default=None, help="the dataset's name")
+    _add_data_provenance(p)
     p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("ablation", help="Table 5 from records: mean ± sd over seeds, the "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .cache import ViewCache
 from .checkpoint import load_checkpoint
 from .data import discover
 from .engine import amp_dtype, predict_views, resolve_device
-from .runtime import code_commit, machine_info
+from .runtime import provenance
 from .errors import KoaError
 from .metrics import classification_metrics
 from .preprocess import Preprocessor
@@ -103,8 +102,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
                     "model": side.get("config", {}).get("model", {}),
                     "precision": "bf16 autocast" if dtype is not None else "fp32",
                     "weights_dtype": side.get("weights_dtype"),
-                    "machine": machine_info(dev), "commit": code_commit(),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                    **provenance(device=dev)})
     if gates is not None:
         metrics["gate_raw_mean_by_grade"] = {
             str(g): float(gates[y_true == g, 0].mean()) for g in range(5) if (y_true == g).any()}

@@ -21,7 +21,7 @@ import torch
 from .errors import KoaError
 
 __all__ = ["amp_dtype", "autocast", "code_commit", "hardware_name", "machine_info",
-           "resolve_device", "seed_everything"]
+           "provenance", "resolve_device", "seed_everything"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -120,3 +120,15 @@ def machine_info(device: torch.device) -> dict:
         "platform": platform.platform(terse=True),
     }
     return info
+
+
+def provenance(command: str | None = None, device: torch.device | None = None) -> dict:
+    """Where a saved result came from: the command (when given), the code's commit, the
+    time and, with ``device``, the machine (:func:`machine_info`)."""
+    import time
+
+    out = {} if command is None else {"command": command}
+    out.update(commit=code_commit(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if device is not None:
+        out["machine"] = machine_info(device)
+    return out
