@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ablation import CLAIMS, PAPER_TABLE5, _boot_scores, _verdict, load_groups, paired_difference
+from .ablation import CLAIMS, PAPER_TABLE5, _boot_scores, _verdict, paired_difference
 
-__all__ = ["RULE", "claim_rows", "config_interval", "gate_difference", "load_groups"]
+__all__ = ["RULE", "claim_rows", "config_interval", "gate_difference"]
 
 RULE = ("value claims: reproduced if the paper's value lies inside our 95 % interval, else "
         "not reproduced; difference claims: reproduced if our interval lies above 0, not "
@@ -82,12 +82,11 @@ def _value_verdict(paper: float, ci: list[float]) -> str:
     return "reproduced" if ci[0] <= paper <= ci[1] else "not reproduced"
 
 
-_diff_verdict = _verdict
 
 def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (stands in for "
                "test)", data: str = "", n_boot: int = 2000) -> list[dict]:
     """The scorecard's rows from {configuration: {seed: predictions}} (see
-    :func:`load_groups`). Values in percent or plain as the paper gives."""
+    :func:`koa_core.ablation.load_groups`). Values in percent or plain as the paper gives."""
     rows = []
 
     def value(claim, paper, group, metric, scale):
@@ -100,7 +99,8 @@ def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (sta
                      "verdict": _value_verdict(paper, [ci[0] * scale, ci[1] * scale]),
                      "paper_inside": ci[0] * scale <= paper <= ci[1] * scale})
 
-    value("accuracy of the proposed model (%)", 72.06, "proposed", "accuracy", 100)
+    value("accuracy of the proposed model (%)", PAPER_TABLE5["proposed"], "proposed",
+          "accuracy", 100)
     value("macro F1 of the proposed model", 0.671, "proposed", "macro_f1", 1)
     value("KL4 recall of the proposed model", 0.784, "proposed", "kl4_recall", 1)
     labels = {"clahe": "Table 5: CLAHE-only accuracy (%)", "raw": "Table 5: raw-only "
@@ -118,7 +118,7 @@ def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (sta
         rows.append({"claim": f"{what} ({better} - {worse}, accuracy points)",
                      "paper": paper, "ours": 100 * d["accuracy"], "ci_low": lo, "ci_high": hi,
                      "kind": "difference", "seeds": len(d["seeds"]),
-                     "verdict": _diff_verdict([lo, hi]),
+                     "verdict": _verdict([lo, hi]),
                      "paper_inside": None if paper is None else lo <= paper <= hi})
     if "proposed" in groups and any(v.get("gate_raw") is not None
                                     for v in groups["proposed"].values()):
@@ -127,7 +127,7 @@ def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (sta
                      "than for KL0-2 (subtle boundaries): w_raw(KL3-4) - w_raw(KL0-2)",
                      "paper": None, "ours": gd["value"], "ci_low": gd["ci"][0],
                      "ci_high": gd["ci"][1], "kind": "difference", "seeds": len(gd["seeds"]),
-                     "verdict": _diff_verdict(gd["ci"]), "paper_inside": None})
+                     "verdict": _verdict(gd["ci"]), "paper_inside": None})
     for r in rows:
         r["split"], r["data"] = split, data
     return rows

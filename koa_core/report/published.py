@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .paper import KL
 
-__all__ = ["data_caveats", "gate_by_grade", "load_records", "provenance_table",
+__all__ = ["data_caveats", "load_records", "provenance_table",
            "record_frame", "record_history", "record_metrics", "record_summary",
            "records_note", "scorecard_markdown", "scorecard_table", "selected_record_name",
            "table5_claims", "table5_figure", "table5_table"]
@@ -147,7 +146,8 @@ def table5_claims(t: dict) -> pd.DataFrame:
 
 def scorecard_table(records_dir: str | Path, n_boot: int = 2000) -> pd.DataFrame:
     """The claims of the paper against the records (see :mod:`koa_core.scorecard`)."""
-    from ..scorecard import claim_rows, load_groups
+    from ..ablation import load_groups
+    from ..scorecard import claim_rows
 
     groups, _ = load_groups(records_dir)
     rows = claim_rows(groups, n_boot=n_boot)
@@ -218,14 +218,6 @@ def scorecard_markdown(records_dir: str | Path, shipped_eval: str | Path | None 
     if profile:
         lines += [f"*Computed when this book was built (profile `{profile}`).*", ""]
     return "\n".join(lines)
-
-
-def gate_by_grade(rec: dict) -> pd.DataFrame:
-    """Mean w_raw per true grade from a record (gated models)."""
-    df = record_frame(rec)
-    t = df.groupby("grade")["gate_raw"].agg(["count", "mean", "std"])
-    t.index = [KL[g] for g in t.index]
-    return t
 
 
 def selected_record_name(records_dir: str | Path) -> str:
