@@ -43,7 +43,9 @@ def record_frame(rec: dict) -> pd.DataFrame:
 
 def record_history(rec: dict) -> pd.DataFrame:
     """A record's ``history.csv`` as numbers (one row per epoch)."""
-    return pd.DataFrame(rec["history"]).apply(pd.to_numeric, errors="coerce")
+    from .training import history_frame
+
+    return history_frame(rec["history"])
 
 
 def record_summary(rec: dict) -> pd.DataFrame:

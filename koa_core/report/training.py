@@ -21,7 +21,11 @@ def read_history(run_dir: str | Path) -> pd.DataFrame:
     """The run's ``history.csv`` (one row per epoch); empty if there is none yet."""
     from ..runs import read_run
 
-    rows = read_run(run_dir)["history"]
+    return history_frame(read_run(run_dir)["history"])
+
+
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    """History rows (a run's or a record's ``history.csv``) as numbers; empty if none."""
     return pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce") if rows else pd.DataFrame()
 
 
