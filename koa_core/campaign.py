@@ -119,8 +119,10 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
                  records_dir: str | Path, time_limit: float | None = None,
                  data_encoding: str = "as stored", data_name: str | None = None,
                  only: list[str] | None = None, progress: bool = False,
-                 command: str | None = None, echo=print) -> dict:
-    """Train the plan's runs that lack a complete record; returns what was done."""
+                 command: str | None = None, echo=print,
+                 overrides: list[str] | None = None) -> dict:
+    """Train the plan's runs that lack a complete record; returns what was done.
+    ``overrides``: ``section.key=value`` settings applied to every run after the plan's."""
 
     from .config import load_config
     from .engine import DeadlineReached, fit, prepare_data
@@ -140,23 +142,26 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
     records_dir.mkdir(parents=True, exist_ok=True)
     cfgs = {}
     for r in runs:  # every config resolves before any data is read
-        sets = list(r.sets) + ([f"data.root={data_root}"] if data_root else [])
+        sets = list(r.sets) + list(overrides or []) \
+            + ([f"data.root={data_root}"] if data_root else [])
         cfgs[r.name] = load_config(r.configs, sets)
     command = command or shlex.join(sys.argv)
     commit = code_commit()
     done, skipped, stopped = [], [], None
     loaded: dict[tuple, object] = {}
-    durations: dict[str, float] = {}
+    epoch_s: dict[str, float] = {}  # per architecture: median seconds per epoch so far
     for r in runs:
         rec_dir = records_dir / r.name
         if not check_record(rec_dir):
             skipped.append(r.name)
             continue
         cfg = cfgs[r.name]
-        if deadline is not None and r.group in durations \
-                and time.monotonic() + durations[r.group] > deadline:
+        arch = repr(cfg.model)
+        if deadline is not None and arch in epoch_s \
+                and time.monotonic() + epoch_s[arch] * cfg.train.epochs > deadline:
+            # a shorter run later in the plan may still fit
             stopped = f"{r.name} would not finish within the time limit"
-            break
+            continue
         key = _data_key(cfg)
         if key not in loaded:
             loaded.clear()  # one dataset in memory at a time
@@ -176,8 +181,8 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
             stopped = f"{r.name} stopped: {exc}"
             break
         wall = time.perf_counter() - t0
-        durations[r.group] = wall
         hist = summary["history"]
+        epoch_s[arch] = float(np.median([h["epoch_s"] for h in hist[1:] or hist]))
         record_run(run_dir, rec_dir, data, command=command, commit=commit,
                    data_encoding=data_encoding, data_name=data_name, wall_s=wall,
                    extra={"name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
@@ -215,8 +220,10 @@ def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit
     device = resolve_device()
     model, _ = load_checkpoint(Path(run_dir) / "best.safetensors", device)
     model = model.to(memory_format=torch.channels_last)
-    probs, gates = predict_views(model, data.val.views, 512, device,
-                                 amp_dtype(cfg.train.amp, device), channels_last=True)
+    dtype = amp_dtype(cfg.train.amp, device)
+    probs, gates = predict_views(model, data.val.views, 512, device, dtype, channels_last=True)
+    probs_flip, _ = predict_views(model, data.val.views, 512, device, dtype, channels_last=True,
+                                  tta="flip")
     prov = {
         "name": Path(into).name, **(extra or {}), "commit": commit or code_commit(),
         "command": command, "machine": machine_info(device),
@@ -229,7 +236,7 @@ def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit
         "train_img_s": round(float(np.median(rates)), 1),
     }
     return write_record(into, run_dir, predictions_table(data.val.records, probs, gates,
-                                                         data.root), prov)
+                                                         data.root, probs_flip), prov)
 
 
 def select_run(records_dir: str | Path, min_recall: float = 0.3,

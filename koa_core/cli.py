@@ -312,7 +312,8 @@ def _cmd_campaign(args) -> int:
         raise KoaError("--time-limit must be positive (seconds)")
     r = run_campaign(args.plan, args.data, args.runs, args.records, time_limit=args.time_limit,
                      data_encoding=args.data_encoding, data_name=args.data_name,
-                     only=args.only, progress=args.progress, command=args.command_line)
+                     only=args.only, progress=args.progress, command=args.command_line,
+                     overrides=args.set)
     print(f"campaign: {len(r['done'])} run(s) trained, {len(r['skipped'])} already recorded, "
           f"{len(r['remaining'])} left, in {r['seconds']:.0f} s"
           + (f"; stopped: {r['stopped']}" if r["stopped"] else ""))
@@ -376,6 +377,8 @@ def add_campaign_commands(sub) -> None:
     _add_data_provenance(p)
     p.add_argument("--only", action="append", metavar="NAME",
                    help="only these runs (NAME or NAME-sSEED; repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting of every run, after the plan's (repeatable)")
     p.add_argument("--n-boot", type=_positive_int, default=2000)
     p.add_argument("--progress", action="store_true", help="progress bars and epoch lines")
     p.set_defaults(func=_cmd_campaign)

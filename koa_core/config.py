@@ -85,6 +85,10 @@ class LossConfig:
     alpha: Any = PAPER_ALPHA  # §2.3b Table 2; or "frequency" / "uniform"
     aux_binary_weight: float = 0.3  # ours: weight of the KL0 vs KL1-2 head
     aux_early_weight: float = 0.3  # ours: weight of the KL0/KL1/KL2 head
+    # Beyond the paper (recipe ablation; the defaults are the paper's loss):
+    alpha_norm: str = "none"  # "none": alpha as given; "mean1": mean 1 over training labels
+    aux_alpha: bool = False  # weight auxiliary samples by alpha of their grade
+    sord: float = 0.0  # ordinal soft labels q_k ∝ exp(-sord (k-y)^2); 0 = one-hot (paper)
 
 
 @dataclass
@@ -103,6 +107,7 @@ class TrainConfig:
     grad_clip: float = 5.0  # ours
     max_steps_per_epoch: int | None = None  # ours: cap for smoke runs
     compile: bool = False  # ours: torch.compile the training forward (1.4x on a GPU)
+    ema_decay: float = 0.0  # beyond the paper: EMA of the weights per step; 0 = off
 
 
 @dataclass

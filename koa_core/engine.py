@@ -45,7 +45,8 @@ from .dataset import KneeDataset, class_counts, stratified_subset
 from .errors import KoaError
 from .feed import batch_input, device_views, make_feed, to_model_layout
 from .gpumon import GpuUtilization
-from .losses import KLMultiTaskLoss, resolve_alpha
+from .ema import WeightEMA
+from .losses import KLMultiTaskLoss, normalise_alpha, resolve_alpha
 from .metrics import classification_metrics
 from .models import build_model
 from .preprocess import Preprocessor
@@ -56,6 +57,7 @@ __all__ = [
     "TrainData",
     "amp_dtype",
     "batch_input",
+    "build_loss",
     "fit",
     "predict_views",
     "prepare_data",
@@ -128,12 +130,17 @@ def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -
 @torch.no_grad()
 def predict_views(model: torch.nn.Module, views: np.ndarray | torch.Tensor, batch_size: int = 64,
                   device: torch.device | None = None, dtype: torch.dtype | None = None,
-                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                  channels_last: bool = False, tta: str | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class probabilities (N, 5) and fusion gates (N, 2) or None for (N, 2, S, S) views.
 
     ``views`` may be a host array (a memory map is copied chunk by chunk) or a tensor
     already on the device; results stay on the device until one final copy.
+    ``tta="flip"``: the mean of the probabilities (and gates) of each knee and its left-right
+    mirror (both views mirrored; a left knee's mirror looks like a right knee).
     """
+    if tta not in (None, "none", "flip"):
+        raise KoaError(f"tta: {tta!r} is not one of none, flip")
     device = device or next(model.parameters()).device
     model.eval()
     probs, gates = [], []
@@ -144,9 +151,16 @@ def predict_views(model: torch.nn.Module, views: np.ndarray | torch.Tensor, batc
         x = to_model_layout(chunk.to(device, non_blocking=True), channels_last)
         with autocast(device, dtype):
             out = model(x)
-        probs.append(torch.softmax(out["logits"].float(), dim=1))
-        if out["gate"] is not None:
-            gates.append(out["gate"].float())
+        p = torch.softmax(out["logits"].float(), dim=1)
+        g = out["gate"].float() if out["gate"] is not None else None
+        if tta == "flip":
+            with autocast(device, dtype):
+                out = model(x.flip(-1))
+            p = (p + torch.softmax(out["logits"].float(), dim=1)) / 2
+            g = (g + out["gate"].float()) / 2 if g is not None else None
+        probs.append(p)
+        if g is not None:
+            gates.append(g)
     if not probs:
         return np.zeros((0, 5), np.float32), None
     p = torch.cat(probs).cpu().numpy()
@@ -163,7 +177,7 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, cfg, epoch,
-                 progress, rank):
+                 progress, rank, ema=None, raw_model=None):
     """One pass over ``batches`` (an iterator of ``(x, y)`` on the device, from a
     :mod:`~koa_core.feed`). Running sums stay on the device; the host syncs every
     ``check_every`` steps (every step on a CPU, where syncing is free) to stop at the first
@@ -200,6 +214,8 @@ def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(raw_model)
             with torch.no_grad():
                 b = y.shape[0]
                 sums += torch.stack([parts[k].detach().double() * b for k in keys]
@@ -255,6 +271,20 @@ def _validate(model, views, grades: np.ndarray, cfg, device, dtype) -> dict:
 
 
 # ---------------------------------------------------------------- fit
+def build_loss(cfg: Config, train_counts) -> KLMultiTaskLoss:
+    """The training objective ``cfg.loss`` asks for, with alpha resolved on the training
+    counts (and rescaled to mean 1 over them with ``loss.alpha_norm=mean1``)."""
+    alpha = resolve_alpha(cfg.loss.alpha, train_counts)
+    if cfg.loss.alpha_norm == "mean1":
+        alpha = normalise_alpha(alpha, train_counts)
+    elif cfg.loss.alpha_norm != "none":
+        raise KoaError(f"loss.alpha_norm: {cfg.loss.alpha_norm!r} is not one of none, mean1")
+    return KLMultiTaskLoss(alpha=alpha, gamma=cfg.loss.gamma,
+                           aux_binary_weight=cfg.loss.aux_binary_weight,
+                           aux_early_weight=cfg.loss.aux_early_weight,
+                           sord=cfg.loss.sord, aux_alpha=cfg.loss.aux_alpha)
+
+
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -313,10 +343,9 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     dtype = amp_dtype(cfg.train.amp, device)
-    alpha = resolve_alpha(cfg.loss.alpha, data.counts["train"])
-    loss_fn = KLMultiTaskLoss(alpha=alpha, gamma=cfg.loss.gamma,
-                              aux_binary_weight=cfg.loss.aux_binary_weight,
-                              aux_early_weight=cfg.loss.aux_early_weight).to(device)
+    loss_fn = build_loss(cfg, data.counts["train"]).to(device)
+    ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    evaluated = ema.module if ema is not None else model  # validated, selected, saved
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                             weight_decay=cfg.train.weight_decay)
     sampler = None
@@ -345,6 +374,8 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
     if resume:
         st = load_state(state_path)
         model.load_state_dict(st["model"])
+        if ema is not None:
+            ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start, best, stale, history = st["epoch"] + 1, st["best"], st["stale"], st["history"]
@@ -371,10 +402,10 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             t0 = time.perf_counter()
             row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
             row.update(_train_epoch(net, feed.epoch(epoch), len(feed), loss_fn, opt, sched,
-                                    device, dtype, cfg, epoch, progress, rank))
+                                    device, dtype, cfg, epoch, progress, rank, ema, model))
             if epoch < cfg.train.epochs:
                 feed.prefetch(epoch + 1)  # the loader's workers start during validation
-            val = _validate(model, val_views, data.val.grades, cfg, device, dtype)
+            val = _validate(evaluated, val_views, data.val.grades, cfg, device, dtype)
             metrics = val.pop("_metrics")
             row.update(val)
             row["epoch_s"] = time.perf_counter() - t0
@@ -384,14 +415,15 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             best, stale = (score, 0) if improved else (best, stale + 1)
             if rank == 0:
                 if improved and keep_state:
-                    save_checkpoint(best_path, model, _sidecar(cfg, data, metrics, epoch, device,
-                                                              world))
+                    save_checkpoint(best_path, evaluated, _sidecar(cfg, data, metrics, epoch,
+                                                                  device, world))
                 elif improved:
                     held = (epoch, metrics, {k: v.detach().clone()
-                                             for k, v in model.state_dict().items()})
+                                             for k, v in evaluated.state_dict().items()})
                 _write_history(out / "history.csv", history)
                 if keep_state:
                     save_state(state_path, {"model": model.state_dict(),
+                                            **({"ema": ema.state_dict()} if ema else {}),
                                             "optimizer": opt.state_dict(),
                                             "scheduler": sched.state_dict(), "epoch": epoch,
                                             "best": best, "stale": stale, "history": history})

@@ -42,6 +42,7 @@ PROVENANCE_KEYS = ("format", "name", "commit", "command", "machine", "data", "wa
                    "train_img_s", "created", "files")
 PRED_FIELDS = ["path", "patient", "knee", "grade", "pred", "p0", "p1", "p2", "p3", "p4",
                "gate_raw", "gate_clahe"]
+TTA_FIELDS = [f"t{g}" for g in range(5)]  # optional: probabilities with test-time flip
 
 
 def _sha256(path: Path) -> str:
@@ -55,8 +56,11 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def predictions_table(records, probs: np.ndarray, gates: np.ndarray | None,
-                      root: str | Path | None) -> list[dict]:
-    """One row per knee (``PRED_FIELDS``); paths relative to ``root`` where possible."""
+                      root: str | Path | None, probs_flip: np.ndarray | None = None,
+                      ) -> list[dict]:
+    """One row per knee (``PRED_FIELDS``); paths relative to ``root`` where possible.
+    ``probs_flip``: the same model's probabilities with test-time flip (columns
+    ``t0..t4``, :data:`TTA_FIELDS`), kept so TTA is measured without the weights."""
     rows = []
     for i, r in enumerate(records):
         path = Path(r.path)
@@ -71,6 +75,8 @@ def predictions_table(records, probs: np.ndarray, gates: np.ndarray | None,
             **{f"p{g}": f"{probs[i, g]:.6f}" for g in range(5)},
             "gate_raw": "" if gates is None else f"{gates[i, 0]:.6f}",
             "gate_clahe": "" if gates is None else f"{gates[i, 1]:.6f}",
+            **({f"t{g}": f"{probs_flip[i, g]:.6f}" for g in range(5)}
+               if probs_flip is not None else {}),
         })
     return rows
 
@@ -91,7 +97,8 @@ def write_record(into: str | Path, run_dir: str | Path, rows: list[dict],
     for name in (CONFIG, HISTORY):
         shutil.copyfile(run / name, tmp / name)
     with open(tmp / "val_predictions.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=PRED_FIELDS)
+        w = csv.DictWriter(fh, fieldnames=PRED_FIELDS + (TTA_FIELDS if rows and "t0" in rows[0]
+                                                         else []))
         w.writeheader()
         w.writerows(rows)
     y = np.array([int(r["grade"]) for r in rows])
@@ -181,7 +188,8 @@ def check_record(path: str | Path) -> list[str]:
 def read_record(path: str | Path, verify: bool = True) -> dict:
     """A record as a dict: ``name``, ``config`` (YAML text parsed), ``history`` (rows),
     ``selected``, ``provenance`` and ``predictions`` (arrays ``grade``, ``pred``,
-    ``probs``, ``gate_raw``, list ``path``). ``verify`` refuses an incomplete record."""
+    ``probs``, ``gate_raw``, ``probs_flip`` (None in records without TTA columns), list
+    ``path``). ``verify`` refuses an incomplete record."""
     import yaml
 
     rec = Path(path)
@@ -206,8 +214,14 @@ def read_record(path: str | Path, verify: bool = True) -> dict:
             "pred": np.array([int(r["pred"]) for r in rows]),
             "probs": np.array([[float(r[f"p{g}"]) for g in range(5)] for r in rows]),
             "gate_raw": (np.array([float(g) for g in gate]) if all(gate) else None),
+            "probs_flip": (np.array([[float(r[f"t{g}"]) for g in range(5)] for r in rows])
+                           if rows and _has_tta(rows) else None),
         },
     }
+
+
+def _has_tta(rows: list[dict]) -> bool:
+    return all(r.get("t0") not in (None, "") for r in rows)
 
 
 def find_records(root: str | Path) -> list[Path]:

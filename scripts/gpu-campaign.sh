@@ -11,7 +11,9 @@
 # `setup` installs wheels carried along (no index) and unpacks whichever data parts came
 # with this transfer; `run` checks the data against the manifest, trains the plan
 # (KOA_PLAN, default table5) for at most SECONDS, selects the checkpoint to ship on
-# validation, and leaves in OUT at most five files: records.tar.gz (every record, the
+# validation, and leaves in OUT at most five files. KOA_PLAN may name several plans, run in
+# order under the one time limit, each as PLAN or PLAN:RUN,RUN (only those runs); KOA_SET
+# holds extra section.key=value settings for every run (space-separated): records.tar.gz (every record, the
 # Table 5 answer, the selection, the log), the exported checkpoint's sidecar and the
 # checkpoint in parts of 15 MiB. `collect` puts the records under results/ and joins the
 # checkpoint. Nothing of this reads the held-out test split.
@@ -44,6 +46,11 @@ smoke)
     "$PY" -m koa_core.cli campaign rehearsal --runs "$WORK/smoke/runs" \
         --records "$WORK/smoke/records" --only proposed-s1 --only clahe-s1 \
         --data-encoding "synthetic phantom" --n-boot 100
+    if [ -n "${KOA_SMOKE_PLAN:-}" ]; then  # e.g. recipe-rehearsal: the real plan's settings
+        "$PY" -m koa_core.cli campaign "$KOA_SMOKE_PLAN" --runs "$WORK/smoke/runs" \
+            --records "$WORK/smoke/records" --data-encoding "synthetic phantom" --n-boot 100 \
+            ${KOA_SMOKE_ONLY:+--only "$KOA_SMOKE_ONLY"}
+    fi
     "$PY" -m koa_core.cli select "$WORK/smoke/records" --min-recall 0
     "$PY" -m koa_core.cli export "$WORK/smoke/runs/proposed-s1" \
         --out "$WORK/smoke/ship/selected.safetensors" --dataset "synthetic phantom"
@@ -58,13 +65,27 @@ run)
     encoding=$("$PY" -c "import json,sys; m=json.load(open(sys.argv[1]))['encoding']; \
 print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
     (nvidia-smi -L || true) | tee -a "$log"
-    set +e
-    "$PY" -m koa_core.cli campaign "$PLAN" --data "$DATA" --runs "$WORK/runs" \
-        --records "$WORK/records/runs" --time-limit "$limit" --data-encoding "$encoding" \
-        ${KOA_DATA_NAME:+--data-name "$KOA_DATA_NAME"} 2>&1 | tee -a "$log"
-    status=${PIPESTATUS[0]}
-    set -e
-    echo "campaign exit status $status" | tee -a "$log"
+    start=$(date +%s)
+    extra=()
+    for s in ${KOA_SET:-}; do extra+=(--set "$s"); done
+    for spec in $PLAN; do
+        plan=${spec%%:*}
+        only=()
+        if [ "$plan" != "$spec" ]; then
+            IFS=, read -r -a names <<< "${spec#*:}"
+            for n in "${names[@]}"; do only+=(--only "$n"); done
+        fi
+        left=$(( limit - ($(date +%s) - start) ))
+        if [ "$left" -le 30 ]; then echo "no time left for $spec" | tee -a "$log"; break; fi
+        set +e
+        "$PY" -m koa_core.cli campaign "$plan" --data "$DATA" --runs "$WORK/runs" \
+            --records "$WORK/records/runs" --time-limit "$left" --data-encoding "$encoding" \
+            ${KOA_DATA_NAME:+--data-name "$KOA_DATA_NAME"} "${only[@]}" "${extra[@]}" \
+            2>&1 | tee -a "$log"
+        status=${PIPESTATUS[0]}
+        set -e
+        echo "campaign $spec exit status $status" | tee -a "$log"
+    done
     if "$PY" -m koa_core.cli ablation "$WORK/records/runs" --json > "$WORK/records/ablation.json"
     then "$PY" -m koa_core.cli ablation "$WORK/records/runs" | tee -a "$log"; fi
     if "$PY" -m koa_core.cli select "$WORK/records/runs" --min-recall "${KOA_MIN_RECALL:-0.3}" \

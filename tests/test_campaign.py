@@ -95,6 +95,47 @@ def test_time_limit_drops_only_the_run_in_progress(tmp_path, capsys):
     assert not (tmp_path / "runs" / "raw-s1").exists()
 
 
+def test_a_run_that_cannot_fit_is_skipped_and_shorter_ones_still_train(tmp_path, capsys):
+    """The time estimate is per architecture (seconds per epoch x planned epochs): a run
+    planned far too long is not started, and the plan goes on with the runs after it."""
+    plan = _plan(tmp_path, stages=[{"name": "t", "seeds": [1], "runs": [
+        {"name": "raw", "configs": ["ablation-raw"]},
+        {"name": "huge", "configs": ["ablation-raw"], "set": ["train.epochs=100000"]},
+        {"name": "again", "configs": ["ablation-raw"]}]}])
+    rc = main(["campaign", str(plan), "--runs", str(tmp_path / "runs"), "--records",
+               str(tmp_path / "rec"), "--time-limit", "120"])
+    out = capsys.readouterr().out
+    assert rc == 3 and "huge-s1 would not finish" in out
+    assert check_record(tmp_path / "rec" / "raw-s1") == []
+    assert check_record(tmp_path / "rec" / "again-s1") == []
+    assert not (tmp_path / "runs" / "huge-s1").exists()
+
+
+def test_campaign_set_overrides_every_run(tmp_path, capsys):
+    plan = _plan(tmp_path)
+    rc = main(["campaign", str(plan), "--runs", str(tmp_path / "runs"), "--records",
+               str(tmp_path / "rec"), "--only", "raw-s1", "--set", "loss.sord=2.0",
+               "--set", "train.ema_decay=0.5"])
+    assert rc == 0
+    cfg = read_record(tmp_path / "rec" / "raw-s1")["config"]
+    assert cfg["loss"]["sord"] == 2.0 and cfg["train"]["ema_decay"] == 0.5
+    # the record carries the flip-TTA probabilities beside the plain ones
+    p = read_record(tmp_path / "rec" / "raw-s1")["predictions"]
+    assert p["probs_flip"] is not None and p["probs_flip"].shape == p["probs"].shape
+
+
+def test_bundled_recipe_plan_resolves(tmp_path):
+    from koa_core.config import load_config
+
+    _, runs = campaign.load_plan("recipe")
+    names = [r.name for r in runs]
+    assert names[:2] == ["recipe-s1", "recipe-s2"] and "recipe-s3" in names
+    cfg = load_config(runs[0].configs, runs[0].sets)
+    assert (cfg.loss.alpha_norm, cfg.loss.sord, cfg.train.ema_decay, cfg.train.epochs) \
+        == ("mean1", 2.0, 0.99, 80)
+    assert cfg.train.patience >= cfg.train.epochs and cfg.model.pretrained == "none"
+
+
 def test_select_cli(tmp_path, capsys):
     import numpy as np
     from test_records import make_record

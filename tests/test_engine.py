@@ -247,3 +247,50 @@ def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state)
     probs, _ = engine.predict_views(model, data.val.views)
     m = classification_metrics(data.val.grades, probs.argmax(1), n_boot=0)
     assert m["confusion_matrix"] == side["val_metrics"]["confusion_matrix"]
+
+
+def test_ema_run_validates_selects_and_saves_the_averaged_weights(tmp_path):
+    """With train.ema_decay the checkpoint holds the average, not the last step's weights."""
+    from koa_core.checkpoint import load_state
+
+    out = tmp_path / "run"
+    cfg = _cfg(tmp_path / "cache", **{"train.epochs": 1, "train.ema_decay": 0.5})
+    engine.fit(cfg, out, progress=False)
+    best = load_file(out / "best.safetensors")
+    state = load_state(out / "last_state.safetensors")
+    key = "trunk.conv1.weight" if "trunk.conv1.weight" in best else sorted(
+        k for k in best if k.endswith("conv1.weight"))[0]
+    assert torch.equal(best[key].float(), state["ema"][key].float())
+    assert not torch.equal(best[key].float(), state["model"][key].float())
+    # ... and the validation figures of epoch 1 are the average's
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    side = json.loads((out / "best.json").read_text())
+    assert side["val_metrics"]["macro_f1"] == pytest.approx(float(rows[0]["val_macro_f1"]))
+
+
+def test_predict_views_flip_tta_is_the_mean_over_the_mirror():
+    from koa_core.config import ModelConfig
+    from koa_core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(pretrained="none")).eval()
+    views = torch.randint(0, 255, (6, 2, 64, 64), dtype=torch.uint8)
+    p, g = engine.predict_views(model, views, batch_size=4)
+    pm, gm = engine.predict_views(model, views.flip(-1), batch_size=4)
+    pt, gt = engine.predict_views(model, views, batch_size=4, tta="flip")
+    assert abs(pt - (p + pm) / 2).max() < 1e-5 and abs(gt - (g + gm) / 2).max() < 1e-5
+    assert abs(p - pm).max() > 1e-4  # the mirror is a different input
+    with pytest.raises(KoaError, match="tta"):
+        engine.predict_views(model, views, tta="rot90")
+
+
+def test_build_loss_scales_alpha_to_mean_one_over_training_labels(tmp_path):
+    counts = [50, 20, 30, 15, 5]
+    cfg = _cfg(tmp_path / "cache", **{"loss.alpha_norm": "mean1"})
+    a = engine.build_loss(cfg, counts).alpha
+    assert float((a * torch.tensor(counts, dtype=torch.float32)).sum() / sum(counts)) \
+        == pytest.approx(1.0)
+    assert torch.equal(engine.build_loss(_cfg(tmp_path / "cache"), counts).alpha,
+                       torch.tensor(load_config(None).loss.alpha, dtype=torch.float32))
+    with pytest.raises(KoaError, match="alpha_norm"):
+        engine.build_loss(_cfg(tmp_path / "cache", **{"loss.alpha_norm": "max"}), counts)

@@ -324,3 +324,93 @@ def test_influence_share_focal_factor_and_paper_discrepancy():
 def test_influence_share_errors(counts, alpha, p_correct, match):
     with pytest.raises(KoaError, match=match):
         effective_influence_share(counts, alpha, p_correct=p_correct)
+
+
+# ---------------------------------------------------------------- beyond the paper
+def test_sord_targets_shape_mass_and_ordering():
+    from koa_core.losses import sord_targets
+
+    q = sord_targets(torch.tensor([0, 2, 4]), 5, 2.0)
+    assert torch.allclose(q.sum(1), torch.ones(3))
+    assert q.argmax(1).tolist() == [0, 2, 4]
+    # symmetric around the middle grade; mass falls with the squared distance
+    assert q[1, 1] == pytest.approx(q[1, 3]) and q[1, 1] > q[1, 0]
+    assert float(q[1, 2]) == pytest.approx(1 / (1 + 2 * math.exp(-2) + 2 * math.exp(-8)))
+    # larger scale -> closer to one-hot
+    assert float(sord_targets(torch.tensor([2]), 5, 8.0)[0, 2]) > float(q[1, 2])
+    with pytest.raises(ValueError):
+        sord_targets(torch.tensor([1]), 5, 0.0)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_soft_focal_with_one_hot_targets_equals_focal(gamma):
+    from koa_core.losses import soft_focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 5, generator=g) * 3
+    target = torch.randint(0, 5, (16,), generator=g)
+    alpha = torch.tensor(PAPER_ALPHA)
+    q = F.one_hot(target, 5).float()
+    got = soft_focal_loss(logits, q, gamma=gamma, weight=alpha[target])
+    assert float(got) == pytest.approx(float(focal_loss(logits, target, alpha, gamma)),
+                                       rel=1e-5)
+
+
+def test_soft_focal_matches_float64_reference_for_confident_and_wrong_samples():
+    from koa_core.losses import soft_focal_loss, sord_targets
+
+    logits = torch.tensor([[20.0, 0, 0, 0, 0], [0, 0, 5.0, 0, 0], [-30.0, 0, 0, 0, 0]])
+    target = torch.tensor([0, 2, 0])
+    q = sord_targets(target, 5, 2.0)
+    z = logits.double()
+    p = torch.softmax(z, 1)
+    ref = (q.double() * (1 - p) ** 2 * -torch.log_softmax(z, 1)).sum(1).mean()
+    got = soft_focal_loss(logits, q, gamma=2.0)
+    assert float(got) == pytest.approx(float(ref), rel=1e-4)
+
+
+def test_normalise_alpha_mean_one_over_training_labels_keeps_ratios():
+    from koa_core.losses import normalise_alpha
+
+    a = torch.tensor(PAPER_ALPHA)
+    n = torch.tensor(PAPER_TABLE2_COUNTS, dtype=torch.float32)
+    b = normalise_alpha(a, PAPER_TABLE2_COUNTS)
+    assert float((b * n).sum() / n.sum()) == pytest.approx(1.0, rel=1e-6)
+    assert torch.allclose(b / b[0], a / a[0])
+    assert float(b[0] / a[0]) == pytest.approx(9786 / 1597.7, rel=1e-3)  # ~6.1x
+    with pytest.raises(KoaError):
+        normalise_alpha(torch.tensor([0.0, 0, 0, 0, 1]), [10, 10, 10, 10, 0])
+
+
+def test_sord_changes_only_the_main_term_and_spares_the_near_miss():
+    outputs_near = {"logits": torch.tensor([[0.0, 0, 0, 6.0, 0]]), "aux_binary": None,
+                    "aux_early": None}
+    outputs_far = {"logits": torch.tensor([[6.0, 0, 0, 0, 0]]), "aux_binary": None,
+                   "aux_early": None}
+    y = torch.tensor([2])
+    hard = KLMultiTaskLoss(alpha=PAPER_ALPHA)
+    soft = KLMultiTaskLoss(alpha=PAPER_ALPHA, sord=2.0)
+    # hard labels: calling KL2 "KL3" or "KL0" with the same confidence costs the same
+    assert float(hard(outputs_near, y)["main"]) == pytest.approx(
+        float(hard(outputs_far, y)["main"]))
+    # ordinal soft labels: the neighbouring grade costs less than the distant one
+    assert float(soft(outputs_near, y)["main"]) < 0.9 * float(soft(outputs_far, y)["main"])
+
+
+def test_aux_alpha_weights_auxiliary_samples_by_their_grade_alpha():
+    g = torch.Generator().manual_seed(1)
+    out = {"logits": torch.randn(12, 5, generator=g),
+           "aux_binary": torch.randn(12, 2, generator=g),
+           "aux_early": torch.randn(12, 3, generator=g)}
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 1, 1])
+    alpha = torch.tensor(PAPER_ALPHA)
+    plain = KLMultiTaskLoss(alpha=alpha)(out, y)
+    weighted = KLMultiTaskLoss(alpha=alpha, aux_alpha=True)(out, y)
+    early = y <= 2
+    per = focal_loss(out["aux_early"], y, gamma=2.0, mask=early, reduction="none")
+    expect = float((per * alpha[y.clamp(max=4)]).sum() / early.sum())
+    assert float(weighted["aux_early"]) == pytest.approx(expect, rel=1e-6)
+    assert float(weighted["main"]) == float(plain["main"])
+    assert float(weighted["aux_binary"]) < float(plain["aux_binary"])  # alpha < 1 shrinks it
+    with pytest.raises(ValueError):
+        KLMultiTaskLoss(alpha=None, aux_alpha=True)

@@ -29,7 +29,7 @@ def _provenance(name="r-s1"):
             "wall_s": 1.0, "train_img_s": 10.0}
 
 
-def make_record(tmp_path, y, pred, name="r-s1", gates=True, seed=0):
+def make_record(tmp_path, y, pred, name="r-s1", gates=True, seed=0, flip=None):
     """A record of a run whose selected checkpoint predicted ``pred`` for grades ``y``."""
     rng = np.random.default_rng(seed)
     y, pred = np.asarray(y), np.asarray(pred)
@@ -39,7 +39,7 @@ def make_record(tmp_path, y, pred, name="r-s1", gates=True, seed=0):
                    grade=int(g), split="val", patient=str(9000000 + i), side="L")
             for i, g in enumerate(y)]
     g = np.stack([np.full(len(y), 0.3), np.full(len(y), 0.7)], 1) if gates else None
-    rows = predictions_table(recs, probs, g, tmp_path / "data")
+    rows = predictions_table(recs, probs, g, tmp_path / "data", flip)
     run = _fake_run(tmp_path, f"run-{name}")
     return write_record(tmp_path / "records" / name, run, rows, _provenance(name), n_boot=50)
 
@@ -129,3 +129,14 @@ def test_selected_epoch_must_be_in_history(tmp_path):
     (rec / "history.csv").write_text("epoch,val_macro_f1\n1,0.2\n")
     _rehash(rec)
     assert any("selected epoch 2" in p for p in check_record(rec))
+
+
+def test_flip_tta_probabilities_travel_in_the_record(tmp_path):
+    y = [0, 1, 2, 3, 4] * 4
+    flip = np.random.default_rng(3).dirichlet(np.ones(5), size=len(y))
+    rec = make_record(tmp_path, y, y, name="f-s1", flip=flip)
+    assert check_record(rec) == []
+    got = read_record(rec)["predictions"]["probs_flip"]
+    assert got.shape == (20, 5) and np.abs(got - flip).max() < 1e-6
+    plain = make_record(tmp_path, y, y, name="g-s1")
+    assert read_record(plain)["predictions"]["probs_flip"] is None
