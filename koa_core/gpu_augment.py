@@ -202,22 +202,22 @@ class GpuClassAugment:
         qx, qy = qx.to(f32), qy.to(f32)
         mx = qx[:, None, :].expand(-1, s, -1)
         my = qy[:, :, None].expand(-1, -1, s)
-        sel = p["affine"].nonzero().flatten()
-        if sel.numel():
-            # cv2 maps src -> dst by C T R Sc C^-1 with R = [[cos, sin], [-sin, cos]] and
-            # C the pixel centre: the source of q is C + Sc^-1 R^T (q - C - T)
-            c = s / 2 - 0.5
-            rad = torch.deg2rad(torch.remainder(p["angle"][sel], 360))
+        # The affine warp is computed for every sample and kept where drawn: selecting the
+        # drawn samples first (nonzero) would make the host wait for the GPU every batch.
+        # cv2 maps src -> dst by C T R Sc C^-1 with R = [[cos, sin], [-sin, cos]] and
+        # C the pixel centre: the source of q is C + Sc^-1 R^T (q - C - T)
+        c = s / 2 - 0.5
+        rad = torch.deg2rad(torch.remainder(p["angle"], 360))
 
-            def col(t: torch.Tensor) -> torch.Tensor:
-                return t.to(f32)[:, None, None]
+        def col(t: torch.Tensor) -> torch.Tensor:
+            return t.to(f32)[:, None, None]
 
-            cos, sin = col(torch.cos(rad)), col(torch.sin(rad))
-            dx = mx[sel] - (c + col(p["tx"][sel]))
-            dy = my[sel] - (c + col(p["ty"][sel]))
-            mx, my = mx.clone(), my.clone()
-            mx[sel] = _fold(c + (cos * dx - sin * dy) / col(p["scale_x"][sel]), s)
-            my[sel] = _fold(c + (sin * dx + cos * dy) / col(p["scale_y"][sel]), s)
+        cos, sin = col(torch.cos(rad)), col(torch.sin(rad))
+        dx = mx - (c + col(p["tx"]))
+        dy = my - (c + col(p["ty"]))
+        affine = p["affine"][:, None, None]
+        mx = torch.where(affine, _fold(c + (cos * dx - sin * dy) / col(p["scale_x"]), s), mx)
+        my = torch.where(affine, _fold(c + (sin * dx + cos * dy) / col(p["scale_y"]), s), my)
         return mx, my
 
     @staticmethod
@@ -250,9 +250,8 @@ class GpuClassAugment:
         out = remap(views.float(), map_x, map_y, mode="bilinear", padding_mode="border",
                     align_corners=True)
         out = out.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # cv2 rounds half up
-        sel = (p["rbc"] | p["gamma_on"]).nonzero().flatten()
-        if sel.numel():
-            lut = self.luts({k: v[sel] for k, v in p.items()})
-            looked_up = torch.gather(lut, 1, out[sel].reshape(len(sel), -1).long())
-            out[sel] = looked_up.reshape(-1, ch, h, w).to(torch.uint8)
-        return out
+        # every sample through its table (the identity where no photometric op was drawn):
+        # no selection, so no host sync
+        lut = self.luts(p)
+        return torch.gather(lut, 1, out.reshape(b, -1).long()).reshape(b, ch, h, w).to(
+            torch.uint8)

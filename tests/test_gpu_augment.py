@@ -288,3 +288,35 @@ def test_image_statistics_match_albumentations(grade):
         se = np.sqrt(a.var(0) / n + b.var(0) / n)
         diff = b.mean(0) - a.mean(0)
         assert (np.abs(diff) < 4 * se + 0.05).all(), (grade, name, diff, se)
+
+
+def test_augmentation_never_makes_the_host_wait_for_the_device(monkeypatch):
+    """No call that needs a device value on the host (nonzero, boolean masking, item,
+    tolist, bool/int/float of a tensor): on a GPU each would stall the training step."""
+    from koa_core.gpu_augment import GpuClassAugment
+
+    aug = GpuClassAugment(64, True, seed=1)
+    views = torch.randint(0, 256, (20, 2, 64, 64), dtype=torch.uint8)
+    grades = torch.arange(20) % 5
+    index = torch.arange(20)
+
+    def refuse(name):
+        def f(*a, **k):
+            raise AssertionError(f"host sync: Tensor.{name}")
+        return f
+
+    for name in ("nonzero", "item", "tolist", "__bool__", "__int__", "__float__",
+                 "masked_select", "argwhere"):
+        monkeypatch.setattr(torch.Tensor, name, refuse(name))
+    monkeypatch.setattr(torch, "nonzero", refuse("torch.nonzero"))
+    real_getitem = torch.Tensor.__getitem__
+
+    def getitem(self, key):
+        keys = key if isinstance(key, tuple) else (key,)
+        if any(isinstance(k, torch.Tensor) and k.dtype == torch.bool for k in keys):
+            raise AssertionError("host sync: boolean-mask indexing")
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    out = aug(views, grades, index, epoch=3)
+    assert out.shape == views.shape and out.dtype == torch.uint8
