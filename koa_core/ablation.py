@@ -40,25 +40,17 @@ CLAIMS = [
 ]
 
 
-def _macro_f1_from_counts(cm: np.ndarray) -> np.ndarray:
-    """Macro F1 of (..., 5, 5) confusion matrices (rows true), averaging over the grades
-    present in truth or prediction (scikit-learn's default)."""
-    tp = np.diagonal(cm, axis1=-2, axis2=-1)
-    true_n, pred_n = cm.sum(-1), cm.sum(-2)
-    denom = true_n + pred_n
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    present = denom > 0
-    return f1.sum(-1) / np.maximum(present.sum(-1), 1)
-
-
 def _boot_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Accuracy and macro F1 for each bootstrap row of knee indices ``idx`` (B, n)."""
+    """Accuracy, macro F1, QWK and MAE for each bootstrap row of knee indices ``idx``
+    (B, n)."""
+    from .metrics import confusion_scores
+
     yi, pi = y[idx], pred[idx]
-    acc = (yi == pi).mean(1)
     cm = np.zeros((idx.shape[0], 5, 5))
     rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
     np.add.at(cm, (rows, yi.ravel(), pi.ravel()), 1)
-    return acc, _macro_f1_from_counts(cm)
+    s = confusion_scores(cm)
+    return s["accuracy"], s["macro_f1"], s["qwk"], np.abs(yi - pi).mean(1)
 
 
 def paired_difference(a: dict[int, dict], b: dict[int, dict], n_boot: int = 2000,
@@ -75,20 +67,21 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], n_boot: int = 2000
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), size=(n_boot, len(y)))
     full = np.arange(len(y))[None]
-    d_acc, d_f1, point_acc, point_f1 = 0.0, 0.0, 0.0, 0.0
+    names = ("accuracy", "macro_f1", "qwk", "mae")
+    boot = [0.0] * len(names)
+    point = [0.0] * len(names)
     for s in seeds:
-        acc_a, f1_a = _boot_scores(y, a[s]["pred"], idx)
-        acc_b, f1_b = _boot_scores(y, b[s]["pred"], idx)
-        d_acc, d_f1 = d_acc + (acc_a - acc_b), d_f1 + (f1_a - f1_b)
-        pa, fa = _boot_scores(y, a[s]["pred"], full)
-        pb, fb = _boot_scores(y, b[s]["pred"], full)
-        point_acc += float(pa[0] - pb[0])
-        point_f1 += float(fa[0] - fb[0])
+        sa, sb = _boot_scores(y, a[s]["pred"], idx), _boot_scores(y, b[s]["pred"], idx)
+        fa, fb = _boot_scores(y, a[s]["pred"], full), _boot_scores(y, b[s]["pred"], full)
+        for i in range(len(names)):
+            boot[i] = boot[i] + (sa[i] - sb[i])
+            point[i] += float(fa[i][0] - fb[i][0])
     k = len(seeds)
-    d_acc, d_f1 = d_acc / k, d_f1 / k
-    return {"seeds": seeds, "n": int(len(y)),
-            "accuracy": point_acc / k, "accuracy_ci": np.percentile(d_acc, [2.5, 97.5]).tolist(),
-            "macro_f1": point_f1 / k, "macro_f1_ci": np.percentile(d_f1, [2.5, 97.5]).tolist()}
+    out = {"seeds": seeds, "n": int(len(y))}
+    for i, name in enumerate(names):
+        out[name] = point[i] / k
+        out[name + "_ci"] = np.percentile(boot[i] / k, [2.5, 97.5]).tolist()
+    return out
 
 
 def _verdict(ci: list[float]) -> str:

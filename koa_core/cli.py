@@ -344,6 +344,15 @@ def _cmd_ablation(args) -> int:
     return 0
 
 
+def _cmd_levers(args) -> int:
+    from .ablation import to_json
+    from .recipe import format_levers, levers_table
+
+    t = levers_table(args.records, n_boot=args.n_boot)
+    print(to_json(t) if args.json else format_levers(t))
+    return 0
+
+
 def _cmd_select(args) -> int:
     from .campaign import select_run
 
@@ -397,6 +406,15 @@ def add_campaign_commands(sub) -> None:
     p.add_argument("--n-boot", type=_positive_int, default=2000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_ablation)
+
+    p = sub.add_parser("levers", help="beyond the paper: each lever of the from-scratch "
+                       "recipe against Table 5's proposed runs, post-hoc levers (flip TTA, "
+                       "expected grade, seed ensemble), the goals and calibration")
+    p.add_argument("records", nargs="+", help="folders of records (the table5 and recipe "
+                   "campaigns')")
+    p.add_argument("--n-boot", type=_positive_int, default=2000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_levers)
 
     p = sub.add_parser("select", help="the record to ship: best validation macro F1 among "
                        "runs whose every grade has recall >= --min-recall")

@@ -25,7 +25,7 @@ from sklearn.metrics import (
 
 from .errors import KoaError
 
-__all__ = ["LABELS", "classification_metrics", "format_report", "majority_rate"]
+__all__ = ["LABELS", "classification_metrics", "confusion_scores", "format_report", "majority_rate"]
 
 LABELS = (0, 1, 2, 3, 4)
 _K = len(LABELS)
@@ -65,7 +65,7 @@ def _qwk(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(cohen_kappa_score(y_true, y_pred, labels=list(LABELS), weights="quadratic"))
 
 
-def _batch_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+def confusion_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, macro F1 and QWK for a stack of confusion matrices ``(m, K, K)``.
 
     Same conventions as the point estimates: macro F1 averages over grades present in
@@ -102,7 +102,7 @@ def _bootstrap(yt: np.ndarray, yp: np.ndarray, n_boot: int, seed: int,
         # Offset each resample's cell codes so one bincount builds all m matrices.
         flat = codes[idx] + (np.arange(m) * _K * _K)[:, None]
         cm = np.bincount(flat.ravel(), minlength=m * _K * _K).reshape(m, _K, _K)
-        for key, vals in _batch_scores(cm).items():
+        for key, vals in confusion_scores(cm).items():
             scores[key].append(vals)
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     out: dict[str, Any] = {}

@@ -210,6 +210,7 @@ def read_record(path: str | Path, verify: bool = True) -> dict:
         "provenance": json.loads((rec / PROVENANCE).read_text()),
         "predictions": {
             "path": [r["path"] for r in rows],
+            "patient": [r.get("patient", "") for r in rows],
             "grade": np.array([int(r["grade"]) for r in rows]),
             "pred": np.array([int(r["pred"]) for r in rows]),
             "probs": np.array([[float(r[f"p{g}"]) for g in range(5)] for r in rows]),

@@ -10,15 +10,13 @@ from koa_core.errors import KoaError
 from test_records import make_record
 
 
-def test_macro_f1_from_counts_matches_sklearn():
+def test_bootstrap_macro_f1_matches_sklearn():
     rng = np.random.default_rng(0)
     for _ in range(20):
         y = rng.integers(0, 5, 60)
         p = np.where(rng.random(60) < 0.5, y, rng.integers(0, 4, 60))
-        cm = np.zeros((5, 5))
-        np.add.at(cm, (y, p), 1)
-        assert ablation._macro_f1_from_counts(cm) == pytest.approx(
-            f1_score(y, p, average="macro", zero_division=0))
+        _, f1, _, _ = ablation._boot_scores(y, p, np.arange(60)[None])
+        assert f1[0] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
 
 
 def _preds(y, correct_rate, rng):
@@ -87,3 +85,19 @@ def test_select_run_applies_the_recall_floor(tmp_path):
     assert s["name"] == "b-s1" and s["eligible"] == 1 and s["records"] == 2
     with pytest.raises(KoaError, match="recall"):
         select_run(tmp_path / "records", min_recall=0.99)
+
+
+def test_bootstrap_qwk_and_mae_match_scikit_learn_on_the_full_sample():
+    from sklearn.metrics import cohen_kappa_score, mean_absolute_error
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 5, 300)
+    pred = np.clip(y + rng.integers(-2, 3, 300), 0, 4)
+    acc, f1, qwk, mae = ablation._boot_scores(y, pred, np.arange(300)[None])
+    assert qwk[0] == pytest.approx(cohen_kappa_score(y, pred, weights="quadratic"), abs=1e-12)
+    assert mae[0] == pytest.approx(mean_absolute_error(y, pred))
+    a = {1: {"grade": y, "pred": pred, "path": list(range(300))}}
+    b = {1: {"grade": y, "pred": y.copy(), "path": list(range(300))}}
+    d = ablation.paired_difference(a, b, n_boot=300)
+    assert d["qwk"] == pytest.approx(cohen_kappa_score(y, pred, weights="quadratic") - 1)
+    assert d["mae"] > 0 and d["mae_ci"][0] > 0  # worse predictions: a larger error

@@ -8,7 +8,7 @@ from sklearn.metrics import cohen_kappa_score, f1_score
 
 from koa_core.errors import KoaError
 from koa_core.metrics import (
-    _batch_scores,
+    confusion_scores,
     classification_metrics,
     format_report,
     majority_rate,
@@ -140,7 +140,7 @@ def test_absent_labels_still_five_entries(y_true, y_pred):
     assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
 
 
-def test_batch_scores_match_sklearn_on_resamples():
+def testconfusion_scores_match_sklearn_on_resamples():
     # The vectorised bootstrap scores must agree with sklearn on the same resamples.
     y, p = _noisy_predictions(150, seed=8)
     rng = np.random.default_rng(0)
@@ -148,7 +148,7 @@ def test_batch_scores_match_sklearn_on_resamples():
     cms = np.zeros((20, 5, 5), dtype=np.int64)
     for b in range(20):
         np.add.at(cms[b], (y[idx[b]], p[idx[b]]), 1)
-    got = _batch_scores(cms)
+    got = confusion_scores(cms)
     for b in range(20):
         yt, yp = y[idx[b]], p[idx[b]]
         assert got["accuracy"][b] == pytest.approx(np.mean(yt == yp))

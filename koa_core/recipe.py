@@ -1,0 +1,215 @@
+"""Beyond the paper without ImageNet: the from-scratch recipe and each lever, measured.
+
+The paper starts from ImageNet weights; a model trained only on these knees has to close
+the gap some other way. Each lever is a configuration of the ``recipe`` plan
+(:mod:`koa_core.plans`), trained on the same seeds as Table 5's ``proposed`` runs, and is
+compared with them seed by seed on the same validation knees (:func:`koa_core.ablation.
+paired_difference`: the mean over shared seeds of the difference, with a 95 % bootstrap
+interval over knees). Levers that need no training are applied to a configuration's
+records: test-time flip (the records keep those probabilities), expected-grade decoding
+(the rounded mean grade instead of the most probable one) and the seed ensemble (the
+mean probabilities of a configuration's seeds). Calibration (:mod:`koa_core.calibration`)
+is measured on the same records.
+
+Verdict of a lever, on validation accuracy (the same rule as Table 5's claims): ``helps``
+if the interval lies above 0, ``hurts`` if below, ``inconclusive`` if it contains 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .ablation import load_groups, paired_difference
+from .errors import KoaError
+
+__all__ = ["GOALS", "LEVERS", "POST_HOC", "decode", "levers_table", "format_levers"]
+
+BASELINE = "proposed"
+TARGET = "recipe"
+
+# (configuration, what it changes against Table 5's proposed run)
+LEVERS = [
+    ("full-schedule", "no early stop: the cosine schedule runs its 40 epochs"),
+    ("long", "80 epochs, no early stop"),
+    ("ema", "EMA of the weights (decay 0.99 per step)"),
+    ("alpha-mean1", "Table 2's alpha rescaled to mean 1 over the training labels"),
+    ("aux-alpha", "auxiliary samples weighted by alpha of their grade"),
+    ("sord", "ordinal soft labels (SORD, scale 2)"),
+    ("recipe", "the recipe: alpha-mean1 + EMA + SORD + 80 epochs, no early stop"),
+]
+
+# post-hoc levers: (name, what, decoding, flip, ensemble)
+POST_HOC = [
+    ("flip TTA", "mean of each knee and its mirror", "argmax", True, False),
+    ("expected grade", "the rounded mean grade instead of the most probable", "expected",
+     False, False),
+    ("seed ensemble", "mean probabilities of the seeds", "argmax", False, True),
+    ("seed ensemble + flip TTA", "both", "argmax", True, True),
+]
+
+# the goals of a model trained without ImageNet (validation, lossless copy)
+GOALS = {"accuracy": 0.68, "macro_f1": 0.65, "qwk": 0.85, "kl4_recall": 0.78}
+
+
+def decode(probs: np.ndarray, how: str = "argmax") -> np.ndarray:
+    """Grades from probabilities: ``argmax`` or ``expected`` (round(sum_k k p_k))."""
+    if how == "argmax":
+        return probs.argmax(1)
+    if how == "expected":
+        return np.clip(np.rint(probs @ np.arange(probs.shape[1])), 0, probs.shape[1] - 1
+                       ).astype(int)
+    raise KoaError(f"decoding: {how!r} is not one of argmax, expected")
+
+
+def _verdict(ci: list[float]) -> str:
+    return "helps" if ci[0] > 0 else "hurts" if ci[1] < 0 else "inconclusive"
+
+
+def _figures(y: np.ndarray, pred: np.ndarray, n_boot: int) -> dict:
+    from .metrics import classification_metrics
+
+    m = classification_metrics(y, pred, n_boot=n_boot)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "qwk": m["qwk"],
+            "mae": m["mae"], "kl4_recall": m["per_class"]["4"]["recall"],
+            "recalls": [m["per_class"][str(g)]["recall"] for g in range(5)],
+            "ci": m.get("ci", {})}
+
+
+def _variant(by_seed: dict[int, dict], decoding: str, flip: bool, ensemble: bool
+             ) -> dict[int, dict] | None:
+    """Per seed: the predictions of a post-hoc variant (None if the records lack TTA)."""
+    if flip and any(v.get("probs_flip") is None for v in by_seed.values()):
+        return None
+    probs = {s: (v["probs_flip"] if flip else v["probs"]) for s, v in by_seed.items()}
+    if ensemble:
+        mean = np.mean([probs[s] for s in sorted(probs)], axis=0)
+        probs = {s: mean for s in probs}
+    return {s: {**by_seed[s], "probs": probs[s], "pred": decode(probs[s], decoding)}
+            for s in by_seed}
+
+
+def levers_table(records_dirs, n_boot: int = 2000, baseline: str = BASELINE,
+                 target: str = TARGET) -> dict:
+    """Every lever against ``baseline`` and the post-hoc levers on ``target``, from the
+    records under ``records_dirs`` (one folder or several), plus the goals and the
+    calibration of ``target``'s seed ensemble and of ``baseline``."""
+    from .calibration import calibration_report
+
+    if isinstance(records_dirs, (str, Path)):
+        records_dirs = [records_dirs]
+    groups: dict[str, dict[int, dict]] = {}
+    meta: dict[str, dict] = {}
+    for d in records_dirs:
+        g, m = load_groups(d)
+        for k, v in g.items():
+            groups.setdefault(k, {}).update(v)
+        meta.update(m)
+    if baseline not in groups:
+        raise KoaError(f"no records of the baseline configuration {baseline!r} under "
+                       f"{', '.join(map(str, records_dirs))}")
+    y = next(iter(groups[baseline].values()))["grade"]
+
+    def summary(by_seed):
+        ms = [_figures(v["grade"], v["pred"], 0) for v in by_seed.values()]
+        out = {}
+        for k in ("accuracy", "macro_f1", "qwk", "mae", "kl4_recall"):
+            vals = np.array([m[k] for m in ms], float)
+            out[k] = {"mean": float(vals.mean()),
+                      "sd": float(vals.std(ddof=1)) if len(vals) > 1 else None}
+        out["min_recall"] = float(np.mean([min(m["recalls"]) for m in ms]))
+        out["kl1_recall"] = float(np.mean([m["recalls"][1] for m in ms]))
+        return out
+
+    rows = []
+    for name, what in [(baseline, "Table 5's proposed setting (the baseline)")] + LEVERS:
+        if name not in groups:
+            continue
+        row = {"name": name, "what": what, "seeds": sorted(groups[name]),
+               "hardware": meta[name]["hardware"], **summary(groups[name]),
+               "epochs_run": float(np.mean([v["epochs_run"] for v in groups[name].values()])),
+               "wall_s": float(sum(v["wall_s"] or 0 for v in groups[name].values())),
+               "img_s": float(np.median([v["img_s"] for v in groups[name].values()
+                                         if v["img_s"]] or [np.nan]))}
+        if name != baseline:
+            d = paired_difference(groups[name], groups[baseline], n_boot=n_boot)
+            matched = [float((groups[baseline][s]["pred"] == y).mean()) for s in d["seeds"]]
+            row["vs_baseline"] = {**d, "verdict": _verdict(d["accuracy_ci"]),
+                                  "baseline_accuracy": float(np.mean(matched))}
+        rows.append(row)
+
+    post = []
+    best = None
+    if target in groups:
+        plain = _variant(groups[target], "argmax", False, False)
+        for name, what, decoding, flip, ensemble in POST_HOC:
+            v = _variant(groups[target], decoding, flip, ensemble)
+            if v is None:
+                continue
+            d = paired_difference(v, plain, n_boot=n_boot)
+            post.append({"name": name, "what": what, "of": target, "seeds": sorted(v),
+                         **summary(v), "vs_plain": {**d, "verdict": _verdict(d["accuracy_ci"])}})
+        # the goals: the target's seed ensemble with flip TTA where the records allow it,
+        # else its plain seed ensemble, with 95 % bootstrap intervals over knees
+        ens = (_variant(groups[target], "argmax", True, True)
+               or _variant(groups[target], "argmax", False, True))
+        one = next(iter(ens.values()))
+        figs = _figures(one["grade"], one["pred"], n_boot)
+        best = {"model": f"{target} seed ensemble"
+                + (" + flip TTA" if groups[target][min(groups[target])].get("probs_flip")
+                   is not None else ""),
+                "figures": figs,
+                "goals": {k: {"goal": g, "value": figs[k], "met": figs[k] >= g,
+                              "ci": figs["ci"].get(k)} for k, g in GOALS.items()},
+                "calibration": calibration_report(one["probs"], one["grade"],
+                                                  one["patient"])}
+    base_seed = min(groups[baseline])
+    b = groups[baseline][base_seed]
+    return {"baseline": baseline, "target": target, "n": int(len(y)), "n_boot": n_boot,
+            "levers": rows, "post_hoc": post, "best": best,
+            "baseline_calibration": {"seed": base_seed, **calibration_report(
+                b["probs"], b["grade"], b["patient"])}}
+
+
+def format_levers(t: dict) -> str:
+    """Plain-text table of the levers, the post-hoc levers and the goals."""
+    def pm(s, digits=3):
+        return (f"{s['mean']:.{digits}f}" if s["sd"] is None
+                else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}")
+
+    lines = [f"{'lever':<26}{'seeds':>6}{'val accuracy':>17}{'macro F1':>17}{'QWK':>17}"
+             f"{'MAE':>17}{'KL1 rec':>9}   accuracy vs {t['baseline']} of the same seeds "
+             "(points, 95 % CI)"]
+    for r in t["levers"]:
+        d = r.get("vs_baseline")
+        diff = ("-" if d is None else
+                f"{100 * d['accuracy']:+.2f} [{100 * d['accuracy_ci'][0]:+.2f}, "
+                f"{100 * d['accuracy_ci'][1]:+.2f}] {d['verdict']} (baseline "
+                f"{d['baseline_accuracy']:.3f}, seeds {','.join(map(str, d['seeds']))})")
+        lines.append(f"{r['name']:<26}{len(r['seeds']):>6}{pm(r['accuracy']):>17}"
+                     f"{pm(r['macro_f1']):>17}{pm(r['qwk']):>17}{pm(r['mae']):>17}"
+                     f"{r['kl1_recall']:>9.2f}   {diff}")
+    if t["post_hoc"]:
+        lines += ["", f"post-hoc, on {t['target']} (vs its plain predictions)"]
+        for r in t["post_hoc"]:
+            d = r["vs_plain"]
+            lines.append(f"{r['name']:<26}{len(r['seeds']):>6}{pm(r['accuracy']):>17}"
+                         f"{pm(r['macro_f1']):>17}{pm(r['qwk']):>17}{pm(r['mae']):>17}"
+                         f"{r['kl1_recall']:>9.2f}   {100 * d['accuracy']:+.2f} "
+                         f"[{100 * d['accuracy_ci'][0]:+.2f}, {100 * d['accuracy_ci'][1]:+.2f}]"
+                         f" {d['verdict']}")
+    if t["best"]:
+        lines += ["", f"goals ({t['best']['model']}):"]
+        for k, g in t["best"]["goals"].items():
+            ci = g["ci"]
+            ci_s = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            lines.append(f"  {k}: {g['value']:.3f}{ci_s} (goal {g['goal']:.2f}: "
+                         f"{'met' if g['met'] else 'not met'})")
+        c = t["best"]["calibration"]
+        lines.append(f"  calibration: ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f} "
+                     f"with a cross-fitted temperature (fold T "
+                     f"{', '.join(f'{v:.2f}' for v in c['fold_temperatures'])})")
+    lines.append("verdict on accuracy: helps if the interval lies above 0, hurts if below, "
+                 "inconclusive if it contains 0")
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""The recipe's levers against Table 5's proposed runs, and the post-hoc levers."""
+
+import numpy as np
+import pytest
+
+from koa_core import recipe
+from koa_core.errors import KoaError
+from koa_core.records import read_record
+from test_records import make_record
+
+
+def _preds(y, rate, rng):
+    right = rng.random(len(y)) < rate
+    return np.where(right, y, (y + rng.integers(1, 5, len(y))) % 5)
+
+
+@pytest.fixture
+def records(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.tile(np.arange(5), 40)
+    for s in (1, 2):
+        make_record(tmp_path, y, _preds(y, 0.5, rng), name=f"proposed-s{s}", seed=s)
+        perfect = np.eye(5)[y] * 0.9 + 0.02  # the mirror sees every knee right
+        make_record(tmp_path, y, _preds(y, 0.85, rng), name=f"recipe-s{s}", seed=10 + s,
+                    flip=perfect)
+    make_record(tmp_path, y, _preds(y, 0.45, rng), name="ema-s1", seed=20)
+    return tmp_path / "records", y
+
+
+def test_levers_against_the_baseline_and_post_hoc_variants(records):
+    folder, y = records
+    t = recipe.levers_table(folder, n_boot=300)
+    rows = {r["name"]: r for r in t["levers"]}
+    assert rows["recipe"]["vs_baseline"]["verdict"] == "helps"
+    assert rows["recipe"]["vs_baseline"]["seeds"] == [1, 2]
+    assert rows["ema"]["vs_baseline"]["seeds"] == [1]  # compared with proposed-s1 only
+    assert "vs_baseline" not in rows["proposed"]
+    post = {r["name"]: r for r in t["post_hoc"]}
+    assert post["flip TTA"]["accuracy"]["mean"] == 1.0
+    assert post["flip TTA"]["vs_plain"]["verdict"] == "helps"
+    # the ensemble decodes the mean of the seeds' probabilities
+    p = [read_record(folder / f"recipe-s{s}")["predictions"]["probs"] for s in (1, 2)]
+    ens_acc = float((np.mean(p, 0).argmax(1) == y).mean())
+    assert post["seed ensemble"]["accuracy"]["mean"] == pytest.approx(ens_acc)
+    best = t["best"]
+    assert best["model"] == "recipe seed ensemble + flip TTA"
+    assert best["goals"]["accuracy"]["met"] and best["figures"]["accuracy"] == 1.0
+    assert {"before", "after", "fold_temperatures"} <= set(best["calibration"])
+    text = recipe.format_levers(t)
+    assert "recipe" in text and "helps" in text and "goal 0.68: met" in text
+
+
+def test_expected_grade_decoding():
+    probs = np.array([[0.5, 0.0, 0.0, 0.0, 0.5], [0.1, 0.6, 0.3, 0.0, 0.0]])
+    assert recipe.decode(probs, "argmax").tolist() == [0, 1]
+    assert recipe.decode(probs, "expected").tolist() == [2, 1]
+    with pytest.raises(KoaError):
+        recipe.decode(probs, "median")
+
+
+def test_no_baseline_records_is_one_clear_error(tmp_path):
+    y = np.tile(np.arange(5), 4)
+    make_record(tmp_path, y, y, name="recipe-s1")
+    with pytest.raises(KoaError, match="baseline"):
+        recipe.levers_table(tmp_path / "records", n_boot=50)
