@@ -63,3 +63,15 @@ def test_no_baseline_records_is_one_clear_error(tmp_path):
     make_record(tmp_path, y, y, name="recipe-s1")
     with pytest.raises(KoaError, match="baseline"):
         recipe.levers_table(tmp_path / "records", n_boot=50)
+
+
+def test_koa_levers_cli(records, capsys):
+    from koa_core.cli import main
+
+    folder, _ = records
+    assert main(["levers", str(folder), "--n-boot", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe" in out and "flip TTA" in out and "(baseline 0." in out
+    assert main(["levers", str(folder / "recipe-s1"), "--n-boot", "50"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("koa: error:") and "baseline" in err and "Traceback" not in err
