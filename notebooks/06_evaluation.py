@@ -50,6 +50,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from koa_core import report
+from koa_core.calibration import calibration_report
 from koa_core.data import discover
 from koa_core.inference import evaluate_checkpoint
 from koa_core.metrics import majority_rate
@@ -169,6 +170,27 @@ pd.concat({"proposed": report.ci_table(m),
 
 # %%
 report.kl4_table({"proposed": m, "raw only": m_raw})
+
+# %% [markdown]
+# ## Calibration
+#
+# A grade with a probability is only useful if the probability means something: of the knees
+# given 0.8, about 80 % should have that grade. The reliability diagram plots accuracy against
+# the top probability in 15 bins; the expected calibration error (ECE) is their knee-weighted
+# gap. One temperature T (log-probabilities divided by T) is fitted on half of the patients
+# and judged on the other half, and back (T > 1: overconfident, T < 1: underconfident).
+
+# %%
+if records_dir:
+    pp = records[proposed]["predictions"]
+    probs, grades, patients = pp["probs"], pp["grade"], pp["patient"]
+else:
+    pred_df = report.predict_split(proposed, root, "test")
+    probs = pred_df[[f"p{g}" for g in range(5)]].to_numpy()
+    grades, patients = pred_df["grade"].to_numpy(), pred_df["patient"].tolist()
+cal = {"proposed": calibration_report(probs, grades, patients)}
+display(report.calibration_table(cal))
+fig = report.reliability_figure(cal)
 
 # %% [markdown]
 # ## Comparison with published results (Table 7)

@@ -37,10 +37,10 @@ def cells() -> dict[str, list]:
 
 
 # ---------------------------------------------------------------- profiles and parameters
-def test_seven_chapters():
+def test_eight_chapters():
     assert [p.stem for p in CHAPTERS] == ["01_data", "02_preprocessing", "03_loss",
                                           "04_training", "05_ablation", "06_evaluation",
-                                          "07_gradcam"]
+                                          "07_gradcam", "08_beyond"]
 
 
 @pytest.mark.parametrize("name, needs_data", [("demo", None), ("paper", True)])
@@ -262,7 +262,8 @@ def test_config_and_toc():
     assert toc["root"] == "book/intro" and (REPO / "book" / "intro.md").exists()
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
     assert files == [f"book/notebooks/{p.stem}" for p in CHAPTERS]
-    assert [p["caption"] for p in toc["parts"]] == ["Foundations", "Experiments"]
+    assert [p["caption"] for p in toc["parts"]] == ["Foundations", "Experiments",
+                                                    "Beyond the paper"]
 
 
 def test_make_book_target_and_ignored_outputs():

@@ -45,6 +45,10 @@ from .cams import (
     cam_cases, cam_conflict_text, cam_figure, cam_share_table, cases_text, checkpoint_note,
     pick_cases, stream_cams,
 )
+from .beyond import (
+    calibration_table, goals_table, levers_figure, levers_frame, levers_summary,
+    post_hoc_frame, reliability_figure, train_recipe,
+)
 from .published import (
     data_caveats, load_records, provenance_table, record_frame, record_history, record_metrics,
     record_summary, records_note, scorecard_markdown, scorecard_table, selected_record_name,
@@ -52,6 +56,14 @@ from .published import (
 )
 
 __all__ = [
+    "calibration_table",
+    "goals_table",
+    "levers_figure",
+    "levers_frame",
+    "levers_summary",
+    "post_hoc_frame",
+    "reliability_figure",
+    "train_recipe",
     "ABLATIONS",
     "KL",
     "PAPER_FIG1_COUNTS",

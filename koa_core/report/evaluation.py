@@ -16,8 +16,8 @@ from .paper import KL, PAPER_TABLE3, PAPER_TABLE4, PAPER_TABLE7, PUBLISHED
 
 def predict_split(checkpoint: str | Path, data_root: str | Path, split: str = "val",
                   cache_dir: str | None = None) -> pd.DataFrame:
-    """One row per image of a split: path, grade, pred, p0..p4 and the gate w_raw (NaN for
-    single-stream models)."""
+    """One row per image of a split: path, grade, patient, pred, p0..p4 and the gate w_raw
+    (NaN for single-stream models)."""
     from ..cache import ViewCache
     from ..checkpoint import load_checkpoint
     from ..data import discover
@@ -31,7 +31,8 @@ def predict_split(checkpoint: str | Path, data_root: str | Path, split: str = "v
     df = pd.DataFrame(probs, columns=[f"p{g}" for g in range(5)])
     df.insert(0, "path", [r.path for r in recs])
     df.insert(1, "grade", [r.grade for r in recs])
-    df.insert(2, "pred", probs.argmax(1))
+    df.insert(2, "patient", [r.patient or r.path for r in recs])
+    df.insert(3, "pred", probs.argmax(1))
     df["gate_raw"] = gates[:, 0] if gates is not None else np.nan
     return df
 
