@@ -151,8 +151,11 @@ def _cmd_evaluate(args) -> int:
     m = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, out=args.out,
                             predictions=args.predictions, batch_size=args.batch_size,
                             n_boot=args.n_boot, cache_dir=args.cache_dir,
-                            allow_leakage=args.allow_leakage, progress=not args.quiet)
-    print(f"{m['checkpoint']} on {args.data} [{args.split}], n = {m['n']}")
+                            allow_leakage=args.allow_leakage, progress=not args.quiet,
+                            tta=args.tta, ensemble=args.ensemble)
+    extra = (", flip TTA" if m.get("tta") else "") + (
+        f", ensemble of {len(m['ensemble'])}" if m.get("ensemble") else "")
+    print(f"{m['checkpoint']} on {args.data} [{args.split}], n = {m['n']}{extra}")
     print(format_report(m))
     return 0
 
@@ -192,6 +195,11 @@ def add_model_commands(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--allow-leakage", action="store_true")
+    p.add_argument("--tta", choices=["none", "flip"], default=None,
+                   help="test-time augmentation: flip = mean of each knee and its mirror")
+    p.add_argument("--ensemble", action="append", default=[], metavar="CHECKPOINT",
+                   help="average the probabilities with this checkpoint's (repeatable); "
+                   "reported apart from single models")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

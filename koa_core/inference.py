@@ -76,11 +76,22 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
                         out: str | Path | None = None, predictions: str | Path | None = None,
                         batch_size: int = 64, n_boot: int = 1000, cache_dir: str | None = None,
                         allow_leakage: bool = False, device: str | None = None,
-                        progress: bool = False) -> dict:
-    """Metrics of a checkpoint on one split; optionally writes metrics JSON and a CSV."""
+                        progress: bool = False, tta: str | None = None,
+                        ensemble: list[str | Path] | None = None) -> dict:
+    """Metrics of a checkpoint on one split; optionally writes metrics JSON and a CSV.
+
+    ``tta="flip"``: each knee's probabilities averaged with its mirror's. ``ensemble``:
+    more checkpoints whose probabilities (and gates, where every member has one) are
+    averaged with this one's, each fed the views its own sidecar prescribes."""
+    if tta not in (None, "none", "flip"):
+        raise KoaError(f"--tta: {tta!r} is not one of none, flip")
     ckpt = resolve_checkpoint(checkpoint)
     dev, dtype = _runtime(device)
     model, side = _load_for_inference(ckpt, dev)
+    members = [(ckpt, model, side)]
+    for extra in ensemble or []:
+        e = resolve_checkpoint(extra)
+        members.append((e, *_load_for_inference(e, dev)))
     for target in (out, predictions):
         if target is not None:
             parent = Path(target).parent
@@ -92,9 +103,16 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
     if not records:
         raise KoaError(f"{root}: no images in the {split!r} split "
                        f"(splits present: {', '.join(index.counts()) or 'none'})")
-    pre = preprocessor_from_sidecar(side)
-    views = ViewCache(cache_dir).get(records, pre, root=str(root), progress=progress)
-    probs, gates = predict_views(model, views, batch_size, dev, dtype, channels_last=True)
+    all_probs, all_gates = [], []
+    for _, m_model, m_side in members:
+        views = ViewCache(cache_dir).get(records, preprocessor_from_sidecar(m_side),
+                                         root=str(root), progress=progress)
+        p, g = predict_views(m_model, views, batch_size, dev, dtype, channels_last=True,
+                             tta=tta)
+        all_probs.append(p)
+        all_gates.append(g)
+    probs = np.mean(all_probs, axis=0)
+    gates = (np.mean(all_gates, axis=0) if all(g is not None for g in all_gates) else None)
     y_true = np.array([r.grade for r in records])
     y_pred = probs.argmax(1)
     metrics = classification_metrics(y_true, y_pred, n_boot=n_boot)
@@ -102,6 +120,8 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
                     "model": side.get("config", {}).get("model", {}),
                     "precision": "bf16 autocast" if dtype is not None else "fp32",
                     "weights_dtype": side.get("weights_dtype"),
+                    "tta": tta if tta and tta != "none" else None,
+                    "ensemble": [str(c) for c, _, _ in members] if len(members) > 1 else None,
                     **provenance(device=dev)})
     if gates is not None:
         metrics["gate_raw_mean_by_grade"] = {

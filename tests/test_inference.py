@@ -127,3 +127,42 @@ def test_bf16_and_fp32_inference_agree(tiny_run, tmp_path, monkeypatch):
     same = (out["fp32"][0] == out["bf16"][0]).mean()
     assert same >= 0.99
     assert np.abs(out["fp32"][1] - out["bf16"][1]).max() < 0.02
+
+
+def _probs_csv(path):
+    rows = list(csv.DictReader(open(path)))
+    import numpy as np
+    return np.array([[float(r[f"p{g}"]) for g in range(5)] for r in rows])
+
+
+def test_evaluate_ensemble_averages_members_and_tta_is_recorded(tiny_run, tmp_path):
+    import torch
+
+    from koa_core.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
+
+    run, root = tiny_run
+    a = run / "best.safetensors"
+    model, _ = load_checkpoint(a)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    side = {k: v for k, v in read_sidecar(a).items()
+            if k not in ("format", "code_version", "class_names", "weights_dtype")}
+    b = save_checkpoint(tmp_path / "b.safetensors", model, side)
+    out = {}
+    for name, kw in {"a": {}, "b": {"checkpoint": b}, "ab": {"ensemble": [b]},
+                     "a_flip": {"tta": "flip"}}.items():
+        ckpt = kw.pop("checkpoint", a)
+        m = inference.evaluate_checkpoint(ckpt, root, split="val", n_boot=0,
+                                          predictions=tmp_path / f"{name}.csv", **kw)
+        out[name] = (m, _probs_csv(tmp_path / f"{name}.csv"))
+    pa, pb, pab = out["a"][1], out["b"][1], out["ab"][1]
+    assert abs(pa - pb).max() > 1e-3  # two different members
+    assert abs(pab - (pa + pb) / 2).max() < 2e-6
+    assert out["ab"][0]["ensemble"] == [str(a), str(b)] and out["a"][0]["ensemble"] is None
+    m_flip, p_flip = out["a_flip"]
+    assert m_flip["tta"] == "flip" and out["a"][0]["tta"] is None
+    assert abs(p_flip - pa).max() > 1e-4 and abs(p_flip.sum(1) - 1).max() < 1e-4
+    with pytest.raises(KoaError, match="tta"):
+        inference.evaluate_checkpoint(a, root, split="val", n_boot=0, tta="rot")
