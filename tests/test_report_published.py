@@ -77,3 +77,21 @@ def test_table5_table_and_claims(tmp_path):
     assert table.loc["Single-stream (Raw only)", "paper test accuracy %"] == "65.10"
     claims = report.table5_claims(t)
     assert "raw - clahe" in set(claims["difference"])
+
+
+def test_data_caveats_follow_the_records():
+    import numpy as np
+
+    from koa_core.report.published import data_caveats
+
+    def rec(encoding, n):
+        return {"provenance": {"data": {"encoding": encoding}},
+                "config": {"model": {"pretrained": "none"}},
+                "predictions": {"grade": np.zeros(n, int)}}
+
+    real = data_caveats({"a": rec("val: as stored; train: webp quality 90 (lossy)", 826)})
+    assert any("CLAHE-enhanced upstream" in c for c in real)
+    assert any("826 knees" in c for c in real) and any("lossy" in c for c in real)
+    fake = data_caveats({"a": rec("synthetic phantom", 30)})
+    assert any("synthetic phantom" in c for c in fake)
+    assert not any("CLAHE-enhanced" in c for c in fake) and any("30 knees" in c for c in fake)

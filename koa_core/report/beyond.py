@@ -19,12 +19,22 @@ def train_recipe(plans, data_root, runs_dir, sets=()) -> Path:
     Returns the records folder."""
     from ..campaign import run_campaign
 
+    import shlex
+
     base = Path(runs_dir) / "recipe"
+    phantom = not data_root or "phantom" in Path(data_root).name
     for spec in plans:
         plan, _, only = spec.partition(":")
+        names = only.split(",") if only else None
+        command = shlex.join(
+            ["koa", "campaign", plan, *(["--data", str(data_root)] if data_root else []),
+             "--runs", str(base / "runs"), "--records", str(base / "records")]
+            + [a for n in names or [] for a in ("--only", n)]
+            + [a for v in sets for a in ("--set", v)])
         run_campaign(plan, str(data_root) if data_root else None, base / "runs",
-                     base / "records", only=only.split(",") if only else None,
-                     overrides=list(sets), echo=lambda *a: None)
+                     base / "records", only=names, overrides=list(sets), command=command,
+                     data_encoding="synthetic phantom" if phantom else "as stored",
+                     echo=lambda *a: None)
     return base / "records"
 
 

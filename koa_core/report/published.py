@@ -80,10 +80,14 @@ def data_caveats(records: dict[str, dict]) -> list[str]:
     enc = sorted({r["provenance"]["data"]["encoding"] for r in records.values()})
     pre = sorted({str((r["config"].get("model") or {}).get("pretrained"))
                   for r in records.values()})
-    out = ["the data copy is CLAHE-enhanced upstream: the raw stream sees images that have "
-           "been through one CLAHE pass, the CLAHE stream through two",
-           "figures are on the validation split (826 knees), which also chose each run's "
-           "epoch; the test split is held out and was never read"]
+    n = sorted({len(r["predictions"]["grade"]) for r in records.values()})
+    phantom = any(e == "synthetic phantom" for e in enc)
+    out = (["the data are the synthetic phantom: these figures check the pipeline, they are "
+            "not results on knees"] if phantom else
+           ["the data copy is CLAHE-enhanced upstream: the raw stream sees images that have "
+            "been through one CLAHE pass, the CLAHE stream through two"])
+    out.append(f"figures are on the validation split ({', '.join(map(str, n))} knees), which "
+               "also chose each run's epoch; the test split is held out and was never read")
     if any("lossy" in e for e in enc):
         out.append("data as transferred to the GPU: " + "; ".join(enc))
     if pre == ["none"]:
