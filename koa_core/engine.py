@@ -51,6 +51,7 @@ from .metrics import classification_metrics
 from .models import build_model
 from .preprocess import Preprocessor
 from .runtime import amp_dtype, autocast, hardware_name, resolve_device, seed_everything
+from .selection import Selection
 
 __all__ = [
     "DeadlineReached",
@@ -370,7 +371,8 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
     val_views = device_views(data.val.views, device) if feed.kind == "device" \
         else data.val.views
 
-    start, best, stale, history = 1, -math.inf, 0, []
+    start, history = 1, []
+    sel = Selection(cfg.train.patience)
     if resume:
         st = load_state(state_path)
         model.load_state_dict(st["model"])
@@ -378,7 +380,8 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
-        start, best, stale, history = st["epoch"] + 1, st["best"], st["stale"], st["history"]
+        start, history = st["epoch"] + 1, st["history"]
+        sel = Selection(cfg.train.patience, st["best"], st["stale"])
     if rank == 0:
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
@@ -392,7 +395,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
 
     try:
         for epoch in range(start, cfg.train.epochs + 1):
-            if stale >= cfg.train.patience:
+            if sel.stop:
                 break
             if deadline is not None and history:
                 last = history[-1]["epoch_s"]
@@ -411,8 +414,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             row["epoch_s"] = time.perf_counter() - t0
             history.append(row)
             score = row[f"val_{cfg.train.select_metric}"]
-            improved = score > best
-            best, stale = (score, 0) if improved else (best, stale + 1)
+            improved = sel.update(score)
             if rank == 0:
                 if improved and keep_state:
                     save_checkpoint(best_path, evaluated, _sidecar(cfg, data, metrics, epoch,
@@ -426,7 +428,8 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
                                             **({"ema": ema.state_dict()} if ema else {}),
                                             "optimizer": opt.state_dict(),
                                             "scheduler": sched.state_dict(), "epoch": epoch,
-                                            "best": best, "stale": stale, "history": history})
+                                            "best": sel.best, "stale": sel.stale,
+                                            "history": history})
                 if progress:
                     print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc "
                           f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
@@ -442,7 +445,8 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if ddp:
             dist.destroy_process_group()
-    return {"out": str(out), "epochs_run": len(history), "best_" + cfg.train.select_metric: best,
+    return {"out": str(out), "epochs_run": len(history),
+            "best_" + cfg.train.select_metric: sel.best,
             "history": history, "seconds": time.perf_counter() - t_start, "feed": feed.kind,
             "hardware": hardware_name(device)}
 
