@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from .errors import KoaError
+from .locking import FolderLock
 
 __all__ = ["PlanRun", "load_plan", "record_run", "run_campaign", "select_run"]
 
@@ -125,9 +126,6 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
     ``overrides``: ``section.key=value`` settings applied to every run after the plan's."""
 
     from .config import load_config
-    from .engine import DeadlineReached, fit, prepare_data
-    from .records import check_record
-    from .runtime import code_commit
 
     t_begin = time.monotonic()
     deadline = t_begin + time_limit if time_limit else None
@@ -138,13 +136,23 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
             raise KoaError(f"--only: no run named {', '.join(sorted(unknown))} in the plan")
         runs = [r for r in runs if r.group in only or r.name in only]
     runs_dir, records_dir = Path(runs_dir), Path(records_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    records_dir.mkdir(parents=True, exist_ok=True)
     cfgs = {}
     for r in runs:  # every config resolves before any data is read
         sets = list(r.sets) + list(overrides or []) \
             + ([f"data.root={data_root}"] if data_root else [])
         cfgs[r.name] = load_config(r.configs, sets)
+    with FolderLock(runs_dir, "running a campaign"), \
+            FolderLock(records_dir, "writing records"):
+        return _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin,
+                    data_encoding, data_name, progress, command, echo)
+
+
+def _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin, data_encoding,
+         data_name, progress, command, echo) -> dict:
+    from .engine import DeadlineReached, fit, prepare_data
+    from .records import check_record
+    from .runtime import code_commit
+
     command = command or shlex.join(sys.argv)
     commit = code_commit()
     done, skipped, stopped = [], [], None

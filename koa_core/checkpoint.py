@@ -42,19 +42,56 @@ def sidecar_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_failed(path: Path, tmp: Path, exc: OSError) -> KoaError:
+    tmp.unlink(missing_ok=True)
+    return KoaError(f"{path}: could not be written ({exc.strerror or exc}); the previous "
+                    "file, if any, is intact")
+
+
+def _write_tensors_tmp(tensors: dict[str, torch.Tensor], path: Path,
+                       metadata: dict[str, str] | None = None) -> Path:
+    tmp = _tmp(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata=metadata)
+    except OSError as exc:
+        raise _write_failed(path, tmp, exc) from None
+    except SafetensorError as exc:  # the writer's own error for a failed write (disk full)
+        raise _write_failed(path, tmp, OSError(str(exc))) from None
+    return tmp
+
+
+def _write_text_tmp(text: str, path: Path) -> Path:
+    tmp = _tmp(path)
+    try:
+        tmp.write_text(text)
+    except OSError as exc:
+        raise _write_failed(path, tmp, exc) from None
+    return tmp
+
+
 def _atomic_write_tensors(tensors: dict[str, torch.Tensor], path: Path,
                           metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata=metadata)
-    os.replace(tmp, path)
+    os.replace(_write_tensors_tmp(tensors, path, metadata), path)
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    os.replace(_write_text_tmp(text, path), path)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _check_file(path: Path) -> None:
@@ -89,11 +126,21 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, sidecar: dict[str,
         path = path.with_suffix(".safetensors")
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
              for k, v in model.state_dict().items()}
+    # Both files are written in full under temporary names before either replaces the old
+    # pair; the sidecar holds the weights' SHA-256, so a pair torn by a crash between the
+    # two renames is refused at load instead of being read as one checkpoint.
+    tmp_w = _write_tensors_tmp(state, path, metadata={"format": "koa_core-checkpoint-1"})
     side = {"format": "koa_core-checkpoint-1", "code_version": __version__,
             "class_names": list(GRADE_NAMES), "weights_dtype": str(dtype or "as trained"),
-            **sidecar}
-    _atomic_write_tensors(state, path, metadata={"format": "koa_core-checkpoint-1"})
-    _atomic_write_text(json.dumps(side, indent=2, default=str) + "\n", sidecar_path(path))
+            **sidecar, "weights_sha256": _sha256(tmp_w)}
+    try:
+        tmp_s = _write_text_tmp(json.dumps(side, indent=2, default=str) + "\n",
+                                sidecar_path(path))
+    except KoaError:
+        tmp_w.unlink(missing_ok=True)
+        raise
+    os.replace(tmp_w, path)
+    os.replace(tmp_s, sidecar_path(path))
     return path
 
 
@@ -117,6 +164,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     path = Path(path)
     tensors = _load_tensors(path)
     side = read_sidecar(path)
+    if side.get("weights_sha256") and side["weights_sha256"] != _sha256(path):
+        raise KoaError(f"{path}: the weights do not match their sidecar's SHA-256 (a write "
+                       "cut short, or files from two checkpoints); refused")
     cfg = config_from_dict(side.get("config", {}), origin=str(sidecar_path(path)))
     cfg.model.pretrained = "none"  # the checkpoint holds every weight
     model = KLNet(cfg.model)

@@ -34,6 +34,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "validate",
 ]
 
 # Table 2 of the paper: per-class alpha of the weighted focal loss.
@@ -120,6 +121,115 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# ---------------------------------------------------------------- validation
+# Every field's range or choices, checked once when a config is resolved (load_config,
+# config_from_dict) and again by fit(), before any data is read. Each rule returns None
+# when the value is allowed, else the allowed range in words.
+def _int_at_least(lo: int):
+    def rule(v):
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= lo
+        return None if ok else f"an integer >= {lo}"
+    return rule
+
+
+def _optional(rule):
+    return lambda v: None if v is None else rule(v)
+
+
+def _number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = True):
+    def rule(v):
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+              and abs(v) != float("inf")
+              and (v > lo if lo_open else v >= lo)
+              and (hi is None or (v < hi if hi_open else v <= hi)))
+        if ok:
+            return None
+        left = f"{'(' if lo_open else '['}{lo:g}"
+        right = f"{hi:g}{')' if hi_open else ']'}" if hi is not None else "inf)"
+        return f"a finite number in {left}, {right}"
+    return rule
+
+
+def _choice(*choices):
+    return lambda v: None if v in choices else "one of " + ", ".join(map(str, choices))
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _string(v):
+    return None if isinstance(v, str) and v.strip() else "a non-empty string"
+
+
+def _alpha(v):
+    if isinstance(v, str) and v.strip().lower() in ("uniform", "frequency"):
+        return None
+    want = "'uniform', 'frequency' or 5 finite numbers >= 0 (KL0..KL4), at least one > 0"
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 5:
+        return want
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+               and 0 <= x < float("inf") for x in v) or not any(x > 0 for x in v):
+        return want
+    return None
+
+
+def _heads(v):
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1 and 512 % v == 0
+    return None if ok else "a divisor of 512 (the trunk's feature width): 1, 2, 4, 8, ... 512"
+
+
+# Below 32 px ResNet-18's last stage has no pixel left (it downsamples 32x); the CLAHE tile
+# grid also needs at least one pixel per tile.
+MIN_IMAGE_SIZE = 32
+RULES = {
+    "data": {"root": _optional(_string), "image_size": _int_at_least(MIN_IMAGE_SIZE),
+             "cache_dir": _optional(_string), "num_workers": _int_at_least(0),
+             "device_resident": _choice("auto", "on", "off"), "allow_leakage": _bool,
+             "subset": _optional(_int_at_least(1)), "phantom_per_class": _int_at_least(1),
+             "phantom_seed": _int_at_least(0)},
+    "preprocess": {"crop": _bool, "clahe_clip": _number(0, 1000, lo_open=True),
+                   "clahe_tiles": _int_at_least(1)},
+    "augment": {"enabled": _bool, "class_specific": _bool, "seed": _int_at_least(0)},
+    "model": {"streams": _choice("dual", "raw", "clahe"), "cross_attention": _bool,
+              "fusion": _choice("gated", "mean"), "attention_heads": _heads,
+              "dropout": _number(0, 1), "aux_heads": _bool, "pretrained": _string,
+              "num_classes": _choice(5)},
+    "loss": {"gamma": _number(0, 100), "alpha": _alpha,
+             "aux_binary_weight": _number(0, 1000), "aux_early_weight": _number(0, 1000),
+             "alpha_norm": _choice("none", "mean1"), "aux_alpha": _bool,
+             "sord": _number(0, 1000)},
+    "train": {"epochs": _int_at_least(1), "batch_size": _int_at_least(1),
+              "lr": _number(0, 10, lo_open=True), "weight_decay": _number(0, 10),
+              "warmup_epochs": _int_at_least(0),
+              "select_metric": _choice("macro_f1", "accuracy", "qwk", "kl4_recall"),
+              "patience": _int_at_least(1), "seed": _int_at_least(0),
+              "deterministic": _bool, "amp": _choice("auto", "bf16", "off"),
+              "channels_last": _bool, "grad_clip": _number(0, 1e6),
+              "max_steps_per_epoch": _optional(_int_at_least(1)), "compile": _bool,
+              "ema_decay": _number(0, 1)},
+}
+
+
+def validate(cfg: Config, origin: str = "config") -> Config:
+    """Check every field against :data:`RULES`; the first violation is one KoaError line
+    naming the key, the value and what is allowed."""
+    for section, rules in RULES.items():
+        values = getattr(cfg, section)
+        for key, rule in rules.items():
+            value = getattr(values, key)
+            problem = rule(value)
+            if problem is None and key.endswith("seed") and value >= 2 ** 32:
+                problem = "an integer in [0, 2^32)"
+            if problem is not None:
+                raise KoaError(f"{origin}: {section}.{key} = {value!r}: must be {problem}")
+    if cfg.preprocess.clahe_tiles > cfg.data.image_size:
+        raise KoaError(f"{origin}: preprocess.clahe_tiles = {cfg.preprocess.clahe_tiles!r}: "
+                       f"must be at most data.image_size ({cfg.data.image_size}), one pixel "
+                       "per tile")
+    return cfg
+
+
 def config_to_dict(cfg: Config) -> dict:
     """Plain nested dict (tuples become lists) suitable for YAML/JSON."""
 
@@ -171,7 +281,7 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a bool
                 return "on" if value else "off"
             return str(value)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise KoaError(f"{where}: {value!r} is not a valid {kind.split(' ')[0]}") from None
     return value
 
@@ -200,7 +310,7 @@ def config_from_dict(d: dict, origin: str = "config") -> Config:
             raise KoaError(f"{origin}: section {section!r} must be a mapping")
         for key, value in values.items():
             _set(cfg, section, key, value, origin)
-    return cfg
+    return validate(cfg, origin)
 
 
 def _parse_value(text: str) -> Any:
@@ -266,4 +376,4 @@ def load_config(paths: str | Path | list | tuple | None = None,
                 raise KoaError(f"{p}: section {section!r} must be a mapping")
             merged.setdefault(section, {}).update(values)
     cfg = config_from_dict(merged, origin=", ".join(str(p) for p in paths) or "config")
-    return apply_overrides(cfg, overrides)
+    return validate(apply_overrides(cfg, overrides), "settings")

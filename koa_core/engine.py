@@ -39,12 +39,13 @@ import yaml
 from .augment import ClassAugment
 from .cache import ViewCache
 from .checkpoint import load_state, save_checkpoint, save_state
-from .config import Config, config_from_dict, config_to_dict
+from .config import Config, config_from_dict, config_to_dict, validate
 from .data import discover
 from .dataset import KneeDataset, class_counts, stratified_subset
 from .errors import KoaError
 from .feed import batch_input, device_views, make_feed, to_model_layout
 from .gpumon import GpuUtilization
+from .locking import FolderLock
 from .ema import WeightEMA
 from .losses import KLMultiTaskLoss, normalise_alpha, resolve_alpha
 from .metrics import classification_metrics
@@ -311,6 +312,14 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
     per epoch. ``deadline`` (a ``time.monotonic()`` value): raise :class:`DeadlineReached`
     instead of starting an epoch that would end after it.
     """
+    validate(cfg)  # a config built or changed in Python gets the same checks as --set
+    if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 writes the folder
+        return _fit(cfg, out_dir, resume, progress, data, keep_state, deadline)
+    with FolderLock(out_dir, "training a run"):
+        return _fit(cfg, out_dir, resume, progress, data, keep_state, deadline)
+
+
+def _fit(cfg: Config, out_dir, resume, progress, data, keep_state, deadline) -> dict:
     out = Path(out_dir)
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if ddp and not dist.is_initialized():

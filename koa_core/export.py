@@ -49,4 +49,7 @@ def export_run(run_dir: str | Path, out: str | Path, dataset: str, note: str = "
     side.pop("code_version", None)
     side.pop("weights_dtype", None)
     side.pop("class_names", None)
-    return save_checkpoint(out, model, side, dtype=_DTYPES[dtype])
+    from .locking import FolderLock
+
+    with FolderLock(Path(out).parent, "exporting a checkpoint"):
+        return save_checkpoint(out, model, side, dtype=_DTYPES[dtype])

@@ -87,6 +87,20 @@ def write_record(into: str | Path, run_dir: str | Path, rows: list[dict],
     into ``into`` from the selected checkpoint's validation predictions ``rows``
     (:func:`predictions_table`). ``provenance`` needs ``name``, ``command``, ``commit``,
     ``machine``, ``data``, ``wall_s``, ``train_img_s``; the file hashes are added here."""
+    from .locking import FolderLock
+
+    into = Path(into)
+    with FolderLock(into.parent, "writing records"):
+        tmp = into.with_name(f".{into.name}.{os.getpid()}.tmp")
+        try:
+            return _write_record(into, run_dir, rows, provenance, n_boot)
+        except OSError as exc:  # e.g. a full disk: the previous record stays as it was
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise KoaError(f"record {into}: could not be written ({exc.strerror or exc}); "
+                           "the previous record, if any, is intact") from None
+
+
+def _write_record(into, run_dir, rows, provenance, n_boot) -> Path:
     from .runs import CONFIG, HISTORY, read_run
 
     run, into = Path(run_dir), Path(into)
@@ -115,10 +129,12 @@ def write_record(into: str | Path, run_dir: str | Path, rows: list[dict],
         shutil.rmtree(tmp, ignore_errors=True)
         raise KoaError(f"record {into.name}: provenance lacks {', '.join(missing)}")
     _atomic_text(tmp / PROVENANCE, json.dumps(prov, indent=1, default=str) + "\n")
+    # the complete new record takes the old one's place; the old one is removed after
+    old = into.with_name(f".{into.name}.{os.getpid()}.old")
     if into.exists():
-        shutil.rmtree(into)
-    into.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(into, old)
     os.replace(tmp, into)
+    shutil.rmtree(old, ignore_errors=True)
     return into
 
 

@@ -273,3 +273,38 @@ def test_data_root_unchanged_after_everything(phantom_root, tree_hash, tmp_path)
     cache.get(recs, PRE, root=str(phantom_root))
     assert cache.last_status == "rebuilt (corrupt)"
     assert tree_hash(phantom_root) == before
+
+
+BUILD = """
+import sys
+import numpy as np
+from koa_core.cache import ViewCache
+from koa_core.data import discover
+from koa_core.preprocess import Preprocessor
+root, cache_dir, out = sys.argv[1:4]
+recs = discover(root).records[::3]
+for _ in range(3):  # build, then hit, racing the other process
+    arr = ViewCache(cache_dir, workers=1).get(recs, Preprocessor(size=48), root=root)
+np.save(out, np.asarray(arr))
+"""
+
+
+def test_two_processes_building_the_same_entry_at_once(records, phantom_root, tmp_path):
+    """Real processes race on one key: both finish with the right views and a third
+    process finds a verified entry, not a half-written one."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "c"
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(phantom_root), str(cache),
+                               str(tmp_path / f"out{i}.npy")], stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    want = _expected(records)
+    for i in range(2):
+        assert np.array_equal(np.load(tmp_path / f"out{i}.npy"), want)
+    third = ViewCache(cache)
+    assert np.array_equal(np.asarray(third.get(records, PRE, root=str(phantom_root))), want)
+    assert third.last_status == "hit"
+    assert not [n for n in _files(cache) if n.endswith(".tmp")]

@@ -157,3 +157,64 @@ def test_export_run_drops_local_paths(tiny_run, tmp_path):
     p_pub = torch.softmax(model(x)["logits"], 1)
     p_ref = torch.softmax(ref(x)["logits"], 1)
     assert torch.allclose(p_pub, p_ref, atol=0.05)  # bf16 rounding only
+
+
+# ---------------------------------------------------------------- full disks, torn pairs
+import contextlib  # noqa: E402
+
+
+@contextlib.contextmanager
+def _file_size_limit(nbytes):
+    """Files this process writes stop at ``nbytes`` (EFBIG), as on a full disk."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+def _model(seed):
+    from koa_core.config import ModelConfig
+    from koa_core.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(pretrained="none"))
+
+
+def _side():
+    from koa_core.config import Config, config_to_dict
+
+    return {"config": config_to_dict(Config())}
+
+
+def test_a_write_cut_short_leaves_the_previous_checkpoint_intact(tmp_path):
+    from koa_core.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "best.safetensors"
+    save_checkpoint(path, _model(0), _side())
+    before = {k: v.clone() for k, v in load_checkpoint(path)[0].state_dict().items()}
+    with pytest.raises(KoaError, match="could not be written.*previous file, if any, is intact"):
+        with _file_size_limit(1_000_000):
+            save_checkpoint(path, _model(1), _side())
+    after = load_checkpoint(path)[0].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
+
+
+def test_a_torn_pair_is_refused_at_load(tmp_path):
+    import shutil
+
+    from koa_core.checkpoint import load_checkpoint, save_checkpoint
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_checkpoint(a, _model(0), _side())
+    save_checkpoint(b, _model(1), _side())
+    shutil.copyfile(b, a)  # new weights, old sidecar: a crash between the two renames
+    with pytest.raises(KoaError, match="do not match their sidecar's SHA-256"):
+        load_checkpoint(a)

@@ -256,3 +256,136 @@ def test_config_from_dict_skips_null_sections_and_rejects_unknown():
         config_from_dict({"model": {"layers": 50}}, origin="ckpt")
     with pytest.raises(KoaError, match="^ckpt: expected a mapping"):
         config_from_dict([1, 2], origin="ckpt")
+
+
+# ---------------------------------------------------------------- settings validated at load
+# An oracle written apart from config.RULES: (kind, low, high) with inclusive low and
+# exclusive high for numbers, or a tuple of choices.
+import math  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+INT, NUM, BOOL, CHOICE = "int", "num", "bool", "choice"
+ORACLE = {
+    ("data", "image_size"): (INT, 32, None), ("data", "num_workers"): (INT, 0, None),
+    ("data", "subset"): (INT, 1, None), ("data", "phantom_per_class"): (INT, 1, None),
+    ("data", "phantom_seed"): (INT, 0, 2 ** 32),
+    ("data", "device_resident"): (CHOICE, ("auto", "on", "off")),
+    ("data", "allow_leakage"): (BOOL,),
+    ("preprocess", "clahe_clip"): (NUM, 0, 1000, "open"), ("preprocess", "clahe_tiles"):
+        (INT, 1, 224), ("preprocess", "crop"): (BOOL,),
+    ("augment", "seed"): (INT, 0, 2 ** 32), ("augment", "enabled"): (BOOL,),
+    ("model", "streams"): (CHOICE, ("dual", "raw", "clahe")),
+    ("model", "fusion"): (CHOICE, ("gated", "mean")),
+    ("model", "attention_heads"): (CHOICE, (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)),
+    ("model", "dropout"): (NUM, 0, 1), ("model", "num_classes"): (CHOICE, (5,)),
+    ("loss", "gamma"): (NUM, 0, 100), ("loss", "aux_binary_weight"): (NUM, 0, 1000),
+    ("loss", "aux_early_weight"): (NUM, 0, 1000), ("loss", "sord"): (NUM, 0, 1000),
+    ("loss", "alpha_norm"): (CHOICE, ("none", "mean1")),
+    ("train", "epochs"): (INT, 1, None), ("train", "batch_size"): (INT, 1, None),
+    ("train", "lr"): (NUM, 0, 10, "open"), ("train", "weight_decay"): (NUM, 0, 10),
+    ("train", "warmup_epochs"): (INT, 0, None), ("train", "patience"): (INT, 1, None),
+    ("train", "seed"): (INT, 0, 2 ** 32), ("train", "grad_clip"): (NUM, 0, 1e6),
+    ("train", "ema_decay"): (NUM, 0, 1), ("train", "max_steps_per_epoch"): (INT, 1, None),
+    ("train", "amp"): (CHOICE, ("auto", "bf16", "off")),
+    ("train", "select_metric"): (CHOICE, ("macro_f1", "accuracy", "qwk", "kl4_recall")),
+}
+
+
+OPTIONAL = {("data", "subset"), ("train", "max_steps_per_epoch")}
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def _expected_valid(field, value):
+    """What the settings may hold, from the value as YAML parsed it."""
+    spec = ORACLE[field]
+    kind = spec[0]
+    if value is None:
+        return field in OPTIONAL
+    if kind == BOOL:
+        return isinstance(value, bool) or (not isinstance(value, float)
+                                           and str(value).lower() in BOOL_WORDS)
+    if kind == CHOICE and all(isinstance(c, str) for c in spec[1]):
+        if isinstance(value, bool):  # YAML reads a bare on/off as a bool
+            value = "on" if value else "off"
+        return isinstance(value, str) and value in spec[1]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if not math.isfinite(value):
+        return False
+    if kind in (INT, CHOICE) and float(value) != int(value):
+        return False
+    if kind == CHOICE:
+        return int(value) in spec[1]
+    lo, hi = spec[1], spec[2]
+    if len(spec) > 3 and value <= lo:
+        return False
+    return value >= lo and (hi is None or value < hi)
+
+
+VALUES = st.one_of(
+    st.integers(-5, 600), st.integers(-10 ** 12, 10 ** 12),
+    st.floats(allow_nan=True, allow_infinity=True), st.floats(-2, 2),
+    st.booleans(), st.sampled_from(["auto", "on", "off", "dual", "raw", "clahe", "gated",
+                                    "mean", "none", "mean1", "bf16", "macro_f1", "qwk",
+                                    "inf", "nan", "", "x", "1e309"]))
+
+
+def _text(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ".nan"
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        return repr(value)
+    return str(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(field=st.sampled_from(sorted(ORACLE)), value=VALUES)
+def test_every_setting_is_checked_at_load_against_its_range(field, value):
+    section, key = field
+    text = _text(value)
+    parsed = config_module._parse_value(text)
+    try:
+        cfg = load_config(None, [f"{section}.{key}={text}"])
+        accepted = True
+    except KoaError as exc:
+        accepted = False
+        assert "\n" not in str(exc) and f"{section}.{key}" in str(exc)
+    expect = _expected_valid(field, parsed)
+    if field == ("preprocess", "clahe_tiles") and isinstance(parsed, (int, float)) \
+            and not isinstance(parsed, bool) and math.isfinite(parsed) and parsed > 224:
+        expect = False  # more tiles than pixels
+    assert accepted == expect, (field, text, parsed)
+    if accepted:
+        assert config_module.validate(cfg) is cfg
+
+
+@pytest.mark.parametrize("setting", [
+    "train.epochs=-1", "data.image_size=7", "train.lr=-0.1", "train.batch_size=0",
+    "model.dropout=1.5", "data.num_workers=-3", "preprocess.clahe_tiles=-1",
+    "model.attention_heads=inf", "train.seed=1e309", "data.image_size=-1",
+    "model.attention_heads=3", "loss.alpha=[1,2,3]", "loss.gamma=-1", "train.amp=fp8"])
+def test_bad_settings_stop_koa_train_before_anything_is_written(setting, tmp_path, capsys):
+    from koa_core.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["train", "--config", "demo", "--set", setting, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("koa: error:") and err.count("\n") == 1
+    assert setting.split("=")[0] in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_config_changed_in_python_is_checked_by_fit(tmp_path):
+    from koa_core.engine import fit
+
+    cfg = load_config("demo")
+    cfg.train.epochs = 0
+    with pytest.raises(KoaError, match="train.epochs = 0"):
+        fit(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -16,7 +16,7 @@ from koa_core.records import (PROVENANCE, check_record, find_records, prediction
 def _fake_run(tmp_path, name="run"):
     """The files a finished run folder holds (what engine.fit writes)."""
     run = tmp_path / name
-    run.mkdir()
+    run.mkdir(exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": 1}}))
     (run / "history.csv").write_text("epoch,val_macro_f1\n1,0.2\n2,0.4\n3,0.3\n")
     (run / "best.json").write_text(json.dumps({"epoch": 2, "select_metric": "macro_f1"}))
@@ -140,3 +140,24 @@ def test_flip_tta_probabilities_travel_in_the_record(tmp_path):
     assert got.shape == (20, 5) and np.abs(got - flip).max() < 1e-6
     plain = make_record(tmp_path, y, y, name="g-s1")
     assert read_record(plain)["predictions"]["probs_flip"] is None
+
+
+def test_a_record_write_cut_short_leaves_the_previous_record_intact(tmp_path):
+    import resource
+    import signal
+
+    y = [0, 1, 2, 3, 4] * 40
+    rec = make_record(tmp_path, y, y, name="r-s1")
+    before = {p.name: p.read_bytes() for p in rec.iterdir()}
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, hard))  # the predictions need more
+    try:
+        with pytest.raises(KoaError, match="could not be written.*previous record"):
+            make_record(tmp_path, y, [4] * len(y), name="r-s1", seed=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert check_record(rec) == []
+    assert {p.name: p.read_bytes() for p in rec.iterdir()} == before
+    assert not [p for p in rec.parent.iterdir() if p.name.startswith(".r-s1")]

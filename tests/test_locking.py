@@ -1,0 +1,77 @@
+"""One writer per output folder (koa_core.locking), with real processes."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from koa_core.errors import KoaError
+from koa_core.locking import LOCK_NAME, FolderLock
+
+HOLD = ("import sys, time; from koa_core.locking import FolderLock\n"
+        "with FolderLock(sys.argv[1], 'holding'):\n"
+        "    print('held', flush=True); time.sleep(float(sys.argv[2]))\n")
+
+
+def _holder(folder, seconds):
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_process_is_refused_with_the_holder_named(tmp_path):
+    p = _holder(tmp_path / "out", 30)
+    try:
+        with pytest.raises(KoaError) as exc:
+            with FolderLock(tmp_path / "out", "training a run"):
+                pass
+        msg = str(exc.value)
+        assert "\n" not in msg and str(tmp_path / "out") in msg
+        assert f"pid {p.pid}" in msg and "another koa process is training a run" in msg
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    p = _holder(tmp_path / "out", 60)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert (tmp_path / "out" / LOCK_NAME).exists()  # the file stays, the lock does not
+    with FolderLock(tmp_path / "out"):
+        pass
+
+
+def test_reentrant_in_one_process_and_released_after(tmp_path):
+    with FolderLock(tmp_path / "a"):
+        with FolderLock(tmp_path / "a"):
+            pass
+        # still held by us after the inner exit: another process is refused
+        r = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path / "a"), "0"],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "another koa process" in r.stderr
+    r = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path / "a"), "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0
+
+
+def test_two_koa_train_into_one_folder_one_trains_one_is_refused(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "koa_core.cli", "train", "--config", "demo", "--quiet",
+           "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.image_size=64",
+           "--set", "data.phantom_per_class=6", "--set", "train.epochs=1",
+           "--set", "train.max_steps_per_epoch=2", "--set", "train.batch_size=8",
+           "--out", str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    err = next(e for rc, e in results if rc == 2)
+    assert err.startswith("koa: error:") and err.count("\n") == 1
+    assert "another koa process is training a run" in err or "already holds a run" in err
+    assert (out / "best.safetensors").exists() and (out / "history.csv").exists()
+
