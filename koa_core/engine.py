@@ -18,7 +18,11 @@ for the GPU: running sums stay on the device and the host checks the loss for Na
 data and the mean GPU utilisation (:mod:`koa_core.gpumon`). Under ``torchrun`` the same
 code trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 writes the
 files. ``fit(..., data=, keep_state=False, deadline=)`` is the form
-:mod:`koa_core.campaign` uses to train many runs on data loaded once.
+:mod:`koa_core.campaign` uses to train many runs on data loaded once. The epoch is chosen
+by :class:`koa_core.selection.Selection`; with ``train.ema_decay`` the averaged weights
+(:mod:`koa_core.ema`) are validated, selected and saved. ``fit`` checks the config
+(:func:`koa_core.config.validate`) and holds the run folder's lock
+(:mod:`koa_core.locking`) while it writes.
 """
 
 from __future__ import annotations
