@@ -414,3 +414,58 @@ def test_aux_alpha_weights_auxiliary_samples_by_their_grade_alpha():
     assert float(weighted["aux_binary"]) < float(plain["aux_binary"])  # alpha < 1 shrinks it
     with pytest.raises(ValueError):
         KLMultiTaskLoss(alpha=None, aux_alpha=True)
+
+
+# ---------------------------------------------------------------- exact contracts
+def test_defaults_are_the_papers():
+    """γ = 2 (§2.3b) wherever a default is taken."""
+    assert FocalLoss().gamma == 2.0 and KLMultiTaskLoss().gamma == 2.0
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    assert float(focal_loss(logits, y)) == pytest.approx(float(focal_loss(logits, y, gamma=2.0)))
+    share = effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA,
+                                      p_correct=[0.9, 0.5, 0.9, 0.9, 0.5])
+    assert share == effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA, gamma=2.0,
+                                              p_correct=[0.9, 0.5, 0.9, 0.9, 0.5])
+
+
+def test_focal_loss_module_passes_reduction_and_mask_through():
+    g = torch.Generator().manual_seed(1)
+    logits, y = torch.randn(8, 3, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    mask = torch.tensor([True, False] * 4)
+    for red in ("mean", "sum", "none"):
+        got = FocalLoss(alpha=[1.0, 2.0, 3.0], reduction=red)(logits, y, mask=mask)
+        want = focal_loss(logits, y, alpha=[1.0, 2.0, 3.0], reduction=red, mask=mask)
+        assert torch.equal(got, want)
+    assert not torch.equal(FocalLoss()(logits, y, mask=mask), FocalLoss()(logits, y))
+    with pytest.raises(ValueError, match="^reduction must be one of"):
+        FocalLoss(reduction="max")
+
+
+def test_loss_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match=r"^scale must be > 0, got 0.0$"):
+        from koa_core.losses import sord_targets
+        sord_targets(torch.tensor([1]), 5, 0.0)
+    from koa_core.losses import normalise_alpha, sord_targets
+    assert torch.allclose(sord_targets(torch.tensor([2]), 5, 0.5).sum(), torch.tensor(1.0))
+    with pytest.raises(KoaError, match=r"^loss.alpha_norm=mean1: alpha gives every training "
+                                       r"image weight 0$"):
+        normalise_alpha(torch.tensor([0.0, 0, 0, 0, 1]), [10, 10, 10, 10, 0])
+    with pytest.raises(KoaError, match=r"^class counts: expected 5 values"):
+        normalise_alpha(torch.tensor(PAPER_ALPHA), [1, 2, 3])
+    # a training set of 1 image is still a positive mass
+    assert float(normalise_alpha(torch.tensor(PAPER_ALPHA), [0, 0, 0, 0, 1])[4]) == \
+        pytest.approx(1.0)
+    with pytest.raises(KoaError, match=r"^class counts: empty$"):
+        effective_influence_share([], PAPER_ALPHA)
+    with pytest.raises(KoaError, match=r"^class counts: total must be positive$"):
+        effective_influence_share([0, 0, 0, 0, 0], "uniform")
+    assert effective_influence_share([1, 0, 0, 0, 0], "uniform")["before"][0] == 1.0
+    with pytest.raises(KoaError, match=r"^class counts: values must be non-negative"):
+        effective_influence_share([1, -1, 0, 0, 0], "uniform")
+
+
+def test_influence_share_takes_counts_as_a_tensor():
+    t = torch.tensor(PAPER_TABLE2_COUNTS)
+    assert effective_influence_share(t, PAPER_ALPHA) == \
+        effective_influence_share(list(PAPER_TABLE2_COUNTS), PAPER_ALPHA)
