@@ -80,10 +80,6 @@ def _atomic_write_tensors(tensors: dict[str, torch.Tensor], path: Path,
     os.replace(_write_tensors_tmp(tensors, path, metadata), path)
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    os.replace(_write_text_tmp(text, path), path)
-
-
 def _sha256(path: Path) -> str:
     import hashlib
 

@@ -218,3 +218,23 @@ def test_a_torn_pair_is_refused_at_load(tmp_path):
     shutil.copyfile(b, a)  # new weights, old sidecar: a crash between the two renames
     with pytest.raises(KoaError, match="do not match their sidecar's SHA-256"):
         load_checkpoint(a)
+
+
+def test_training_state_round_trips_nested_lists_and_dicts(tmp_path):
+    from koa_core.checkpoint import load_state, save_state
+
+    state = {"a": [torch.ones(2), {"b": torch.zeros(1), "c": [1, 2.5, None, "x"]}],
+             "d": (torch.arange(3),), "e": True}
+    got = load_state(save_state(tmp_path / "s.safetensors", state))
+    assert torch.equal(got["a"][0], torch.ones(2)) and torch.equal(got["a"][1]["b"],
+                                                                   torch.zeros(1))
+    assert got["a"][1]["c"] == [1, 2.5, None, "x"] and torch.equal(got["d"][0],
+                                                                   torch.arange(3))
+    assert got["e"] is True
+    with pytest.raises(TypeError, match="^cannot store set at s.x in a training state$"):
+        save_state(tmp_path / "t.safetensors", {"x": {1, 2}})
+    (tmp_path / "u.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "v.safetensors"))
+    with pytest.raises(KoaError, match="v.safetensors: not a koa_core training state$"):
+        load_state(tmp_path / "v.safetensors")

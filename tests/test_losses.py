@@ -469,3 +469,14 @@ def test_influence_share_takes_counts_as_a_tensor():
     t = torch.tensor(PAPER_TABLE2_COUNTS)
     assert effective_influence_share(t, PAPER_ALPHA) == \
         effective_influence_share(list(PAPER_TABLE2_COUNTS), PAPER_ALPHA)
+
+
+def test_influence_share_refuses_weights_that_are_all_zero():
+    with pytest.raises(KoaError, match="^effective_influence_share: alpha-weighted weights "
+                                       "are all zero$"):
+        effective_influence_share([5, 0, 0, 0, 0], [0.0, 1, 1, 1, 1])
+    with pytest.raises(KoaError, match="^p_correct: expected 5 values"):
+        effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA, p_correct=[0.5])
+    # with one shared p the focal factor cancels: after_alpha_gamma == after_alpha
+    s = effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA)
+    assert s["after_alpha_gamma"] == pytest.approx(s["after_alpha"])

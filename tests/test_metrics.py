@@ -248,3 +248,38 @@ def test_format_report_every_number_is_the_metrics_own():
     assert lines[15] == f"MAE      {m['mae']:.4f} grades"
     assert lines[16] == "(percentile bootstrap, 40 resamples, seed 1)"
     assert len(lines) == 17
+
+
+def test_bootstrap_interval_is_the_percentile_of_resampled_accuracies():
+    """Recomputed independently: the same generator, one resample per row, the 2.5 and
+    97.5 percentiles (nan-aware) of the resampled accuracy and macro F1."""
+    from sklearn.metrics import f1_score
+
+    y, p = _noisy_predictions(120, seed=5)
+    m = classification_metrics(y, p, n_boot=300, seed=7)
+    rng = np.random.Generator(np.random.PCG64(7))
+    idx = rng.integers(0, 120, size=(300, 120))
+    acc = (y[idx] == p[idx]).mean(1)
+    f1 = [f1_score(y[i], p[i], average="macro") for i in idx]
+    assert m["ci"]["accuracy"] == pytest.approx(list(np.nanquantile(acc, [0.025, 0.975])))
+    assert m["ci"]["macro_f1"] == pytest.approx(list(np.nanquantile(f1, [0.025, 0.975])))
+    assert m["ci"]["level"] == 0.95 and m["ci"]["seed"] == 7
+
+
+def test_macro_f1_counts_a_grade_seen_once():
+    from sklearn.metrics import f1_score
+
+    y = np.array([0, 0, 1, 2, 2, 3, 3, 4])
+    p = np.array([0, 0, 0, 2, 2, 3, 3, 4])  # KL1 appears once, in the truth only
+    assert classification_metrics(y, p, n_boot=0)["macro_f1"] == pytest.approx(
+        f1_score(y, p, average="macro", zero_division=0))
+
+
+def test_format_report_of_a_metrics_dict_without_averages():
+    y, p = _noisy_predictions(60, seed=2)
+    m = classification_metrics(y, p, n_boot=0)
+    old = {k: v for k, v in m.items() if k not in ("macro_avg", "weighted_avg")}
+    lines = format_report(old).splitlines()
+    assert lines[9].split() == ["macro", "avg", f"{m['macro_f1']:.4f}", "60"]
+    assert lines[10].split() == ["weighted", "avg", f"{m['weighted_f1']:.4f}", "60"]
+    assert lines[11] == "" and len(lines) == 16  # no interval line without a bootstrap

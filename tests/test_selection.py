@@ -49,3 +49,9 @@ def test_first_finite_score_is_always_selected_and_patience_is_checked():
     assert Selection(patience=1).update(-1e9) is True
     with pytest.raises(ValueError):
         Selection(patience=0)
+
+
+def test_patience_message():
+    with pytest.raises(ValueError, match="^patience must be >= 1, got 0$"):
+        Selection(patience=0)
+    assert Selection(patience=1).best == -math.inf
