@@ -434,8 +434,9 @@ def test_focal_loss_module_passes_reduction_and_mask_through():
     logits, y = torch.randn(8, 3, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     mask = torch.tensor([True, False] * 4)
     for red in ("mean", "sum", "none"):
-        got = FocalLoss(alpha=[1.0, 2.0, 3.0], reduction=red)(logits, y, mask=mask)
-        want = focal_loss(logits, y, alpha=[1.0, 2.0, 3.0], reduction=red, mask=mask)
+        got = FocalLoss(alpha=[1.0, 2.0, 3.0], gamma=0.5, reduction=red)(logits, y, mask=mask)
+        want = focal_loss(logits, y, alpha=[1.0, 2.0, 3.0], gamma=0.5, reduction=red,
+                          mask=mask)
         assert torch.equal(got, want)
     assert not torch.equal(FocalLoss()(logits, y, mask=mask), FocalLoss()(logits, y))
     with pytest.raises(ValueError, match="^reduction must be one of"):
