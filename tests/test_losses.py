@@ -420,6 +420,10 @@ def test_aux_alpha_weights_auxiliary_samples_by_their_grade_alpha():
 def test_defaults_are_the_papers():
     """γ = 2 (§2.3b) wherever a default is taken."""
     assert FocalLoss().gamma == 2.0 and KLMultiTaskLoss().gamma == 2.0
+    from koa_core.losses import soft_focal_loss
+    q = F.one_hot(torch.tensor([0, 1, 2, 3, 4]), 5).float()
+    z = torch.randn(5, 5, generator=torch.Generator().manual_seed(3))
+    assert float(soft_focal_loss(z, q)) == pytest.approx(float(soft_focal_loss(z, q, 2.0)))
     logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 3, 4, 0])
     assert float(focal_loss(logits, y)) == pytest.approx(float(focal_loss(logits, y, gamma=2.0)))

@@ -55,3 +55,8 @@ def test_patience_message():
     with pytest.raises(ValueError, match="^patience must be >= 1, got 0$"):
         Selection(patience=0)
     assert Selection(patience=1).best == -math.inf
+
+
+def test_a_fresh_selection_has_not_stopped():
+    sel = Selection(patience=1)
+    assert sel.stale == 0 and not sel.stop  # the first epoch always runs
