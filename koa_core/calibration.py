@@ -56,8 +56,9 @@ def ece(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
     import torch
     from torchmetrics.functional.classification import multiclass_calibration_error
 
-    p = torch.as_tensor(np.asarray(probs, np.float32))
-    return float(multiclass_calibration_error(p, torch.as_tensor(np.asarray(y)), p.shape[1],
+    # copies: the arrays may be read-only views (pandas), which torch warns about
+    p = torch.tensor(np.array(probs, np.float32))
+    return float(multiclass_calibration_error(p, torch.tensor(np.array(y)), p.shape[1],
                                               n_bins=n_bins, norm="l1"))
 
 

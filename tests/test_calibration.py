@@ -61,3 +61,16 @@ def test_reliability_bins_put_every_knee_in_exactly_one_bin():
     assert sum(b["n"] for b in bins) == 3
     assert bins[-1]["n"] == 1 and bins[-1]["accuracy"] == 1.0  # confidence 1.0 in the last
     assert bins[0]["n"] == 1 and bins[0]["confidence"] == pytest.approx(0.2)
+
+
+def test_read_only_arrays_give_no_warning():
+    """Arrays from pandas may be read-only views: no warning may reach a notebook."""
+    import warnings
+
+    probs, y, _ = _overconfident(n=200)
+    probs.setflags(write=False)
+    y.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = cal.calibration_report(probs, y, np.arange(200) // 2)
+    assert rep["n"] == 200
