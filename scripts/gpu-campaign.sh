@@ -13,7 +13,8 @@
 # (KOA_PLAN, default table5) for at most SECONDS, selects the checkpoint to ship on
 # validation, and leaves in OUT at most five files. KOA_PLAN may name several plans, run in
 # order under the one time limit, each as PLAN or PLAN:RUN,RUN (only those runs); KOA_SET
-# holds extra section.key=value settings for every run (space-separated): records.tar.gz (every record, the
+# holds extra section.key=value settings for every run (space-separated); KOA_BENCH=1 runs
+# `koa bench --compile` first, in the same call, so the campaign's rate has its yardstick: records.tar.gz (every record, the
 # Table 5 answer, the selection, the log), the exported checkpoint's sidecar and the
 # checkpoint in parts of 15 MiB. `collect` puts the records under results/ and joins the
 # checkpoint. Nothing of this reads the held-out test split.
@@ -66,6 +67,13 @@ run)
 print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
     (nvidia-smi -L || true) | tee -a "$log"
     start=$(date +%s)
+    if [ -n "${KOA_BENCH:-}" ]; then  # the compiled model's own rate, same call, same GPU
+        # shellcheck disable=SC2086  # KOA_BENCH_ARGS is a list of options
+        "$PY" -m koa_core.cli bench --data "$DATA" \
+            ${KOA_BENCH_ARGS:---images 6604 --batch 256 --steps 10 --workers 12} --compile \
+            --save "$WORK/records/bench-gpu.json" 2>&1 | tee -a "$log" \
+            || echo "bench failed" | tee -a "$log"
+    fi
     extra=()
     for s in ${KOA_SET:-}; do extra+=(--set "$s"); done
     for spec in $PLAN; do
