@@ -249,3 +249,41 @@ def test_pretrained_that_is_not_a_resnet18_is_one_clear_error(tmp_path):
     save_file({"layer1.0.conv1.weight": torch.zeros(3, 3, 1, 1)}, str(path))  # wrong shape
     with pytest.raises(KoaError, match="not a ResNet-18 trunk"):
         build_model(ModelConfig(pretrained=str(path)))
+
+
+# ---------------------------------------------------------------- exact compositions
+def test_cross_attention_is_a_residual_per_position_in_the_maps_layout():
+    """out = LayerNorm(t + MHA(t, other, other)) token by token, tokens being the map's
+    positions in row-major order; recomputed here from the block's own parts."""
+    from koa_core.models import CrossAttention
+
+    torch.manual_seed(0)
+    block = CrossAttention(dim=16, heads=4).eval()
+    f_raw, f_clahe = torch.randn(2, 16, 3, 5), torch.randn(2, 16, 3, 5)
+    out_raw, out_clahe = block(f_raw, f_clahe)
+    for f, g, mha, norm, out in ((f_raw, f_clahe, block.raw_from_clahe, block.norm_raw,
+                                  out_raw),
+                                 (f_clahe, f_raw, block.clahe_from_raw, block.norm_clahe,
+                                  out_clahe)):
+        for i in range(3):
+            for j in range(5):
+                t = f.permute(0, 2, 3, 1).reshape(2, 15, 16)
+                o = g.permute(0, 2, 3, 1).reshape(2, 15, 16)
+                a = mha(t, o, o)[0]
+                want = norm(t + a)[:, i * 5 + j]
+                assert torch.allclose(out[:, :, i, j], want, atol=1e-5), (i, j)
+
+
+def test_normalise_is_imagenet_standardisation_of_each_view():
+    from koa_core.config import ModelConfig
+    from koa_core.models import build_model
+
+    m = build_model(ModelConfig(pretrained="none", streams="raw"))
+    x = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    got = m._normalise(x)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    want = (x.float().div(255).expand(-1, 3, -1, -1) - mean) / std
+    assert got.shape == (2, 3, 8, 8) and torch.allclose(got, want, atol=1e-6)
+    # float input is taken as already scaled to [0, 1]
+    assert torch.allclose(m._normalise(x.float() / 255), want, atol=1e-6)
