@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["apply_temperature", "calibration_report", "cross_fitted_temperature", "ece",
-           "fit_temperature", "nll", "reliability_bins"]
+           "fit_temperature", "nll", "patient_folds", "reliability_bins"]
 
 N_BINS = 15
 
@@ -79,23 +79,28 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> 
     return out
 
 
+def patient_folds(groups, folds: int = 2, seed: int = 0):
+    """(fit, apply) index pairs over ``folds`` folds of patients (``groups``: one patient id
+    per knee; a patient's knees share a fold), the patients shuffled by ``seed``
+    (GroupKFold itself is deterministic by group size)."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    uniq = np.unique(groups)
+    code = dict(zip(uniq, np.random.default_rng(seed).permutation(len(uniq))))
+    g = np.array([code[v] for v in groups])
+    return list(GroupKFold(n_splits=folds).split(g, g, g))
+
+
 def cross_fitted_temperature(probs: np.ndarray, y: np.ndarray, groups: list | np.ndarray,
                              folds: int = 2, seed: int = 0) -> tuple[np.ndarray, list[float]]:
     """Probabilities scaled by temperatures fitted on the other folds of patients
     (``groups``: one patient id per knee; both knees of a patient share a fold).
     Returns the scaled probabilities and the fold temperatures."""
-    from sklearn.model_selection import GroupKFold
-
     probs, y = np.asarray(probs, np.float64), np.asarray(y)
-    groups = np.asarray(groups)
-    # shuffle the patients (GroupKFold itself is deterministic by group size)
-    rng = np.random.default_rng(seed)
-    uniq = np.unique(groups)
-    code = dict(zip(uniq, rng.permutation(len(uniq))))
-    g = np.array([code[v] for v in groups])
     out = np.empty_like(probs)
     temps = []
-    for fit_idx, apply_idx in GroupKFold(n_splits=folds).split(probs, y, g):
+    for fit_idx, apply_idx in patient_folds(groups, folds, seed):
         t = fit_temperature(probs[fit_idx], y[fit_idx])
         temps.append(t)
         out[apply_idx] = apply_temperature(probs[apply_idx], t)

@@ -91,15 +91,11 @@ def cross_fitted_offsets(probs: np.ndarray, y: np.ndarray, groups, folds: int = 
                          seed: int = 0) -> np.ndarray:
     """Grades decoded with :func:`fit_offsets` fitted on the other folds of patients, so
     no knee's grade comes from offsets fitted on it."""
-    from sklearn.model_selection import GroupKFold
+    from .calibration import patient_folds
 
-    groups = np.asarray(groups)
-    uniq = np.unique(groups)
-    code = dict(zip(uniq, np.random.default_rng(seed).permutation(len(uniq))))
-    g = np.array([code[v] for v in groups])
     pred = np.empty(len(y), int)
     logp = np.log(np.clip(probs, 1e-12, 1.0))
-    for fit_idx, apply_idx in GroupKFold(n_splits=folds).split(probs, y, g):
+    for fit_idx, apply_idx in patient_folds(groups, folds, seed):
         b = fit_offsets(probs[fit_idx], y[fit_idx])
         pred[apply_idx] = (logp[apply_idx] + b).argmax(1)
     return pred
