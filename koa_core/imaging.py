@@ -1,7 +1,7 @@
 """Decoding knee radiographs into 8-bit grayscale arrays (paper §2.1).
 
-The public dataset ships 8-bit grayscale PNGs; copies in the wild are also WebP or JPEG,
-16-bit, RGB or RGBA. Every image is brought to one form by this documented rule:
+The public dataset ships 8-bit grayscale PNGs; copies in the wild are also WebP, JPEG or
+TIFF, 16-bit, RGB or RGBA. Every image is brought to one form by this documented rule:
 
 1. decode with OpenCV, keeping bit depth and channels (``IMREAD_UNCHANGED``);
 2. 16-bit samples are scaled linearly from the full 0..65535 range to 0..255
@@ -10,6 +10,12 @@ The public dataset ships 8-bit grayscale PNGs; copies in the wild are also WebP 
    (knee crops carry no meaningful transparency);
 4. anything else (float images, more than four channels, an empty image, an image with more
    than :data:`MAX_PIXELS` pixels) is refused with a :class:`~koa_core.errors.KoaError`.
+
+DICOM files (a ``.dcm``/``.dicom`` name, or the ``DICM`` preamble whatever the name, since
+files from scanners often have no suffix) follow the rule of :mod:`koa_core.dicom` instead, which
+applies the file's rescale and window; :func:`read_image` chooses between the two and
+returns what the DICOM file states (pixel spacing, photometric interpretation...) beside
+the pixels. pydicom is imported only when a DICOM file is read.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import numpy as np
 
 from .errors import KoaError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "decode_gray", "is_image_file", "read_gray"]
+__all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "MAX_PIXELS", "decode_gray", "is_image_file",
+           "read_bytes", "read_gray", "read_image"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")  # decoded by OpenCV
+DICOM_SUFFIXES = (".dcm", ".dicom")  # decoded by koa_core.dicom (pydicom)
 MAX_PIXELS = 64_000_000  # ~8000x8000: larger files are almost surely not knee crops
 
 # OpenCV logs its own WARN or ERROR line (e.g. "[ERROR:0@...] global grfmt_png.cpp ... IHDR
@@ -36,8 +44,12 @@ except AttributeError:  # pragma: no cover - very old OpenCV builds
 
 
 def is_image_file(path: str | Path) -> bool:
-    """True when the name has one of the supported image suffixes (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """True when the name has one of the supported image or DICOM suffixes (any case).
+
+    Only the name is looked at: a DICOM file without a suffix is not listed by folder scans,
+    but :func:`read_image` reads it when named.
+    """
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES
 
 
 def decode_gray(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
@@ -47,7 +59,8 @@ def decode_gray(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
         raise KoaError(f"{name}: empty file")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise KoaError(f"{name}: not a readable PNG, JPEG or WebP image (truncated or corrupt?)")
+        raise KoaError(f"{name}: not a readable PNG, JPEG, WebP or TIFF image "
+                       "(truncated or corrupt?)")
     return to_gray_uint8(img, name)
 
 
@@ -75,14 +88,11 @@ def to_gray_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def read_gray(path: str | Path) -> np.ndarray:
-    """Read an image file as an 8-bit grayscale array; errors are one-line KoaErrors."""
-    path = Path(path)
-    if not is_image_file(path):
-        raise KoaError(f"{path}: unsupported file type (expected {', '.join(IMAGE_SUFFIXES)})")
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes; a missing, unreadable or directory path is a one-line KoaError."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except IsADirectoryError:
         raise KoaError(f"{path}: is a directory, not an image") from None
     except FileNotFoundError:
@@ -90,4 +100,29 @@ def read_gray(path: str | Path) -> np.ndarray:
     except OSError as exc:
         raise KoaError(f"{path}: cannot read ({os.strerror(exc.errno) if exc.errno else exc})") \
             from None
-    return decode_gray(data, str(path))
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read an image or DICOM file as (8-bit grayscale array, meta).
+
+    A file is DICOM when :func:`koa_core.dicom.is_dicom` says so (suffix or preamble); it is
+    decoded by :func:`koa_core.dicom.decode_dicom`, whose ``meta`` records pixel spacing,
+    photometric interpretation and the like. Any other file needs an image suffix, is decoded
+    by :func:`decode_gray` and has ``meta == {}``. Errors are one-line KoaErrors.
+    """
+    from . import dicom  # cheap: pydicom itself is imported only to decode
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES and not dicom.is_dicom(path):
+        raise KoaError(f"{path}: unsupported file type (expected "
+                       f"{', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} or a DICOM file)")
+    data = read_bytes(path)
+    if suffix in DICOM_SUFFIXES or dicom.has_dicom_magic(data):
+        return dicom.decode_dicom(data, str(path))
+    return decode_gray(data, str(path)), {}
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Read an image or DICOM file as an 8-bit grayscale array; errors are one-line KoaErrors."""
+    return read_image(path)[0]

@@ -172,7 +172,8 @@ def test_single_channel_3d_is_squeezed():
 
 @pytest.mark.parametrize("name, ok", [
     ("a.png", True), ("a.PNG", True), ("a.jpg", True), ("a.JPEG", True), ("a.webp", True),
-    ("a.bmp", False), ("a.tif", False), ("a.txt", False), ("png", False), ("a.png.bak", False),
+    ("a.tif", True), ("a.TIFF", True), ("a.dcm", True), ("a.DICOM", True),
+    ("a.bmp", False), ("a.txt", False), ("png", False), ("a.png.bak", False), ("a.dcm.gz", False),
 ])
 def test_is_image_file(name, ok):
     assert is_image_file(name) is ok
