@@ -152,24 +152,76 @@ def _cmd_evaluate(args) -> int:
                             predictions=args.predictions, batch_size=args.batch_size,
                             n_boot=args.n_boot, cache_dir=args.cache_dir,
                             allow_leakage=args.allow_leakage, progress=not args.quiet,
-                            tta=args.tta, ensemble=args.ensemble)
+                            tta=args.tta, ensemble=args.ensemble, engine=args.engine)
     extra = (", flip TTA" if m.get("tta") else "") + (
         f", ensemble of {len(m['ensemble'])}" if m.get("ensemble") else "")
-    print(f"{m['checkpoint']} on {args.data} [{args.split}], n = {m['n']}{extra}")
+    print(f"{m['checkpoint']} on {args.data} [{args.split}], n = {m['n']}{extra}; "
+          f"{m['precision']}")
     print(format_report(m))
     return 0
 
 
 def _cmd_predict(args) -> int:
-    from .inference import predict_files
+    import signal
 
-    preds = predict_files(args.images, args.checkpoint, cam_dir=args.cam)
+    from .backends import load_backend
+    from .inference import resolve_checkpoint
+    from .predict import collect_inputs, iter_predictions, write_predictions, write_report_index
+
+    inputs = collect_inputs(args.images)
+    if not inputs.files:
+        raise KoaError(f"no image files found in {', '.join(args.images)} (PNG, JPEG, WebP, "
+                       "TIFF or DICOM)")
+    backend = load_backend(resolve_checkpoint(args.checkpoint), args.engine)
+    preds = iter_predictions(inputs.files, backend, cam_dir=args.cam, report_dir=args.report,
+                             batch_size=args.batch_size)
+    kept = []  # small per-file entries, for --json and the report's index only
+
+    def keep(p):
+        if args.json or args.report:
+            kept.append(p)
+
+    def echo(p):
+        keep(p)
+        if p.error:
+            print(p.line(), file=sys.stderr)
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    n_done = 0
+    try:
+        if args.out:
+            progress = args.progress or (sys.stderr.isatty() and not args.quiet)
+            counts = write_predictions(preds, args.out, total=len(inputs.files),
+                                       progress=progress, echo=echo)
+            failed = counts["failed"]
+        else:
+            failed = 0
+            for p in preds:
+                n_done += 1
+                keep(p)
+                failed += bool(p.error)
+                if not args.json:
+                    print(p.line(), file=sys.stderr if p.error else sys.stdout, flush=True)
+    except KeyboardInterrupt:
+        where = (f"; the rows of the files graded so far are in {args.out}" if args.out
+                 else "")
+        print(f"koa: error: interrupted{where}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if args.report:
+        write_report_index(kept, args.report)
     if args.json:
-        print(json.dumps([p.to_dict() for p in preds], indent=2))
-    else:
-        for p in preds:
-            print(p.line(), file=sys.stderr if p.error else sys.stdout)
-    return 1 if any(p.error for p in preds) else 0
+        print(json.dumps([p.to_dict() for p in kept], indent=2))
+    if args.out or inputs.skipped:
+        graded = len(inputs.files) - failed
+        print(f"graded {graded} of {len(inputs.files)} file(s), {failed} failed"
+              + (f"; skipped {inputs.skipped} file(s) that are not images" if inputs.skipped
+                 else "") + (f"; rows in {args.out}" if args.out else ""), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_model_commands(sub) -> None:
@@ -200,15 +252,36 @@ def add_model_commands(sub) -> None:
     p.add_argument("--ensemble", action="append", default=[], metavar="CHECKPOINT",
                    help="average the probabilities with this checkpoint's (repeatable); "
                    "reported apart from single models")
+    _add_engine(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="grade knee images (and Grad-CAM overlays)")
-    p.add_argument("images", nargs="+", help="PNG, JPEG or WebP files")
-    p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the shipped one)")
+    p = sub.add_parser("predict", help="grade knee images and folders (CSV, Grad-CAM, reports)")
+    p.add_argument("images", nargs="+", metavar="DIR_OR_FILE",
+                   help="image files (PNG, JPEG, WebP, TIFF, DICOM) or folders to walk")
+    p.add_argument("--checkpoint", help="a .safetensors checkpoint or an ONNX file from "
+                   "koa export --onnx (default: the shipped checkpoint)")
+    _add_engine(p)
+    p.add_argument("--out", metavar="CSV", help="write one row per file here (grade, "
+                   "probabilities, gate, precision, error), each row as soon as it is graded")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--cam", metavar="DIR", help="write Grad-CAM overlays of both streams here")
+    p.add_argument("--cam", metavar="DIR", help="write each stream's Grad-CAM over the input "
+                   "image, at its own resolution, here")
+    p.add_argument("--report", metavar="DIR", help="write one explanation picture per knee and "
+                   "an index.html here")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--progress", action="store_true",
+                   help="progress bar with --out even when stderr is not a terminal")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
+
+
+def _add_engine(p) -> None:
+    p.add_argument("--engine", default="torch",
+                   choices=["torch", "onnxruntime", "onnxruntime-int8"],
+                   help="what runs the network: torch (default), or ONNX Runtime (an ONNX "
+                   "export of the checkpoint, made once and cached; int8 needs a file from "
+                   "koa export --onnx --int8)")
 
 
 def _cmd_bench(args) -> int:
@@ -277,21 +350,75 @@ def add_book_command(sub) -> None:
 
 
 def _cmd_export(args) -> int:
+    if args.onnx:
+        return _export_onnx(args)
     from .export import export_run
 
+    if not args.dataset:
+        raise KoaError("--dataset is required: say what the run was trained on, in words")
+    if args.run is None:
+        raise KoaError("name the run folder to export")
     path = export_run(args.run, args.out, dataset=args.dataset, note=args.note,
                       dtype=args.dtype)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
+def _export_onnx(args) -> int:
+    from .backends import export_onnx
+    from .inference import resolve_checkpoint
+
+    src = Path(args.run) / "best.safetensors" if args.run and Path(args.run).is_dir() \
+        else resolve_checkpoint(args.run)
+    if not src.is_file():
+        raise KoaError(f"{src}: no such checkpoint")
+    calibration = None
+    if args.int8:
+        if not args.calibrate:
+            raise KoaError("--int8 needs --calibrate ROOT: training knees whose activations "
+                           "set the int8 ranges")
+        calibration = _calibration_views(src, args.calibrate, args.calibration_images)
+    elif args.calibrate:
+        raise KoaError("--calibrate is only used with --int8")
+    path = export_onnx(src, args.out, calibration=calibration)
+    kind = f"int8, calibrated on {len(calibration)} training knees" if args.int8 else "fp32"
+    print(f"wrote {path} ({kind}) from {src}")
+    return 0
+
+
+def _calibration_views(checkpoint, root: str, n: int):
+    """``n`` knees of ROOT's training split, drawn with seed 0, as the model's views."""
+    import numpy as np
+
+    from .cache import ViewCache
+    from .checkpoint import read_sidecar
+    from .data import discover
+    from .inference import preprocessor_from_sidecar
+
+    records = discover(root).split("train")
+    if not records:
+        raise KoaError(f"{root}: no training split to calibrate on (ROOT/train/0..4)")
+    pick = np.random.default_rng(0).choice(len(records), min(n, len(records)), replace=False)
+    chosen = [records[i] for i in sorted(pick)]
+    pre = preprocessor_from_sidecar(read_sidecar(checkpoint))
+    return np.asarray(ViewCache().get(chosen, pre, root=root))
+
+
 def add_export_command(sub) -> None:
-    p = sub.add_parser("export", help="publish a run's best checkpoint (bf16, no local paths)")
-    p.add_argument("run", help="run folder holding best.safetensors")
-    p.add_argument("--out", required=True, help="output .safetensors path")
-    p.add_argument("--dataset", required=True, help="what it was trained on, in words")
+    p = sub.add_parser("export", help="publish a run's best checkpoint (bf16, no local paths), "
+                       "or export a checkpoint to ONNX (--onnx)")
+    p.add_argument("run", nargs="?", help="run folder holding best.safetensors (with --onnx "
+                   "also a .safetensors checkpoint; default there: the shipped one)")
+    p.add_argument("--out", required=True, help="output .safetensors (or .onnx) path")
+    p.add_argument("--dataset", help="what it was trained on, in words (safetensors export)")
     p.add_argument("--note", default="", help="free text stored in the sidecar")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--onnx", action="store_true", help="write an ONNX file for "
+                   "--engine onnxruntime (the sidecar travels in its metadata)")
+    p.add_argument("--int8", action="store_true", help="with --onnx: static int8 quantization")
+    p.add_argument("--calibrate", metavar="ROOT", help="dataset whose training split "
+                   "calibrates the int8 ranges")
+    p.add_argument("--calibration-images", type=_positive_int, default=64)
     p.set_defaults(func=_cmd_export)
 
 

@@ -22,7 +22,8 @@ files. ``fit(..., data=, keep_state=False, deadline=)`` is the form
 by :class:`koa_core.selection.Selection`; with ``train.ema_decay`` the averaged weights
 (:mod:`koa_core.ema`) are validated, selected and saved. ``fit`` checks the config
 (:func:`koa_core.config.validate`) and holds the run folder's lock
-(:mod:`koa_core.locking`) while it writes.
+(:mod:`koa_core.locking`) while it writes. Prediction on views lives in
+:mod:`koa_core.backends` (re-exported here as ``predict_views``).
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ import torch.distributed as dist
 import yaml
 
 from .augment import ClassAugment
+from .backends import predict_views
 from .cache import ViewCache
 from .checkpoint import load_state, save_checkpoint, save_state
 from .config import Config, config_from_dict, config_to_dict, validate
 from .data import discover
 from .dataset import KneeDataset, class_counts, stratified_subset
 from .errors import KoaError
-from .feed import batch_input, device_views, make_feed, to_model_layout
+from .feed import batch_input, device_views, make_feed
 from .gpumon import GpuUtilization
 from .locking import FolderLock
 from .ema import WeightEMA
@@ -133,46 +135,6 @@ def prepare_data(cfg: Config, progress: bool = False, splits=("train", "val")) -
 
 
 # ---------------------------------------------------------------- steps
-@torch.no_grad()
-def predict_views(model: torch.nn.Module, views: np.ndarray | torch.Tensor, batch_size: int = 64,
-                  device: torch.device | None = None, dtype: torch.dtype | None = None,
-                  channels_last: bool = False, tta: str | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class probabilities (N, 5) and fusion gates (N, 2) or None for (N, 2, S, S) views.
-
-    ``views`` may be a host array (a memory map is copied chunk by chunk) or a tensor
-    already on the device; results stay on the device until one final copy.
-    ``tta="flip"``: the mean of the probabilities (and gates) of each knee and its left-right
-    mirror (both views mirrored; a left knee's mirror looks like a right knee).
-    """
-    if tta not in (None, "none", "flip"):
-        raise KoaError(f"tta: {tta!r} is not one of none, flip")
-    device = device or next(model.parameters()).device
-    model.eval()
-    probs, gates = [], []
-    for i in range(0, len(views), batch_size):
-        chunk = views[i:i + batch_size]
-        if not isinstance(chunk, torch.Tensor):
-            chunk = torch.from_numpy(np.array(chunk))  # copy off the memmap
-        x = to_model_layout(chunk.to(device, non_blocking=True), channels_last)
-        with autocast(device, dtype):
-            out = model(x)
-        p = torch.softmax(out["logits"].float(), dim=1)
-        g = out["gate"].float() if out["gate"] is not None else None
-        if tta == "flip":
-            with autocast(device, dtype):
-                out = model(x.flip(-1))
-            p = (p + torch.softmax(out["logits"].float(), dim=1)) / 2
-            g = (g + out["gate"].float()) / 2 if g is not None else None
-        probs.append(p)
-        if g is not None:
-            gates.append(g)
-    if not probs:
-        return np.zeros((0, 5), np.float32), None
-    p = torch.cat(probs).cpu().numpy()
-    return p, (torch.cat(gates).cpu().numpy() if gates else None)
-
-
 def _lr_lambda(total_steps: int, warmup_steps: int):
     def f(step: int) -> float:
         if step < warmup_steps:

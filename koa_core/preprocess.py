@@ -25,41 +25,48 @@ import numpy as np
 
 from .imaging import read_gray
 
-__all__ = ["PREPROCESS_VERSION", "Preprocessor", "apply_clahe", "central_crop", "resize_square"]
+__all__ = ["PREPROCESS_VERSION", "Preprocessor", "apply_clahe", "central_crop", "crop_box",
+           "resize_square"]
 
 # Bumped whenever the pixels this module produces change: part of every cache key.
 PREPROCESS_VERSION = 1
 _EMPTY_FRACTION = 0.02
 
 
-def _trim_empty(img: np.ndarray) -> np.ndarray:
+def _trim_box(img: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the image without its empty borders."""
+    h, w = img.shape
     peak = float(img.max())
     if peak == 0:
-        return img
+        return 0, 0, h, w
     thresh = _EMPTY_FRACTION * peak
     rows = np.flatnonzero(img.mean(axis=1) > thresh)
     cols = np.flatnonzero(img.mean(axis=0) > thresh)
     if rows.size == 0 or cols.size == 0:
-        return img
-    return img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        return 0, 0, h, w
+    return int(rows[0]), int(cols[0]), int(rows[-1] + 1 - rows[0]), int(cols[-1] + 1 - cols[0])
+
+
+def crop_box(img: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in ``img`` of :func:`central_crop`'s square: where the
+    model's input came from, so its Grad-CAM maps can be drawn back on the whole image."""
+    top, left, h, w = _trim_box(img)
+    if h == w:
+        return top, left, h, w
+    side = min(h, w)
+    weights = img[top:top + h, left:left + w].astype(np.float64)
+    total = weights.sum()
+    if h > w:
+        centre = (weights.sum(axis=1) @ np.arange(h)) / total if total else h / 2
+        return top + int(np.clip(round(centre - side / 2), 0, h - side)), left, side, side
+    centre = (weights.sum(axis=0) @ np.arange(w)) / total if total else w / 2
+    return top, left + int(np.clip(round(centre - side / 2), 0, w - side)), side, side
 
 
 def central_crop(img: np.ndarray) -> np.ndarray:
     """Square crop of the knee region by pixel density (identity on square joint crops)."""
-    img = _trim_empty(img)
-    h, w = img.shape
-    if h == w:
-        return img
-    side = min(h, w)
-    weights = img.astype(np.float64)
-    total = weights.sum()
-    if h > w:
-        centre = (weights.sum(axis=1) @ np.arange(h)) / total if total else h / 2
-        top = int(np.clip(round(centre - side / 2), 0, h - side))
-        return img[top:top + side, :]
-    centre = (weights.sum(axis=0) @ np.arange(w)) / total if total else w / 2
-    left = int(np.clip(round(centre - side / 2), 0, w - side))
-    return img[:, left:left + side]
+    top, left, h, w = crop_box(img)
+    return img[top:top + h, left:left + w]
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:

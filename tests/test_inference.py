@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from koa_core import inference
+from koa_core import backends, inference, predict
 from koa_core.errors import KoaError
 
 
@@ -57,8 +57,8 @@ def test_predict_files_good_and_bad(tiny_run, tmp_path):
     good = sorted((root / "val").rglob("*.png"))[:2]
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
-    preds = inference.predict_files([str(good[0]), str(bad), str(good[1])],
-                                    run / "best.safetensors", cam_dir=tmp_path / "cams")
+    preds = predict.predict_files([str(good[0]), str(bad), str(good[1])],
+                                  run / "best.safetensors", cam_dir=tmp_path / "cams")
     assert [p.error is None for p in preds] == [True, False, True]
     for p in (preds[0], preds[2]):
         assert 0 <= p.grade <= 4 and sum(p.probabilities) == pytest.approx(1, abs=1e-4)
@@ -81,7 +81,7 @@ def test_predict_and_evaluate_agree_at_the_sidecars_size(tiny_run, tmp_path, mon
     from koa_core.checkpoint import read_sidecar
     from koa_core.models import KLNet
 
-    monkeypatch.setattr(inference, "amp_dtype", lambda mode, device: None)
+    monkeypatch.setattr(backends, "amp_dtype", lambda mode, device: None)
     run, root = tiny_run
     ckpt = run / "best.safetensors"
     size = read_sidecar(ckpt)["preprocess"]["size"]
@@ -97,7 +97,7 @@ def test_predict_and_evaluate_agree_at_the_sidecars_size(tiny_run, tmp_path, mon
         KLNet.forward = spy
         inference.evaluate_checkpoint(ckpt, root, split="val", predictions=preds_csv, n_boot=0)
         rows = list(csv.DictReader(open(preds_csv)))[:4]
-        preds = inference.predict_files([r["path"] for r in rows], ckpt)
+        preds = predict.predict_files([r["path"] for r in rows], ckpt)
     finally:
         KLNet.forward = real_forward
     assert seen and set(seen) == {(size, size)}
@@ -117,7 +117,7 @@ def test_bf16_and_fp32_inference_agree(tiny_run, tmp_path, monkeypatch):
     run, root = tiny_run
     out = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        monkeypatch.setattr(inference, "amp_dtype", lambda mode, device, d=dtype: d)
+        monkeypatch.setattr(backends, "amp_dtype", lambda mode, device, d=dtype: d)
         path = tmp_path / f"agree-{name}.csv"
         inference.evaluate_checkpoint(run / "best.safetensors", root, split="val",
                                       predictions=path, n_boot=0)
