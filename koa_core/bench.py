@@ -11,7 +11,12 @@ Prints figures, asserts nothing (speed goals are not tests). Measured in one run
   channels_last, and with ``torch.compile`` when ``--compile`` is given (bf16 on a GPU,
   fp32 on a CPU);
 * peak memory at the benchmark batch size: resident set size on the CPU (the kernel's
-  high-water mark, reset before each measurement), max allocated memory on a GPU.
+  high-water mark, reset before each measurement), max allocated memory on a GPU;
+* with ``--onnx``, inference of a checkpoint (the shipped one by default) by torch fp32
+  (and bf16 where the CPU has it) beside ONNX Runtime fp32 and int8 (calibrated on the
+  training split), in the same run and at the same batch, with each engine's agreement
+  with torch fp32 on the validation split: the share of knees given the same grade and the
+  largest and mean absolute difference of the probabilities.
 
 On a GPU it also samples the GPU's utilisation during the timed training steps, and runs
 training fed by the real input pipeline (cached views, augmentation in DataLoader
@@ -36,6 +41,7 @@ from .augment import ClassAugment
 from .cache import ViewCache
 from .config import ModelConfig
 from .data import Record, discover
+from .errors import KoaError
 from .dataset import EpochSampler, KneeDataset, make_loader, start_epoch
 from .gpumon import GpuUtilization
 from .preprocess import Preprocessor, apply_clahe, resize_square
@@ -256,10 +262,13 @@ def roofline(size: int, device: torch.device) -> dict:
 
 def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224,
                    batch: int = 32, steps: int = 3, workers: int = 2, compile_: bool = False,
-                   skip_model: bool = False, fed_steps: int | None = None) -> dict:
+                   skip_model: bool = False, fed_steps: int | None = None,
+                   onnx: bool = False, checkpoint: str | Path | None = None,
+                   agreement_images: int | None = None) -> dict:
     """Run every benchmark; returns a JSON-serialisable dict of figures and the machine.
 
     ``fed_steps``: steps of loader-fed training (default: 100 on a GPU, none on a CPU).
+    ``onnx``: also :func:`onnx_rows` for ``checkpoint`` (default: the shipped one).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {"machine": _machine(device), "size": size, "batch": batch, "steps": steps}
@@ -292,7 +301,74 @@ def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224
                 fed["over_device_tensors"] = (fed["train_img_s"]
                                               / result["model"][same]["train_img_s"])
                 result["loader_fed"] = fed
+        if onnx:
+            from .inference import resolve_checkpoint
+
+            result["onnx"] = onnx_rows(resolve_checkpoint(checkpoint), data, batch, steps,
+                                       agreement_images=agreement_images)
     return result
+
+
+def _rate(predict, x: np.ndarray, steps: int) -> float:
+    predict(x)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        predict(x)
+    return len(x) * steps / (time.perf_counter() - t0)
+
+
+def onnx_rows(checkpoint: str | Path, data: str, batch: int = 32, steps: int = 3,
+              calibration_images: int = 64, agreement_images: int | None = None) -> dict:
+    """Torch against ONNX Runtime fp32 and int8 on one checkpoint: images/s and agreement
+    with torch fp32 on ``data``'s validation split (see the module docstring)."""
+    from .backends import OrtBackend, TorchBackend, export_onnx, quantize_int8
+    from .inference import preprocessor_from_sidecar
+    from .runtime import _cpu_has_bf16
+
+    index = discover(data)
+    val, train = index.split("val"), index.split("train")
+    if not val or not train:
+        raise KoaError(f"{data}: --onnx needs a train split (calibration) and a val split "
+                       "(agreement)")
+    rng = np.random.default_rng(0)
+    if agreement_images:
+        val = [val[i] for i in sorted(rng.choice(len(val), min(agreement_images, len(val)),
+                                                 replace=False))]
+    calib = [train[i] for i in sorted(np.random.default_rng(0).choice(
+        len(train), min(calibration_images, len(train)), replace=False))]
+    torch_be = TorchBackend(checkpoint, "cpu")
+    pre = preprocessor_from_sidecar(torch_be.sidecar)
+    cache = ViewCache()
+    views = np.asarray(cache.get(val, pre, root=data))
+    x = np.ascontiguousarray(np.resize(views, (batch, *views.shape[1:])))
+    engines = {}
+    torch_be.dtype = None
+    torch_be.precision = "fp32"
+    engines["torch fp32"] = torch_be
+    if _cpu_has_bf16():
+        bf16 = TorchBackend(checkpoint, "cpu")
+        bf16.dtype, bf16.precision = torch.bfloat16, "bf16 autocast"
+        engines["torch bf16"] = bf16
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(checkpoint, Path(tmp) / "f.onnx")
+        engines["onnxruntime fp32"] = OrtBackend(fp32)
+        cal_views = np.asarray(cache.get(calib, pre, root=data))
+        engines["onnxruntime int8"] = OrtBackend(quantize_int8(fp32, Path(tmp) / "q.onnx",
+                                                               cal_views))
+        rows, reference = {}, None
+        for name, be in engines.items():
+            probs, _ = be.predict(views, batch)
+            if reference is None:
+                reference = probs
+            diff = np.abs(probs - reference)
+            rows[name] = {"infer_img_s": _rate(lambda v, b=be: b.predict(v, batch), x, steps),
+                          "grade_agreement": float((probs.argmax(1)
+                                                    == reference.argmax(1)).mean()),
+                          "max_abs_prob_diff": float(diff.max()),
+                          "mean_abs_prob_diff": float(diff.mean())}
+    return {"checkpoint": str(checkpoint), "data": str(data), "agreement_knees": len(val),
+            "calibration_knees": len(calib), "threads": torch.get_num_threads(),
+            "engines": rows}
 
 
 def _machine(device: torch.device) -> str:
@@ -332,6 +408,17 @@ def format_table(r: dict) -> str:
         if utils:
             lines.append("GPU utilisation during training steps: "
                          + ", ".join(f"{n} {u:.0f}%" for n, u in utils.items()))
+    if "onnx" in r:
+        o = r["onnx"]
+        base = o["engines"]["torch fp32"]["infer_img_s"]
+        lines.append(f"inference engines on {o['checkpoint']} at batch {r['batch']} "
+                     f"({o['threads']} threads); agreement with torch fp32 on "
+                     f"{o['agreement_knees']} validation knees of {o['data']}:")
+        for name, e in o["engines"].items():
+            lines.append(f"  {name:<18} infer {e['infer_img_s']:8.1f} img/s "
+                         f"({e['infer_img_s'] / base:.2f}x)  same grade "
+                         f"{100 * e['grade_agreement']:6.2f}%  max |dp| "
+                         f"{e['max_abs_prob_diff']:.4f}  mean |dp| {e['mean_abs_prob_diff']:.5f}")
     if "loader_fed" in r:
         f = r["loader_fed"]
         util = f"{f['gpu_util']:.0f}%" if f.get("gpu_util") is not None else "n/a"

@@ -289,7 +289,8 @@ def _cmd_bench(args) -> int:
 
     r = run_benchmarks(args.data, n_images=args.images, size=args.size, batch=args.batch,
                        steps=args.steps, workers=args.workers, compile_=args.compile,
-                       skip_model=args.skip_model, fed_steps=args.fed_steps)
+                       skip_model=args.skip_model, fed_steps=args.fed_steps, onnx=args.onnx,
+                       checkpoint=args.checkpoint, agreement_images=args.agreement_images)
     print(json.dumps(r, indent=2) if args.json else format_table(r))
     if args.save:
         import torch
@@ -317,6 +318,11 @@ def add_bench_command(sub) -> None:
     p.add_argument("--fed-steps", type=int, default=None,
                    help="steps of training fed by the input pipeline (default: 100 on a GPU, "
                    "0 on a CPU)")
+    p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime fp32 and int8 "
+                   "beside torch on a checkpoint, with their agreement on the val split")
+    p.add_argument("--checkpoint", help="with --onnx: the checkpoint (default: the shipped one)")
+    p.add_argument("--agreement-images", type=_positive_int, default=None,
+                   help="with --onnx: validation knees for the agreement (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--save", metavar="FILE", help="also write the figures as JSON to FILE")
     p.set_defaults(func=_cmd_bench)
