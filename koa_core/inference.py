@@ -88,7 +88,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
     all_probs, all_gates = [], []
     for member in members:
         views = ViewCache(cache_dir).get(records, preprocessor_from_sidecar(member.sidecar),
-                                         root=str(root), progress=progress)
+                                         root=str(root), progress=progress, mapped=False)
         p, g = member.predict(views, batch_size, tta=tta)
         all_probs.append(p)
         all_gates.append(g)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from koa_core.cache import ViewCache, default_cache_dir
+from koa_core.cache import ViewCache, default_cache_dir, views_digest
 from koa_core.data import Record, discover
 from koa_core.errors import KoaError
 from koa_core.preprocess import Preprocessor
@@ -308,3 +308,36 @@ def test_two_processes_building_the_same_entry_at_once(records, phantom_root, tm
     assert np.array_equal(np.asarray(third.get(records, PRE, root=str(phantom_root))), want)
     assert third.last_status == "hit"
     assert not [n for n in _files(cache) if n.endswith(".tmp")]
+
+
+def test_chunked_build_and_slice_reader_give_the_same_views(records, tmp_path, monkeypatch):
+    """Built CHUNK images at a time (here 3) and read back slice by slice without mapping the
+    file: the same pixels and the same digest as the whole array."""
+    from koa_core import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "CHUNK", 3)
+    cache = ViewCache(tmp_path / "c", workers=2)
+    view = cache.get(records, PRE, mapped=False)
+    assert isinstance(view, cache_mod.ViewFile) and len(view) == len(records)
+    want = _expected(records)
+    np.testing.assert_array_equal(np.asarray(view), want)
+    np.testing.assert_array_equal(view[2:7], want[2:7])
+    np.testing.assert_array_equal(view[-1], want[-1])
+    meta = json.loads(cache.paths(cache.key(records, PRE))[1].read_text())
+    assert meta["digest"] == views_digest(want)
+    again = ViewCache(tmp_path / "c").get(records, PRE, mapped=False)
+    assert isinstance(again, cache_mod.ViewFile)
+    np.testing.assert_array_equal(again[0:len(records)], want)
+
+
+def test_a_bad_file_in_a_later_chunk_leaves_no_partial_cache(records, tmp_path, monkeypatch):
+    from koa_core import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "CHUNK", 2)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    recs = list(records[:4]) + [Record(str(bad), 0, "train")]
+    cache = ViewCache(tmp_path / "c", workers=1)
+    with pytest.raises(KoaError, match="could not be read"):
+        cache.get(recs, PRE)
+    assert _files(tmp_path / "c") == []
