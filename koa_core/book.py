@@ -32,6 +32,7 @@ import yaml
 from .errors import KoaError
 
 __all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
+           "validate_parameters",
            "resolve_parameters", "convert", "execute", "build_html", "run_book",
            "write_scorecard"]
 
@@ -96,6 +97,71 @@ def chapter_parameters(py: str | Path) -> set[str]:
     return set(re.findall(r"^([A-Za-z_]\w*)\s*(?::[^=]*)?=", cells[0].source, re.M))
 
 
+_TEXT = ("data_root", "runs_dir", "checkpoint", "sample_root", "records_dir", "recipe_dir",
+         "stats_json", "shipped_eval", "data_label")
+_COUNTS = {"seed": 0, "threads": 0, "n_boot": 1, "clahe_images": 1}  # name: least value
+
+
+def _names(key: str, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
+                                              for v in value):
+        raise KoaError(f"book parameter {key}: expected a list of names, got {value!r}")
+    return value
+
+
+def validate_parameters(params: dict) -> None:
+    """Check every book parameter before any chapter runs: text parameters are text, counts
+    are integers at least their bound (``n_boot`` and ``clahe_images`` >= 1: a chapter
+    needs one resample and one image; ``seed``, ``threads`` >= 0, 0 threads meaning
+    torch's default), and the training settings resolve to a valid configuration
+    (:func:`koa_core.config.load_config` checks every field), as does each ablation
+    configuration and recipe plan. One ``KoaError`` line names the parameter."""
+    from .config import load_config
+
+    for key in _TEXT:
+        if key in params and params[key] is not None and not isinstance(params[key], str):
+            raise KoaError(f"book parameter {key}: expected text, got {params[key]!r}")
+    for key, least in _COUNTS.items():
+        if key not in params:
+            continue
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise KoaError(f"book parameter {key}: expected an integer >= {least}, "
+                           f"got {value!r}")
+    sets = {}
+    for key in ("train_sets", "recipe_sets"):
+        if key in params:
+            value = params[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v
+                                                      for v in value):
+                raise KoaError(f"book parameter {key}: expected a list of SECTION.KEY=VALUE "
+                               f"settings, got {value!r}")
+            sets[key] = value
+    if "train_profile" in params:
+        profile = _names("train_profile", params["train_profile"])
+        try:
+            load_config(profile, sets.get("train_sets"))
+        except KoaError as exc:
+            raise KoaError(f"book parameter train_profile/train_sets: {exc}") from None
+    for name in _names("ablation_configs", params.get("ablation_configs", [])):
+        try:
+            load_config([name])
+        except KoaError as exc:
+            raise KoaError(f"book parameter ablation_configs: {exc}") from None
+    for name in _names("recipe_plans", params.get("recipe_plans", [])):
+        from .campaign import load_plan
+
+        try:
+            load_plan(name.split(":")[0])  # "plan" or "plan:run,run"
+        except KoaError as exc:
+            raise KoaError(f"book parameter recipe_plans: {exc}") from None
+    if sets.get("recipe_sets"):
+        try:
+            load_config(["demo"], sets["recipe_sets"])
+        except KoaError as exc:
+            raise KoaError(f"book parameter recipe_sets: {exc}") from None
+
+
 def resolve_parameters(profile: dict, sets: dict, data: str | None, build_dir: Path,
                        root: Path | None = None) -> dict:
     """The parameters every chapter gets: the profile's, then ``--set`` ones, then the
@@ -116,6 +182,7 @@ def resolve_parameters(profile: dict, sets: dict, data: str | None, build_dir: P
     if unknown:
         raise KoaError(f"--set: unknown book parameter(s) {', '.join(sorted(unknown))} "
                        f"(known: {', '.join(sorted(profile['parameters']))})")
+    validate_parameters(params)
     if data:
         params["data_root"] = str(Path(data).expanduser().resolve())
     elif profile.get("needs_data"):

@@ -115,6 +115,37 @@ def test_resolve_parameters_paper_needs_data(tmp_path):
         book.resolve_parameters(prof, {"n_bootstrap": 3}, str(tmp_path), tmp_path)
 
 
+@pytest.mark.parametrize("name", ["demo", "published", "paper"])
+def test_bundled_profiles_pass_validation(name):
+    book.validate_parameters(book.load_profile(name, REPO)["parameters"])
+
+
+@pytest.mark.parametrize("sets,match", [
+    ({"n_boot": 0}, "n_boot: expected an integer >= 1"),
+    ({"n_boot": "many"}, "n_boot: expected an integer"),
+    ({"seed": -1}, "seed: expected an integer >= 0"),
+    ({"threads": 1.5}, "threads: expected an integer"),
+    ({"clahe_images": True}, "clahe_images: expected an integer"),
+    ({"train_sets": ["train.epochs=-1"]}, "train.epochs"),
+    ({"train_sets": "train.epochs=3"}, "train_sets: expected a list"),
+    ({"train_sets": ["epochs"]}, "train_sets: expected a list of SECTION.KEY=VALUE"),
+    ({"train_profile": ["no-such-profile"]}, "train_profile"),
+    ({"ablation_configs": ["ablation-nothing"]}, "ablation_configs"),
+    ({"ablation_configs": []}, None),
+    ({"recipe_plans": ["no-such-plan"]}, "recipe_plans: plan not found"),
+    ({"recipe_sets": ["model.dropout=1.5"]}, "recipe_sets: .*dropout"),
+    ({"runs_dir": 3}, "runs_dir: expected text"),
+])
+def test_book_parameters_are_validated_before_any_chapter(sets, match, tmp_path):
+    prof = {"name": "paper", **book.load_profile("paper", REPO)}
+    if match is None:
+        book.resolve_parameters(prof, sets, str(tmp_path), tmp_path)
+        return
+    with pytest.raises(KoaError, match=match) as e:
+        book.resolve_parameters(prof, sets, str(tmp_path), tmp_path)
+    assert "\n" not in str(e.value) and str(e.value).startswith("book parameter ")
+
+
 def test_cli_paper_without_data_is_one_line(capsys, tmp_path, monkeypatch):
     from koa_core.cli import main
 
