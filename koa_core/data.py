@@ -3,7 +3,7 @@
 Two layouts are recognised:
 
 * the public layout ``ROOT/{train,val,test}/{0..4}/*`` of the Chen 2018 KL dataset
-  (PNG, JPEG or WebP; the folder name is the Kellgren-Lawrence grade);
+  (PNG, JPEG, WebP, TIFF or DICOM; the folder name is the Kellgren-Lawrence grade);
 * a flat layout ``ROOT/{0..4}/*``, which gets a seeded, grade-stratified, patient-grouped
   70/10/20 split (scikit-learn ``StratifiedGroupKFold``) written as a CSV manifest
   *outside* the data root.
@@ -191,7 +191,7 @@ def discover(root: str | Path, seed: int = 0, manifest_dir: str | Path | None = 
         raise KoaError(f"{root}: no dataset found (expected {{train,val,test}}/{{0..4}}/ "
                        "or {0..4}/ folders of images)")
     if not records:
-        raise KoaError(f"{root}: the grade folders hold no PNG, JPEG or WebP images")
+        raise KoaError(f"{root}: the grade folders hold no PNG, JPEG, WebP, TIFF or DICOM images")
     index = DatasetIndex(str(root), layout, records, warnings, skipped)
     if layout == "flat" and manifest_dir is not None:
         out = Path(manifest_dir) / f"{root.name}-split-seed{seed}.csv"

@@ -13,13 +13,14 @@ import hashlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .data import DatasetIndex
 from .errors import KoaError
-from .imaging import to_gray_uint8
+from .imaging import DICOM_SUFFIXES, to_gray_uint8
 
 __all__ = ["ScanReport", "format_check", "scan"]
 
@@ -88,6 +89,14 @@ def _one(path: str):
     except OSError as exc:
         return path, None, None, None, f"{path}: cannot read ({exc.strerror})"
     digest = hashlib.sha1(data).hexdigest()
+    from .dicom import decode_dicom, has_dicom_magic
+
+    if Path(path).suffix.lower() in DICOM_SUFFIXES or has_dicom_magic(data[:132]):
+        try:  # the DICOM rule of koa_core.dicom (LUTs, window, MONOCHROME1) gives the pixels
+            gray, meta = decode_dicom(data, path)
+        except KoaError as exc:
+            return path, digest, None, None, str(exc)
+        return path, digest, f"DICOM {meta.get('photometric', '')}".strip(), gray, None
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if raw is None:
         why = "empty file" if not data else "does not decode (truncated or not an image)"

@@ -441,3 +441,24 @@ def test_cli_predict_dicom_one_line_per_bad_file(tmp_path, capfd, caplog):
     assert not [w for w in caught
                 if "pydicom" in (w.filename or "") or "pixel data" in str(w.message)]
     assert [r for r in caplog.records if r.name.startswith("pydicom")] == []
+
+
+def test_data_check_reads_dicom_by_the_dicom_rule(tmp_path):
+    """koa data check decodes a DICOM grade folder entry with the same rule as prediction:
+    a good file is usable, a broken one is listed with its one-line reason."""
+    from koa_core.data import discover
+    from koa_core.datacheck import scan
+
+    arr = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 3)
+    for split in ("train", "val", "test"):
+        for g in range(5):
+            d = tmp_path / split / str(g)
+            d.mkdir(parents=True)
+            _dicom(d / f"{split}{g}.dcm", arr + g, photometric="MONOCHROME1")
+    broken = tmp_path / "val" / "2" / "broken.dcm"
+    broken.write_bytes((tmp_path / "val" / "2" / "val2.dcm").read_bytes()[:200])
+    rep = scan(discover(tmp_path), workers=1)
+    assert len(rep.unreadable) == 1 and rep.unreadable[0].startswith(f"{broken}: ")
+    assert "\n" not in rep.unreadable[0]
+    assert rep.formats == {"DICOM MONOCHROME1": 15}
+    assert rep.sizes == {f"{W}x{H}": 15}
