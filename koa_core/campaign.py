@@ -216,7 +216,7 @@ def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit
     from .cache import views_digest
     from .checkpoint import load_checkpoint
     from .config import config_from_dict
-    from .engine import predict_views
+    from .backends import predict_views
     from .records import predictions_table, write_record
     from .runs import read_run
     from .runtime import amp_dtype, code_commit, machine_info, resolve_device
@@ -229,9 +229,12 @@ def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit
     model, _ = load_checkpoint(Path(run_dir) / "best.safetensors", device)
     model = model.to(memory_format=torch.channels_last)
     dtype = amp_dtype(cfg.train.amp, device)
-    probs, gates = predict_views(model, data.val.views, 512, device, dtype, channels_last=True)
-    probs_flip, _ = predict_views(model, data.val.views, 512, device, dtype, channels_last=True,
-                                  tta="flip")
+    views = data.val.views
+    probs, gates = predict_views(model, views, 512, device, dtype, channels_last=True)
+    # flip TTA = the mean with the mirror's prediction: only the mirror needs a forward pass
+    mirror = views.flip(-1) if isinstance(views, torch.Tensor) else views[..., ::-1]
+    probs_flip = (probs + predict_views(model, mirror, 512, device, dtype,
+                                        channels_last=True)[0]) / 2
     prov = {
         "name": Path(into).name, **(extra or {}), "commit": commit or code_commit(),
         "command": command, "machine": machine_info(device),
