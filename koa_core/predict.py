@@ -189,8 +189,11 @@ def _explain(backend, item: _Loaded, pred: Prediction, pre: Preprocessor, stem: 
         for stream, cam_map in cams.items():
             path = cam_dir / f"{stem}_{stream}_cam.png"
             under = item.image if stream == "raw" else clahe_full
-            if not cv2.imwrite(str(path), cv2.cvtColor(overlay(under, cam_map),
-                                                       cv2.COLOR_RGB2BGR)):
+            top, left, h, w = item.box  # heat only where the model looked; the rest as is
+            pic = np.repeat(under[..., None], 3, axis=2)
+            pic[top:top + h, left:left + w] = overlay(under[top:top + h, left:left + w],
+                                                      cam_map[top:top + h, left:left + w])
+            if not cv2.imwrite(str(path), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write {path}")
             pred.cams.append(str(path))
     if report_dir is not None:
@@ -236,6 +239,11 @@ def iter_predictions(files: list[str], backend, cam_dir: str | Path | None = Non
     if (cam_dir or report_dir) and getattr(backend, "cam_model", None) is None:
         raise KoaError("Grad-CAM (--cam, --report) needs the .safetensors checkpoint; an ONNX "
                        "file has no gradients")
+    # checked above, before the caller writes anything; the batches run lazily below
+    return _predictions(files, backend, pre, cam_dir, report_dir, batch_size, workers)
+
+
+def _predictions(files, backend, pre, cam_dir, report_dir, batch_size, workers):
     stems = _out_stems(files)
     batches = [list(range(i, min(i + batch_size, len(files))))
                for i in range(0, len(files), batch_size)]
