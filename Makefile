@@ -9,7 +9,7 @@ PROFILE ?= published
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[book,dev,onnx]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[book,dev,onnx,ssl]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -428,6 +428,39 @@ def add_export_command(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+def _cmd_pretrain(args) -> int:
+    from .pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         temperature=args.temperature, image_size=args.size, seed=args.seed,
+                         max_steps_per_epoch=args.max_steps_per_epoch)
+    try:
+        side = pretrain(args.data, args.out, cfg, progress=not args.quiet,
+                        command=getattr(args, "command_line", None))
+    except KeyboardInterrupt:
+        raise KoaError(f"interrupted; nothing was written to {args.out}") from None
+    last = side["history"][-1]
+    print(f"wrote {args.out}: {len(side['history'])} epoch(s) in {side['seconds']:.0f} s, "
+          f"final NT-Xent {last['loss']:.4f}; use it with --set model.pretrained={args.out}")
+    return 0
+
+
+def add_pretrain_command(sub) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised (SimCLR) pretraining of the shared "
+                       "trunk on the train and val knees, for model.pretrained=PATH")
+    p.add_argument("--data", required=True, help="dataset root (its test split is never read)")
+    p.add_argument("--out", required=True, help="the trunk's .safetensors path")
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=0.1, help="NT-Xent temperature")
+    p.add_argument("--size", type=_positive_int, default=224, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_pretrain)
+
+
 def _cmd_runs(args) -> int:
     from .runs import format_runs, summarize_run
 
@@ -576,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(sub)
     add_bench_command(sub)
     add_export_command(sub)
+    add_pretrain_command(sub)
     add_runs_command(sub)
     add_campaign_commands(sub)
     add_book_command(sub)
