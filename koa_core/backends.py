@@ -41,7 +41,7 @@ from .runtime import amp_dtype, autocast, resolve_device
 __all__ = ["OrtBackend", "TorchBackend", "export_onnx", "load_backend", "predict_views",
            "quantize_int8"]
 
-ENGINES = ("torch", "onnxruntime", "onnxruntime-int8")
+ENGINES = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 _META_SIDECAR = "koa_sidecar"
 _META_QUANT = "koa_quantization"
 
@@ -317,6 +317,24 @@ def onnx_cache_path(checkpoint: str | Path, cache_dir: str | Path | None = None)
     return base / "onnx" / f"{digest[:32]}-fp32.onnx"
 
 
+def resolve_engine(engine: str) -> str:
+    """``auto``: torch on a GPU or a CPU with native bf16 (AMX, AVX512-BF16), where it is the
+    faster; else ONNX Runtime fp32, which gives the same grades faster on plain AVX2 CPUs
+    (``koa bench --onnx``), when its packages are installed. Other names pass through."""
+    if engine != "auto":
+        return engine
+    from .runtime import _cpu_has_bf16
+
+    if torch.cuda.is_available() or _cpu_has_bf16():
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
 def load_backend(checkpoint: str | Path, engine: str = "torch",
                  device: str | torch.device | None = None,
                  cache_dir: str | Path | None = None):
@@ -325,11 +343,13 @@ def load_backend(checkpoint: str | Path, engine: str = "torch",
     An ``.onnx`` checkpoint always runs on ONNX Runtime. ``onnxruntime`` with a safetensors
     checkpoint exports it once to the cache (keyed by its weights' digest) and runs that;
     ``onnxruntime-int8`` needs calibration images, so it takes an ONNX file made by
-    ``koa export --onnx --int8 --calibrate ROOT``."""
+    ``koa export --onnx --int8 --calibrate ROOT``; ``auto``: :func:`resolve_engine`."""
     if engine not in ENGINES:
         raise KoaError(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
     path = Path(checkpoint)
-    if path.suffix.lower() == ".onnx":
+    if path.suffix.lower() != ".onnx":
+        engine = resolve_engine(engine)
+    if path.suffix.lower() == ".onnx":  # whatever the engine: the file says what it is
         backend = OrtBackend(path)
         if engine == "onnxruntime-int8" and not backend.precision.endswith("int8"):
             raise KoaError(f"{path}: is a float32 ONNX file; --engine onnxruntime-int8 needs "

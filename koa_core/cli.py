@@ -277,11 +277,12 @@ def add_model_commands(sub) -> None:
 
 
 def _add_engine(p) -> None:
-    p.add_argument("--engine", default="torch",
-                   choices=["torch", "onnxruntime", "onnxruntime-int8"],
-                   help="what runs the network: torch (default), or ONNX Runtime (an ONNX "
-                   "export of the checkpoint, made once and cached; int8 needs a file from "
-                   "koa export --onnx --int8)")
+    p.add_argument("--engine", default=os.environ.get("KOA_ENGINE", "auto"),
+                   choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"],
+                   help="what runs the network: auto (default, or $KOA_ENGINE) is torch on a "
+                   "GPU or a CPU with native bf16 and ONNX Runtime fp32 elsewhere (an export "
+                   "of the checkpoint made once and cached); int8 needs a file from "
+                   "koa export --onnx --int8")
 
 
 def _cmd_bench(args) -> int:

@@ -84,6 +84,20 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _pinned_engine():
+    """The CLI's --engine auto picks ONNX Runtime on CPUs without bf16 and torch elsewhere;
+    the suite pins torch so that it behaves alike on both kinds of CPU (and does not export
+    every checkpoint it predicts with). tests/test_backends.py checks auto's choice."""
+    old = os.environ.get("KOA_ENGINE")
+    os.environ["KOA_ENGINE"] = "torch"
+    yield
+    if old is None:
+        os.environ.pop("KOA_ENGINE", None)
+    else:
+        os.environ["KOA_ENGINE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
     """Keep every cache the suite builds out of the user's ~/.cache."""
     import os

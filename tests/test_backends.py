@@ -212,3 +212,35 @@ def test_bench_onnx_rows(exported, tiny_run, reuse_export):
                                        "cached_img_s": 1, "cache_reload_s": 0.1},
                           "onnx": r})
     assert "onnxruntime int8" in table and "same grade" in table
+
+
+def test_auto_engine_is_torch_where_torch_is_faster(monkeypatch):
+    import koa_core.runtime as runtime
+
+    monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: True)
+    assert backends.resolve_engine("auto") == "torch"  # AMX / AVX512-BF16
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: False)
+    assert backends.resolve_engine("auto") == "onnxruntime"  # plain AVX2: 1.4x, same grades
+    monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: True)
+    assert backends.resolve_engine("auto") == "torch"
+    assert backends.resolve_engine("onnxruntime-int8") == "onnxruntime-int8"
+
+
+def test_auto_engine_runs_onnxruntime_without_bf16(exported, tmp_path, monkeypatch, capsys,
+                                                   reuse_export, tiny_run):
+    import koa_core.runtime as runtime
+
+    ckpt, _, _, _ = exported
+    _, root = tiny_run
+    monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setenv("KOA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("KOA_ENGINE")
+    image = sorted((root / "val").rglob("*.png"))[0]
+    assert main(["predict", str(image), "--checkpoint", str(ckpt), "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)[0]
+    assert (pred["engine"], pred["precision"]) == ("onnxruntime", "onnxruntime fp32")
+    monkeypatch.setenv("KOA_ENGINE", "torch")
+    assert main(["predict", str(image), "--checkpoint", str(ckpt), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["engine"] == "torch"
