@@ -429,7 +429,7 @@ def test_root_without_dataset(tmp_path, layout):
 def test_root_with_empty_grade_folders(tmp_path):
     for g in range(5):
         (tmp_path / "train" / str(g)).mkdir(parents=True)
-    with pytest.raises(KoaError, match="hold no PNG, JPEG or WebP images"):
+    with pytest.raises(KoaError, match="hold no PNG, JPEG, WebP, TIFF or DICOM images"):
         discover(tmp_path)
 
 
