@@ -310,6 +310,11 @@ def _expected_valid(field, value):
         if isinstance(value, bool):  # YAML reads a bare on/off as a bool
             value = "on" if value else "off"
         return isinstance(value, str) and value in spec[1]
+    if isinstance(value, str):  # e.g. "1e-05": YAML 1.1 reads it as text, numbers accept it
+        try:
+            value = float(value)
+        except ValueError:
+            return False
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     if not math.isfinite(value):
