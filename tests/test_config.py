@@ -274,7 +274,7 @@ ORACLE = {
     ("data", "device_resident"): (CHOICE, ("auto", "on", "off")),
     ("data", "allow_leakage"): (BOOL,),
     ("preprocess", "clahe_clip"): (NUM, 0, 1000, "open"), ("preprocess", "clahe_tiles"):
-        (INT, 1, 224), ("preprocess", "crop"): (BOOL,),
+        (INT, 1, None),  # and at most image_size: below ("preprocess", "crop"): (BOOL,),
     ("augment", "seed"): (INT, 0, 2 ** 32), ("augment", "enabled"): (BOOL,),
     ("model", "streams"): (CHOICE, ("dual", "raw", "clahe")),
     ("model", "fusion"): (CHOICE, ("gated", "mean")),
@@ -349,7 +349,7 @@ def _text(value):
     return str(value)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)  # the same draws on every run
 @given(field=st.sampled_from(sorted(ORACLE)), value=VALUES)
 def test_every_setting_is_checked_at_load_against_its_range(field, value):
     section, key = field
