@@ -118,15 +118,18 @@ def add_data_commands(sub) -> None:
 # ---------------------------------------------------------------- model commands
 def _cmd_train(args) -> int:
     from .config import apply_overrides, load_config
-    from .engine import fit, load_run_config
 
     if args.resume:
         if args.config:
             raise KoaError("--resume continues the run's saved config; use --set to change "
                            "a value, not --config")
+        from .engine import load_run_config
+
         cfg = apply_overrides(load_run_config(args.out), args.set)
-    else:
+    else:  # a bad setting fails here, in a fraction of a second, before torch is imported
         cfg = load_config(args.config, args.set)
+    from .engine import fit
+
     if args.data:
         cfg.data.root = args.data
     try:
