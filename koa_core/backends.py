@@ -363,6 +363,10 @@ def load_backend(checkpoint: str | Path, engine: str = "torch",
                        "ROOT --out model-int8.onnx")
     target = onnx_cache_path(path, cache_dir)
     if not target.exists():
+        import sys
+
+        print(f"koa: exporting {path.name} to ONNX for ONNX Runtime, once (cached as "
+              f"{target})", file=sys.stderr, flush=True)
         export_onnx(path, target)
     backend = OrtBackend(target)
     backend.source = path
