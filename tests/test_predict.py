@@ -22,8 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from test_dicom import _dicom
 
 from koa_core import backends
 from koa_core.cli import main
@@ -35,28 +34,6 @@ PNG_ERROR = "not a readable PNG, JPEG, WebP or TIFF image (truncated or corrupt?
 
 
 # ------------------------------------------------------------------ helpers
-def _dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> Path:
-    """Write a 2-D uint8/uint16 ``arr`` as an uncompressed single-frame DICOM file."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = ds.BitsStored = arr.dtype.itemsize * 8
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(arr).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def _phantom_pngs(root: Path, n: int | None = None) -> list[Path]:
     files = sorted(root.rglob("*.png"))
     return files if n is None else files[:n]
@@ -108,14 +85,14 @@ def test_mixed_folder_csv_row_per_file_errors_and_dicom(tiny_run, tmp_path, caps
     knee0 = _gray(pngs[0])
     assert cv2.imwrite(str(folder / "a.png"), np.hstack([knee0, knee0[:, :30]]))  # 64 x 94
     assert cv2.imwrite(str(folder / "b16.tif"), px.astype(np.uint16) * 257)
-    _dicom(folder / "c_m1.dcm", 255 - px, "MONOCHROME1", PixelSpacing=["0.15", "0.2"])
-    _dicom(folder / "c_m2.dcm", px, "MONOCHROME2", PixelSpacing=["0.143", "0.143"])
+    _dicom(folder / "c_m1.dcm", 255 - px, photometric="MONOCHROME1", PixelSpacing=["0.15", "0.2"])
+    _dicom(folder / "c_m2.dcm", px, photometric="MONOCHROME2", PixelSpacing=["0.143", "0.143"])
     good_png = (folder / "a.png").read_bytes()
     (folder / "d_trunc.png").write_bytes(good_png[: len(good_png) // 2])
     (folder / "e_text.png").write_text("this is not an image\n" * 10)
     (folder / "notes.txt").write_text("to be skipped\n")
     (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + b"\0" * 100)
-    _dicom(folder / "sub" / "IM0001", px, "MONOCHROME2", ImagerPixelSpacing=["0.1", "0.125"])
+    _dicom(folder / "sub" / "IM0001", px, ImagerPixelSpacing=["0.1", "0.125"])
     # the decoding these expectations rest on (all same pixels as px)
     for name in ("b16.tif", "c_m1.dcm", "c_m2.dcm", "sub/IM0001"):
         np.testing.assert_array_equal(read_image(folder / name)[0], px)
