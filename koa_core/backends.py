@@ -38,8 +38,8 @@ from .errors import KoaError
 from .feed import to_model_layout
 from .runtime import amp_dtype, autocast, resolve_device
 
-__all__ = ["OrtBackend", "TorchBackend", "export_onnx", "load_backend", "predict_views",
-           "quantize_int8"]
+__all__ = ["OrtBackend", "TorchBackend", "calibration_views", "export_onnx", "load_backend",
+           "predict_views", "quantize_int8"]
 
 ENGINES = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 _META_SIDECAR = "koa_sidecar"
@@ -236,6 +236,22 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: np.ndarra
     _set_metadata(proto, sidecar, f"int8 (static QDQ, per-channel, reduce_range; calibrated on "
                                   f"{len(calibration)} knees)")
     return _atomic_save(proto, Path(out))
+
+
+def calibration_views(root: str | Path, sidecar: dict, n: int = 64) -> np.ndarray:
+    """``n`` knees of ROOT's training split, drawn with seed 0, as the views the checkpoint
+    of ``sidecar`` sees: what :func:`quantize_int8` calibrates on (never validation)."""
+    from .cache import ViewCache
+    from .data import discover
+    from .inference import preprocessor_from_sidecar
+
+    records = discover(root).split("train")
+    if not records:
+        raise KoaError(f"{root}: no training split to calibrate on (ROOT/train/0..4)")
+    pick = np.random.default_rng(0).choice(len(records), min(n, len(records)), replace=False)
+    chosen = [records[i] for i in sorted(pick)]
+    pre = preprocessor_from_sidecar(sidecar)
+    return np.asarray(ViewCache().get(chosen, pre, root=str(root)))
 
 
 class OrtBackend:

@@ -321,7 +321,8 @@ def onnx_rows(checkpoint: str | Path, data: str, batch: int = 32, steps: int = 3
               calibration_images: int = 64, agreement_images: int | None = None) -> dict:
     """Torch against ONNX Runtime fp32 and int8 on one checkpoint: images/s and agreement
     with torch fp32 on ``data``'s validation split (see the module docstring)."""
-    from .backends import OrtBackend, TorchBackend, export_onnx, quantize_int8
+    from .backends import (OrtBackend, TorchBackend, calibration_views, export_onnx,
+                           quantize_int8)
     from .inference import preprocessor_from_sidecar
     from .runtime import _cpu_has_bf16
 
@@ -334,8 +335,6 @@ def onnx_rows(checkpoint: str | Path, data: str, batch: int = 32, steps: int = 3
     if agreement_images:
         val = [val[i] for i in sorted(rng.choice(len(val), min(agreement_images, len(val)),
                                                  replace=False))]
-    calib = [train[i] for i in sorted(np.random.default_rng(0).choice(
-        len(train), min(calibration_images, len(train)), replace=False))]
     torch_be = TorchBackend(checkpoint, "cpu")
     pre = preprocessor_from_sidecar(torch_be.sidecar)
     cache = ViewCache()
@@ -352,7 +351,7 @@ def onnx_rows(checkpoint: str | Path, data: str, batch: int = 32, steps: int = 3
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(checkpoint, Path(tmp) / "f.onnx")
         engines["onnxruntime fp32"] = OrtBackend(fp32)
-        cal_views = np.asarray(cache.get(calib, pre, root=data))
+        cal_views = calibration_views(data, torch_be.sidecar, calibration_images)
         engines["onnxruntime int8"] = OrtBackend(quantize_int8(fp32, Path(tmp) / "q.onnx",
                                                                cal_views))
         rows, reference = {}, None
@@ -367,7 +366,7 @@ def onnx_rows(checkpoint: str | Path, data: str, batch: int = 32, steps: int = 3
                           "max_abs_prob_diff": float(diff.max()),
                           "mean_abs_prob_diff": float(diff.mean())}
     return {"checkpoint": str(checkpoint), "data": str(data), "agreement_knees": len(val),
-            "calibration_knees": len(calib), "threads": torch.get_num_threads(),
+            "calibration_knees": len(cal_views), "threads": torch.get_num_threads(),
             "engines": rows}
 
 

@@ -193,7 +193,6 @@ def _cmd_predict(args) -> int:
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, handler)
-    n_done = 0
     try:
         if args.out:
             progress = args.progress or (sys.stderr.isatty() and not args.quiet)
@@ -203,7 +202,6 @@ def _cmd_predict(args) -> int:
         else:
             failed = 0
             for p in preds:
-                n_done += 1
                 keep(p)
                 failed += bool(p.error)
                 if not args.json:
@@ -375,7 +373,8 @@ def _cmd_export(args) -> int:
 
 
 def _export_onnx(args) -> int:
-    from .backends import export_onnx
+    from .backends import calibration_views, export_onnx
+    from .checkpoint import read_sidecar
     from .inference import resolve_checkpoint
 
     src = Path(args.run) / "best.safetensors" if args.run and Path(args.run).is_dir() \
@@ -387,31 +386,14 @@ def _export_onnx(args) -> int:
         if not args.calibrate:
             raise KoaError("--int8 needs --calibrate ROOT: training knees whose activations "
                            "set the int8 ranges")
-        calibration = _calibration_views(src, args.calibrate, args.calibration_images)
+        calibration = calibration_views(args.calibrate, read_sidecar(src),
+                                        args.calibration_images)
     elif args.calibrate:
         raise KoaError("--calibrate is only used with --int8")
     path = export_onnx(src, args.out, calibration=calibration)
     kind = f"int8, calibrated on {len(calibration)} training knees" if args.int8 else "fp32"
     print(f"wrote {path} ({kind}) from {src}")
     return 0
-
-
-def _calibration_views(checkpoint, root: str, n: int):
-    """``n`` knees of ROOT's training split, drawn with seed 0, as the model's views."""
-    import numpy as np
-
-    from .cache import ViewCache
-    from .checkpoint import read_sidecar
-    from .data import discover
-    from .inference import preprocessor_from_sidecar
-
-    records = discover(root).split("train")
-    if not records:
-        raise KoaError(f"{root}: no training split to calibrate on (ROOT/train/0..4)")
-    pick = np.random.default_rng(0).choice(len(records), min(n, len(records)), replace=False)
-    chosen = [records[i] for i in sorted(pick)]
-    pre = preprocessor_from_sidecar(read_sidecar(checkpoint))
-    return np.asarray(ViewCache().get(chosen, pre, root=root))
 
 
 def add_export_command(sub) -> None:
