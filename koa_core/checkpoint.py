@@ -33,6 +33,7 @@ __all__ = [
     "save_checkpoint",
     "save_state",
     "sidecar_path",
+    "write_pair",
 ]
 
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch's zip format
@@ -122,13 +123,20 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, sidecar: dict[str,
         path = path.with_suffix(".safetensors")
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
              for k, v in model.state_dict().items()}
-    # Both files are written in full under temporary names before either replaces the old
-    # pair; the sidecar holds the weights' SHA-256, so a pair torn by a crash between the
-    # two renames is refused at load instead of being read as one checkpoint.
-    tmp_w = _write_tensors_tmp(state, path, metadata={"format": "koa_core-checkpoint-1"})
     side = {"format": "koa_core-checkpoint-1", "code_version": __version__,
             "class_names": list(GRADE_NAMES), "weights_dtype": str(dtype or "as trained"),
-            **sidecar, "weights_sha256": _sha256(tmp_w)}
+            **sidecar}
+    return write_pair(path, state, side, metadata={"format": "koa_core-checkpoint-1"})
+
+
+def write_pair(path: Path, tensors: dict[str, torch.Tensor], sidecar: dict[str, Any],
+               metadata: dict[str, str] | None = None) -> Path:
+    """Write ``path`` (safetensors) and its ``.json`` sidecar, which gets the weights'
+    SHA-256 as its last key. Both files are written in full under temporary names before
+    either replaces the old pair, so a pair torn by a crash between the two renames is
+    refused at load instead of being read as one checkpoint."""
+    tmp_w = _write_tensors_tmp(tensors, path, metadata=metadata)
+    side = {**sidecar, "weights_sha256": _sha256(tmp_w)}
     try:
         tmp_s = _write_text_tmp(json.dumps(side, indent=2, default=str) + "\n",
                                 sidecar_path(path))

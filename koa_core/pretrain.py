@@ -18,7 +18,6 @@ loss of every epoch and the provenance.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -133,7 +132,7 @@ def pretrain(root: str | Path, out: str | Path, cfg: PretrainConfig | None = Non
     except ImportError:
         raise KoaError("koa pretrain needs lightly: pip install 'koa_core[ssl]'") from None
 
-    from .checkpoint import _sha256, _write_tensors_tmp, _write_text_tmp, sidecar_path
+    from .checkpoint import read_sidecar, write_pair
     from .locking import FolderLock
     from .runtime import amp_dtype, autocast, provenance, resolve_device, seed_everything
 
@@ -206,16 +205,6 @@ def pretrain(root: str | Path, out: str | Path, cfg: PretrainConfig | None = Non
                 "seconds": round(time.perf_counter() - t_start, 1),
                 "precision": "bf16 autocast" if dtype is not None else "fp32",
                 **provenance(command, dev)}
-        # both files written in full under temporary names, then renamed
-        tmp_w = _write_tensors_tmp(trunk_state_dict(model.trunk), out,
-                                   metadata={"format": "koa_core-trunk-1"})
-        side["weights_sha256"] = _sha256(tmp_w)
-        try:
-            tmp_s = _write_text_tmp(json.dumps(side, indent=2, default=str) + "\n",
-                                    sidecar_path(out))
-        except KoaError:
-            tmp_w.unlink(missing_ok=True)
-            raise
-        tmp_w.replace(out)
-        tmp_s.replace(sidecar_path(out))
-    return side
+        write_pair(out, trunk_state_dict(model.trunk), side,
+                   metadata={"format": "koa_core-trunk-1"})
+    return read_sidecar(out)  # what was written, with the weights' SHA-256
