@@ -142,8 +142,9 @@ def _cmd_train(args) -> int:
         raise KoaError(f"interrupted; the last completed epoch is saved in {args.out}; "
                        f"continue with: koa train --resume --out {args.out}") from None
     metric = cfg.train.select_metric
-    print(f"done: {summary['epochs_run']} epoch(s) in {summary['seconds']:.0f} s; best val "
-          f"{metric} {summary['best_' + metric]:.4f}; checkpoint {args.out}/best.safetensors")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary, not one per rank
+        print(f"done: {summary['epochs_run']} epoch(s) in {summary['seconds']:.0f} s; best val "
+              f"{metric} {summary['best_' + metric]:.4f}; checkpoint {args.out}/best.safetensors")
     return 0
 
 

@@ -14,14 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    cohen_kappa_score,
-    confusion_matrix,
-    f1_score,
-    mean_absolute_error,
-    precision_recall_fscore_support,
-)
 
 from .errors import KoaError
 
@@ -62,6 +54,8 @@ def _qwk(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     # disagreement is then 0, i.e. perfect agreement, which we report as 1.0.
     if np.array_equal(y_true, y_pred):
         return 1.0
+    from sklearn.metrics import cohen_kappa_score  # imported here: `koa predict` never needs it
+
     return float(cohen_kappa_score(y_true, y_pred, labels=list(LABELS), weights="quadratic"))
 
 
@@ -149,6 +143,9 @@ def classification_metrics(
         raise KoaError(f"n_boot must be >= 0, got {n_boot}")
     if not 0 < ci < 1:
         raise KoaError(f"ci must be in (0, 1), got {ci}")
+
+    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
+                                 mean_absolute_error, precision_recall_fscore_support)
 
     labels = list(LABELS)
     prec, rec, f1, support = precision_recall_fscore_support(

@@ -16,7 +16,7 @@ def _plan(tmp_path, **extra):
         "description": "test",
         "profiles": ["demo"],
         "set": [f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=64",
-                "data.phantom_per_class=6", "train.epochs=2", "train.batch_size=8",
+                "data.phantom_per_class=6", "train.epochs=1", "train.batch_size=8",
                 "train.max_steps_per_epoch=2", "train.amp=off", "data.device_resident=on"],
         "stages": [{"name": "t5", "seeds": [1, 2],
                     "runs": [{"name": "raw", "configs": ["ablation-raw"]},
@@ -87,7 +87,8 @@ def test_campaign_records_each_run_and_skips_finished_ones(tmp_path, capsys):
 def test_time_limit_drops_only_the_run_in_progress(tmp_path, capsys):
     plan = _plan(tmp_path)
     rc = main(["campaign", str(plan), "--runs", str(tmp_path / "runs"), "--records",
-               str(tmp_path / "rec"), "--time-limit", "0.001", "--only", "raw-s1"])
+               str(tmp_path / "rec"), "--time-limit", "0.001", "--only", "raw-s1",
+               "--set", "train.epochs=2"])  # the deadline is checked between epochs
     assert rc == 3
     out = capsys.readouterr().out
     assert "stopped: raw-s1 stopped" in out

@@ -76,12 +76,15 @@ def test_user_error_in_a_real_process_has_no_traceback(tmp_path):
         "koa: error: --set train.lr=fast: train.lr: 'fast' is not a valid float"]
 
 
-def test_predict_bad_image_exit_1(tiny_run, tmp_path):
+def test_predict_bad_image_exit_1(tiny_run, tmp_path, capfd):
+    """In process, with the file descriptors captured (a library writing to fd 2 directly
+    would show); a real predict process is tested in tests/test_predict.py."""
     run, root = tiny_run
     good = sorted((root / "val").rglob("*.png"))[0]
     bad = tmp_path / "empty.png"
     bad.write_bytes(b"")
-    res = _run("predict", str(good), str(bad), "--checkpoint", str(run / "best.safetensors"))
-    assert res.returncode == 1
-    assert str(good) in res.stdout and "KL" in res.stdout
-    assert res.stderr.strip() == f"{bad}: error: empty file"
+    rc = main(["predict", str(good), str(bad), "--checkpoint", str(run / "best.safetensors")])
+    out, err = capfd.readouterr()
+    assert rc == 1
+    assert str(good) in out and "KL" in out
+    assert err.strip() == f"{bad}: error: empty file"

@@ -180,7 +180,7 @@ def test_global_intensity_does_not_separate_grades():
 
 def _train_small_cnn(torch, nn) -> tuple[float, float]:
     """Train the acceptance CNN on 500 phantom knees; (held-out accuracy, majority rate)."""
-    res = 64
+    res = 48  # the signs survive at 48 px (accuracy ~0.58 against 0.2), and it is 2x faster
 
     def tensors(per_grade: int, seed: int):
         imgs, y = _balanced_set(per_grade, seed, size=2 * res)  # render small: faster
@@ -199,7 +199,7 @@ def _train_small_cnn(torch, nn) -> tuple[float, float]:
     net = nn.Sequential(*block(1, 8), nn.MaxPool2d(2), *block(8, 16), nn.MaxPool2d(2),
                         *block(16, 32), nn.MaxPool2d(2), *block(32, 32),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
-    epochs, batch = 12, 32
+    epochs, batch = 8, 32
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * ((len(x_tr) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)

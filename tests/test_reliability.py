@@ -154,7 +154,7 @@ def test_patient_in_two_splits(phantom_copy, tree_hash, tiny_run, tmp_path, caps
 def _train_proc(out: Path, cache: Path):
     cmd = [sys.executable, "-m", "koa_core.cli", "train", "--config", "demo", "--quiet",
            "--out", str(out), "--set", f"data.cache_dir={cache}", "--set",
-           "data.phantom_per_class=12", "--set", "train.epochs=3", "--set",
+           "data.phantom_per_class=12", "--set", "train.epochs=2", "--set",
            "train.batch_size=4", "--set", "train.max_steps_per_epoch=40"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -176,7 +176,7 @@ def test_signal_mid_epoch_keeps_last_checkpoint_and_resumes(tmp_path, sig):
         time.sleep(0.2)
     assert _rows(out) == 1, proc.communicate()[1][-2000:]
     best = (out / "best.safetensors").read_bytes()
-    time.sleep(1.0)  # well inside epoch 2
+    time.sleep(0.5)  # inside epoch 2 (15 steps)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
@@ -187,7 +187,7 @@ def test_signal_mid_epoch_keeps_last_checkpoint_and_resumes(tmp_path, sig):
     assert (out / "best.safetensors").read_bytes() == best
     assert not list(out.glob(".*.tmp"))  # no half-written files
     assert main(["train", "--resume", "--out", str(out), "--quiet"]) == 0
-    assert _rows(out) == 3
+    assert _rows(out) == 2
 
 
 def test_sigint_stops_training_even_when_inherited_as_ignored(tmp_path, monkeypatch):
