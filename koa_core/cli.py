@@ -9,6 +9,7 @@ into one line ``koa: error: ...`` and exit status 2, never a traceback. Heavy im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -128,12 +129,18 @@ def _cmd_train(args) -> int:
         cfg = apply_overrides(load_run_config(args.out), args.set)
     else:  # a bad setting fails here, in a fraction of a second, before torch is imported
         cfg = load_config(args.config, args.set)
-    from .engine import fit
-
     if args.data:
         cfg.data.root = args.data
+    # The folder's lock is taken before torch is imported, so a second `koa train` into it
+    # is refused at once; fit() holds it again (re-entrant). Under torchrun, rank 0 holds it.
+    from .locking import FolderLock
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
-        summary = fit(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        with FolderLock(args.out, "training a run") if rank0 else contextlib.nullcontext():
+            from .engine import fit
+
+            summary = fit(cfg, args.out, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
         state = Path(args.out) / "last_state.safetensors"
         if not state.exists():
@@ -142,7 +149,7 @@ def _cmd_train(args) -> int:
         raise KoaError(f"interrupted; the last completed epoch is saved in {args.out}; "
                        f"continue with: koa train --resume --out {args.out}") from None
     metric = cfg.train.select_metric
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary, not one per rank
+    if rank0:  # under torchrun, one summary, not one per rank
         print(f"done: {summary['epochs_run']} epoch(s) in {summary['seconds']:.0f} s; best val "
               f"{metric} {summary['best_' + metric]:.4f}; checkpoint {args.out}/best.safetensors")
     return 0

@@ -75,3 +75,19 @@ def test_two_koa_train_into_one_folder_one_trains_one_is_refused(tmp_path):
     assert "another koa process is training a run" in err or "already holds a run" in err
     assert (out / "best.safetensors").exists() and (out / "history.csv").exists()
 
+
+
+def test_koa_train_into_a_held_folder_is_refused_before_torch_is_imported(tmp_path):
+    p = _holder(tmp_path / "run", 60)
+    code = ("import sys; from koa_core.cli import main\n"
+            "rc = main(['train', '--out', sys.argv[1], '--quiet'])\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        p.kill()
+        p.wait()
+    assert r.returncode == 2 and r.stdout.strip() == "no torch", (r.stdout, r.stderr)
+    assert r.stderr.startswith("koa: error:")
+    assert "another koa process is training a run" in r.stderr
