@@ -397,7 +397,6 @@ def _fit(cfg: Config, out_dir, resume, progress, data, keep_state, deadline) -> 
                 elif improved:
                     held = (epoch, metrics, {k: v.detach().clone()
                                              for k, v in evaluated.state_dict().items()})
-                _write_history(out / "history.csv", history)
                 if keep_state:
                     save_state(state_path, {"model": model.state_dict(),
                                             **({"ema": ema.state_dict()} if ema else {}),
@@ -405,6 +404,9 @@ def _fit(cfg: Config, out_dir, resume, progress, data, keep_state, deadline) -> 
                                             "scheduler": sched.state_dict(), "epoch": epoch,
                                             "best": sel.best, "stale": sel.stale,
                                             "history": history})
+                # after the state: an epoch in history.csv is always one --resume can continue
+                # (a signal during the state's write used to leave a row without its state)
+                _write_history(out / "history.csv", history)
                 if progress:
                     print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc "
                           f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "

@@ -154,7 +154,7 @@ def test_patient_in_two_splits(phantom_copy, tree_hash, tiny_run, tmp_path, caps
 def _train_proc(out: Path, cache: Path):
     cmd = [sys.executable, "-m", "koa_core.cli", "train", "--config", "demo", "--quiet",
            "--out", str(out), "--set", f"data.cache_dir={cache}", "--set",
-           "data.phantom_per_class=12", "--set", "train.epochs=2", "--set",
+           "data.phantom_per_class=8", "--set", "train.epochs=2", "--set",
            "train.batch_size=4", "--set", "train.max_steps_per_epoch=40"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -176,7 +176,7 @@ def test_signal_mid_epoch_keeps_last_checkpoint_and_resumes(tmp_path, sig):
         time.sleep(0.2)
     assert _rows(out) == 1, proc.communicate()[1][-2000:]
     best = (out / "best.safetensors").read_bytes()
-    time.sleep(0.5)  # inside epoch 2 (15 steps)
+    time.sleep(0.5)  # inside epoch 2 (10 steps)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
@@ -218,3 +218,23 @@ def test_sigint_stops_training_even_when_inherited_as_ignored(tmp_path, monkeypa
         signal.signal(signal.SIGINT, old)
     assert load_state(tmp_path / "run" / "last_state.safetensors")["epoch"] == 1
     assert _rows(tmp_path / "run") == 1
+
+
+def test_an_interrupt_while_the_state_is_written_leaves_no_unresumable_row(tmp_path,
+                                                                            monkeypatch):
+    """history.csv gains an epoch's row only once that epoch's state is saved: a signal
+    during the write (here, the first one) leaves no row that --resume could not continue."""
+    from koa_core import engine
+    from koa_core.config import load_config
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_state", interrupted)
+    cfg = load_config("demo", [f"data.cache_dir={tmp_path / 'cache'}",
+                               "data.phantom_per_class=6", "train.epochs=1",
+                               "train.batch_size=8", "train.max_steps_per_epoch=1"])
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, tmp_path / "run", progress=False)
+    assert _rows(tmp_path / "run") == 0
+    assert not (tmp_path / "run" / "last_state.safetensors").exists()
