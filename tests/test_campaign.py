@@ -17,7 +17,7 @@ def _plan(tmp_path, **extra):
         "profiles": ["demo"],
         "set": [f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=64",
                 "data.phantom_per_class=6", "train.epochs=1", "train.batch_size=8",
-                "train.max_steps_per_epoch=2", "train.amp=off", "data.device_resident=on"],
+                "train.max_steps_per_epoch=1", "train.amp=off", "data.device_resident=on"],
         "stages": [{"name": "t5", "seeds": [1, 2],
                     "runs": [{"name": "raw", "configs": ["ablation-raw"]},
                              {"name": "proposed", "configs": ["ablation-proposed"]}]}],

@@ -73,7 +73,7 @@ def _final_weights(run):
 
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    cfg = _cfg(cache, **{"train.deterministic": "true"})
+    cfg = _cfg(cache, **{"train.deterministic": "true", "train.max_steps_per_epoch": 2})
     engine.fit(cfg, tmp_path / "a", progress=False)
     full = _final_weights(tmp_path / "a")
 
@@ -135,7 +135,8 @@ def test_worker_processes_do_not_change_training(tmp_path):
     weights = {}
     for workers in (0, 2):
         cfg = _cfg(tmp_path / "cache", **{"train.deterministic": "true",
-                                          "data.num_workers": workers, "train.epochs": 2})
+                                          "data.num_workers": workers, "train.epochs": 2,
+                                          "train.max_steps_per_epoch": 2})
         engine.fit(cfg, tmp_path / f"w{workers}", progress=False)
         weights[workers] = _final_weights(tmp_path / f"w{workers}")
         rows = list(csv.DictReader(open(tmp_path / f"w{workers}" / "history.csv")))
