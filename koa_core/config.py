@@ -66,6 +66,10 @@ class AugmentConfig:
     enabled: bool = True  # §2.3a: online augmentation
     class_specific: bool = True  # §2.3a: strong for KL1, distortion for KL3-4, basic KL0/2
     seed: int = 0
+    # beyond the paper (koa_core.mixing): Beta(a, a) of mixup and CutMix; 0 = off (paper)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0  # chance that a batch is mixed when a lever is on
 
 
 @dataclass
@@ -190,7 +194,9 @@ RULES = {
              "phantom_seed": _int_at_least(0)},
     "preprocess": {"crop": _bool, "clahe_clip": _number(0, 1000, lo_open=True),
                    "clahe_tiles": _int_at_least(1)},
-    "augment": {"enabled": _bool, "class_specific": _bool, "seed": _int_at_least(0)},
+    "augment": {"enabled": _bool, "class_specific": _bool, "seed": _int_at_least(0),
+                "mixup": _number(0, 100), "cutmix": _number(0, 100),
+                "mix_prob": _number(0, 1, hi_open=False)},
     "model": {"streams": _choice("dual", "raw", "clahe"), "cross_attention": _bool,
               "fusion": _choice("gated", "mean"), "attention_heads": _heads,
               "dropout": _number(0, 1), "aux_heads": _bool, "pretrained": _string,

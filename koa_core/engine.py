@@ -52,6 +52,7 @@ from .errors import KoaError
 from .feed import batch_input, device_views, make_feed
 from .gpumon import GpuUtilization
 from .locking import FolderLock
+from .mixing import Mixer, mixed_loss
 from .ema import WeightEMA
 from .losses import KLMultiTaskLoss, normalise_alpha, resolve_alpha
 from .metrics import classification_metrics
@@ -153,6 +154,7 @@ def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, 
     from tqdm.auto import tqdm
 
     model.train()
+    mixer = Mixer.from_config(cfg.augment)  # None unless augment.mixup/cutmix (not paper)
     keys = ("loss", "main", "aux_binary", "aux_early")
     sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)  # + correct
     check_every = 25 if device.type == "cuda" else 1
@@ -171,10 +173,11 @@ def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, 
             if batch is None:
                 break
             x, y = batch
+            mix = mixer(x, epoch, steps) if mixer is not None else None
             with autocast(device, dtype):
-                out = model(x)
-            parts = loss_fn({k: (v.float() if v is not None else None) for k, v in out.items()},
-                            y)
+                out = model(mix.x if mix is not None else x)
+            parts = mixed_loss(loss_fn, {k: (v.float() if v is not None else None)
+                                         for k, v in out.items()}, y, mix)
             loss = parts["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()

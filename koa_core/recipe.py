@@ -39,6 +39,8 @@ LEVERS = [
     ("alpha-mean1", "Table 2's alpha rescaled to mean 1 over the training labels"),
     ("aux-alpha", "auxiliary samples weighted by alpha of their grade"),
     ("sord", "ordinal soft labels (SORD, scale 2)"),
+    ("mixup", "mixup of knee pairs, lam ~ Beta(0.2, 0.2), both grades' losses mixed"),
+    ("cutmix", "CutMix of knee pairs, lam ~ Beta(1, 1), both grades' losses mixed"),
     ("recipe", "the recipe: alpha-mean1 + EMA + SORD + 80 epochs, no early stop"),
 ]
 
