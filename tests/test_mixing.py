@@ -91,7 +91,8 @@ def test_a_training_run_with_both_levers_records_them(tmp_path):
                              "data.phantom_per_class=6", "model.pretrained=none",
                              "train.epochs=1", "train.batch_size=8",
                              "train.max_steps_per_epoch=1", "train.amp=off",
-                             "augment.mixup=0.2", "augment.cutmix=1.0"])
+                             "augment.mixup=0.2", "augment.cutmix=1.0",
+                             "data.device_resident=on"])  # the GPU campaign's input path
     engine.fit(cfg, tmp_path / "run", progress=False)
     side = json.loads((tmp_path / "run" / "best.json").read_text())
     assert side["config"]["augment"]["mixup"] == 0.2
