@@ -71,11 +71,22 @@ def _final_weights(run):
     return load_file(str(run / "last_state.safetensors"))
 
 
-def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    cfg = _cfg(cache, **{"train.deterministic": "true", "train.max_steps_per_epoch": 2})
-    engine.fit(cfg, tmp_path / "a", progress=False)
-    full = _final_weights(tmp_path / "a")
+DETERMINISTIC = {"train.deterministic": "true", "train.max_steps_per_epoch": 2}
+
+
+@pytest.fixture(scope="module")
+def deterministic_run(tmp_path_factory):
+    """An uninterrupted deterministic run in the main process (no loader workers), the
+    reference of the resume and worker tests."""
+    tmp = tmp_path_factory.mktemp("deterministic")
+    engine.fit(_cfg(tmp / "cache", **DETERMINISTIC), tmp / "run", progress=False)
+    return tmp / "run"
+
+
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch,
+                                                      deterministic_run):
+    cfg = _cfg(tmp_path / "cache", **DETERMINISTIC)
+    full = _final_weights(deterministic_run)
 
     real_epoch = engine._train_epoch
     calls = {"n": 0}
@@ -101,7 +112,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
     assert model_keys
     for k in model_keys:
         assert torch.equal(full[k], resumed[k]), k
-    hist_a = list(csv.DictReader(open(tmp_path / "a" / "history.csv")))
+    hist_a = list(csv.DictReader(open(deterministic_run / "history.csv")))
     hist_b = list(csv.DictReader(open(tmp_path / "b" / "history.csv")))
     assert [r["val_macro_f1"] for r in hist_a] == [r["val_macro_f1"] for r in hist_b]
 
@@ -129,17 +140,15 @@ def test_unwritable_output_fails_before_training(tmp_path, monkeypatch):
     assert not called
 
 
-def test_worker_processes_do_not_change_training(tmp_path):
+def test_worker_processes_do_not_change_training(tmp_path, deterministic_run):
     # Persistent workers prefetching the next epoch during validation, with partial epochs
     # (max_steps_per_epoch), train exactly what the main process alone trains.
-    weights = {}
-    for workers in (0, 2):
-        cfg = _cfg(tmp_path / "cache", **{"train.deterministic": "true",
-                                          "data.num_workers": workers, "train.epochs": 2,
-                                          "train.max_steps_per_epoch": 2})
-        engine.fit(cfg, tmp_path / f"w{workers}", progress=False)
-        weights[workers] = _final_weights(tmp_path / f"w{workers}")
-        rows = list(csv.DictReader(open(tmp_path / f"w{workers}" / "history.csv")))
+    assert _cfg(tmp_path, **DETERMINISTIC).data.num_workers == 0  # the reference's
+    cfg = _cfg(tmp_path / "cache", **DETERMINISTIC, **{"data.num_workers": 2})
+    engine.fit(cfg, tmp_path / "w2", progress=False)
+    weights = {0: _final_weights(deterministic_run), 2: _final_weights(tmp_path / "w2")}
+    for run in (deterministic_run, tmp_path / "w2"):
+        rows = list(csv.DictReader(open(run / "history.csv")))
         assert len(rows) == 2 and all(float(r["data_wait_s"]) >= 0 for r in rows)
     keys = [k for k in weights[0] if k.startswith("s.model.")]
     assert keys and all(torch.equal(weights[0][k], weights[2][k]) for k in keys)
@@ -252,7 +261,7 @@ def test_selection_follows_validation_macro_f1(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("keep_state", [True, False])
-def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state):
+def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state, plain_run):
     """best.safetensors re-evaluated on the validation split gives best.json's confusion
     matrix (whether it was written at once or held in memory until the end)."""
     from koa_core.checkpoint import load_checkpoint
@@ -260,7 +269,10 @@ def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state)
 
     cfg = _cfg(tmp_path / "cache", **{"train.max_steps_per_epoch": 1})
     out = tmp_path / "run"
-    engine.fit(cfg, out, progress=False, keep_state=keep_state)
+    if keep_state:  # the default: the shared plain run
+        cfg, out = _cfg(tmp_path / "cache"), plain_run[1]
+    else:
+        engine.fit(cfg, out, progress=False, keep_state=False)
     assert (out / "last_state.safetensors").exists() == keep_state
     side = json.loads((out / "best.json").read_text())
     model, _ = load_checkpoint(out / "best.safetensors")
