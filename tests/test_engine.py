@@ -216,9 +216,9 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "koa_core.cli", "train", "--quiet", "--out", str(out)]
-    for s in [f"data.cache_dir={cache}", "data.image_size=64", "data.phantom_per_class=12",
+    for s in [f"data.cache_dir={cache}", "data.image_size=64", "data.phantom_per_class=6",
               "model.pretrained=none", "train.epochs=1", "train.batch_size=4",
-              "train.max_steps_per_epoch=2", "train.amp=off", "train.warmup_epochs=1"]:
+              "train.max_steps_per_epoch=1", "train.amp=off", "train.warmup_epochs=1"]:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
