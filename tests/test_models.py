@@ -80,6 +80,22 @@ def test_gate_weights_sum_to_one(amp):
     assert torch.equal(mean_gate, torch.full_like(mean_gate, 0.5))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_fusion_mixes_features_in_their_own_dtype(dtype):
+    """The gate stays fp32 for users; the fused features keep the streams' dtype (bf16
+    features under autocast are not promoted to fp32 by an fp32 gate)."""
+    from koa_core.models import GatedFusion
+
+    torch.manual_seed(0)
+    fusion = GatedFusion(dim=8, hidden=4)
+    p_raw, p_clahe = torch.randn(3, 8).to(dtype), torch.randn(3, 8).to(dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
+        fused, w = fusion(p_raw, p_clahe)
+    assert w.dtype == torch.float32 and fused.dtype == dtype
+    wf = w.to(dtype)
+    assert torch.equal(fused, wf[:, :1] * p_raw + wf[:, 1:] * p_clahe)
+
+
 def test_uint8_and_float_inputs_agree():
     m = _model()
     x = _x()
