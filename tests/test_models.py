@@ -96,6 +96,51 @@ def test_gated_fusion_mixes_features_in_their_own_dtype(dtype):
     assert torch.equal(fused, wf[:, :1] * p_raw + wf[:, 1:] * p_clahe)
 
 
+def test_gate_is_the_softmax_of_a_two_layer_relu_mlp():
+    """Recomputed from the MLP's weights: Linear, ReLU, Linear, softmax over the pair."""
+    import torch.nn.functional as F
+
+    from koa_core.models import GatedFusion
+
+    torch.manual_seed(0)
+    fusion = GatedFusion(dim=8, hidden=16)
+    p_raw, p_clahe = torch.randn(4, 8), torch.randn(4, 8)
+    (l1, _, l2) = fusion.mlp
+    hidden = F.relu(F.linear(torch.cat([p_raw, p_clahe], 1), l1.weight, l1.bias))
+    expected = torch.softmax(F.linear(hidden, l2.weight, l2.bias), 1)
+    assert (hidden == 0).any()  # the ReLU clips something here, so it is exercised
+    assert torch.allclose(fusion(p_raw, p_clahe)[1], expected, atol=1e-6)
+
+
+def test_cross_attention_keeps_the_knees_of_a_batch_apart():
+    """Tokens attend within their own knee: changing knee 2 leaves knees 0 and 1 as they
+    were (attention over the batch axis, e.g. batch_first lost, would mix them)."""
+    from koa_core.models import CrossAttention
+
+    torch.manual_seed(0)
+    att = CrossAttention(dim=16, heads=2).eval()
+    f_raw, f_clahe = torch.randn(3, 16, 2, 2), torch.randn(3, 16, 2, 2)
+    with torch.no_grad():
+        a = att(f_raw, f_clahe)
+        f_raw2, f_clahe2 = f_raw.clone(), f_clahe.clone()
+        f_raw2[2] += 1.0
+        f_clahe2[2] -= 1.0
+        b = att(f_raw2, f_clahe2)
+    for i in range(2):
+        assert torch.allclose(a[i][:2], b[i][:2], atol=1e-6)
+        assert not torch.allclose(a[i][2], b[i][2])
+
+
+def test_mean_fusion_is_the_mean_of_the_pooled_streams():
+    m = _model(fusion="mean", cross_attention=False)
+    x = _x()
+    with torch.no_grad():
+        feats, gate = m.forward_features(x)
+        pooled = [m.trunk(m._normalise(x[:, c:c + 1])).mean((2, 3)) for c in (0, 1)]
+    assert torch.allclose(feats, (pooled[0] + pooled[1]) / 2, atol=1e-5)
+    assert torch.equal(gate, torch.full((3, 2), 0.5))
+
+
 def test_uint8_and_float_inputs_agree():
     m = _model()
     x = _x()
