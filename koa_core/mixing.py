@@ -82,7 +82,7 @@ class Mixer:
         y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
         out = x.clone()
-        out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        out[..., y0:y1, x0:x1] = x[..., y0:y1, x0:x1][perm]  # gathers the box only
         lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
         return Mix(out, perm, lam, kind, (y0, y1, x0, x1))
 
