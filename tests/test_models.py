@@ -8,7 +8,7 @@ import torchvision
 
 from koa_core.config import ModelConfig
 from koa_core.errors import KoaError
-from koa_core.models import KLNet, build_model
+from koa_core.models import KLNet, build_model, load_pretrained_trunk
 
 VARIANTS = {
     "proposed": {},
@@ -257,8 +257,13 @@ def test_imagenet_unavailable_is_one_clear_error(monkeypatch):
 
     monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__,
                         "get_state_dict", offline)
-    with pytest.raises(KoaError, match="pretrained=none"):
+    with pytest.raises(KoaError) as err:
         build_model(ModelConfig(pretrained="imagenet"))
+    msg = str(err.value)
+    assert msg.startswith("ImageNet weights for ResNet-18 are not available (URLError); ")
+    for alternative in ("model.pretrained=none", "model.pretrained=PATH",
+                        "resnet18-f37072fd.pth"):
+        assert alternative in msg
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -277,8 +282,19 @@ def test_pretrained_from_local_file(tmp_path, suffix):
 
 
 def test_pretrained_missing_file():
-    with pytest.raises(KoaError, match="neither"):
+    with pytest.raises(KoaError) as err:
         build_model(ModelConfig(pretrained="/no/such/weights.pth"))
+    assert str(err.value) == ("model.pretrained: /no/such/weights.pth is neither 'imagenet', "
+                              "'none' nor a file")
+
+
+@pytest.mark.parametrize("spec", ["none", "", None])
+def test_no_pretrained_weights_leaves_the_trunk_alone(spec):
+    torch.manual_seed(0)
+    trunk = _model().trunk
+    before = {k: v.clone() for k, v in trunk.state_dict().items()}
+    assert load_pretrained_trunk(trunk, spec) is None
+    assert all(torch.equal(before[k], v) for k, v in trunk.state_dict().items())
 
 
 def test_pretrained_pickle_bomb_is_refused_without_running(tmp_path):
@@ -295,8 +311,9 @@ def test_pretrained_pickle_bomb_is_refused_without_running(tmp_path):
     path = tmp_path / "bomb.pth"
     with open(path, "wb") as fh:
         pickle.dump({"conv1.weight": Bomb()}, fh, protocol=2)
-    with pytest.raises(KoaError, match="cannot load weights"):
+    with pytest.raises(KoaError) as err:
         build_model(ModelConfig(pretrained=str(path)))
+    assert str(err.value) == f"{path}: cannot load weights (UnpicklingError)"
     assert not marker.exists()
 
 
@@ -305,10 +322,13 @@ def test_pretrained_that_is_not_a_resnet18_is_one_clear_error(tmp_path):
 
     path = tmp_path / "other.safetensors"
     save_file({"fc.weight": torch.zeros(10, 512)}, str(path))  # a head, no trunk
-    with pytest.raises(KoaError, match="trunk tensors missing"):
+    # all 100 trunk weights and BN statistics (a missing num_batches_tracked is allowed)
+    with pytest.raises(KoaError, match=rf"^pretrained weights {path}: 100 trunk tensors "
+                                       r"missing \(e\.g\. 0\.weight\); is it a ResNet-18\?$"):
         build_model(ModelConfig(pretrained=str(path)))
     save_file({"layer1.0.conv1.weight": torch.zeros(3, 3, 1, 1)}, str(path))  # wrong shape
-    with pytest.raises(KoaError, match="not a ResNet-18 trunk"):
+    with pytest.raises(KoaError, match=rf"^pretrained weights {path}: not a ResNet-18 trunk "
+                                       r"\(size mismatch for 4\.0\.conv1\.weight"):
         build_model(ModelConfig(pretrained=str(path)))
 
 
@@ -348,3 +368,17 @@ def test_normalise_is_imagenet_standardisation_of_each_view():
     assert got.shape == (2, 3, 8, 8) and torch.allclose(got, want, atol=1e-6)
     # float input is taken as already scaled to [0, 1]
     assert torch.allclose(m._normalise(x.float() / 255), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("streams", ["raw", "clahe"])
+def test_a_single_stream_model_taps_its_own_stream(streams):
+    """Grad-CAM hooks the tap of the stream a single-stream model uses; the other stays idle."""
+    m = _model(streams=streams)
+    fired = []
+    hooks = [m.tap_raw.register_forward_hook(lambda *a: fired.append("raw")),
+             m.tap_clahe.register_forward_hook(lambda *a: fired.append("clahe"))]
+    with torch.no_grad():
+        m(_x())
+    for h in hooks:
+        h.remove()
+    assert fired == [streams]
