@@ -3,7 +3,8 @@
 Every backend answers one question the same way: for ``(N, 2, S, S)`` uint8 views (raw,
 CLAHE) give the class probabilities ``(N, 5)`` and the fusion gates ``(N, 2)`` (None for a
 single-stream model), both float32 whatever precision ran the network, optionally averaged
-with each knee's left-right mirror (``tta="flip"``).
+with each knee's left-right mirror (``tta="flip"``), and the probabilities scaled by the
+temperature in the checkpoint's sidecar where ``koa calibrate`` fitted one.
 
 * :class:`TorchBackend` runs the checkpoint's model (channels_last; bf16 autocast where
   the CPU or GPU has native bf16, else fp32).
@@ -90,7 +91,30 @@ def _check_tta(tta: str | None) -> None:
         raise KoaError(f"tta: {tta!r} is not one of none, flip")
 
 
-class TorchBackend:
+class _Calibrated:
+    """What every backend shares: the sidecar's fitted temperature (``koa calibrate``),
+    applied to the probabilities it reports unless ``calibrated`` is set False."""
+
+    sidecar: dict
+    calibrated = True
+
+    @property
+    def temperature(self) -> float | None:
+        """The temperature applied to this backend's probabilities (None: plain softmax)."""
+        from .calibration import sidecar_temperature
+
+        return sidecar_temperature(self.sidecar) if self.calibrated else None
+
+    def _scaled(self, probs: np.ndarray) -> np.ndarray:
+        t = self.temperature
+        if t is None or not len(probs):
+            return probs
+        from .calibration import apply_temperature
+
+        return apply_temperature(probs, t).astype(np.float32)
+
+
+class TorchBackend(_Calibrated):
     """A checkpoint's model run by torch on ``device`` (default: the GPU if any)."""
 
     engine = "torch"
@@ -107,8 +131,9 @@ class TorchBackend:
         self.cam_model = self.model  # Grad-CAM (koa_core.explain) runs on the same model
 
     def predict(self, views, batch_size: int = 64, tta: str | None = None):
-        return predict_views(self.model, views, batch_size, self.device, self.dtype,
+        p, g = predict_views(self.model, views, batch_size, self.device, self.dtype,
                              channels_last=True, tta=tta)
+        return self._scaled(p), g
 
 
 class _ProbsAndGate(torch.nn.Module):
@@ -254,7 +279,7 @@ def calibration_views(root: str | Path, sidecar: dict, n: int = 64) -> np.ndarra
     return np.asarray(ViewCache().get(chosen, pre, root=str(root)))
 
 
-class OrtBackend:
+class OrtBackend(_Calibrated):
     """An ONNX file written by :func:`export_onnx`, run by ONNX Runtime on the CPU."""
 
     engine = "onnxruntime"
@@ -316,7 +341,8 @@ class OrtBackend:
                 gates.append(g.astype(np.float32))
         if not probs:
             return np.zeros((0, 5), np.float32), None
-        return np.concatenate(probs), (np.concatenate(gates) if gates else None)
+        return (self._scaled(np.concatenate(probs)),
+                np.concatenate(gates) if gates else None)
 
 
 def onnx_cache_path(checkpoint: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -386,4 +412,9 @@ def load_backend(checkpoint: str | Path, engine: str = "torch",
         export_onnx(path, target)
     backend = OrtBackend(target)
     backend.source = path
+    # the checkpoint's own sidecar, not the copy frozen into the cached export: a
+    # temperature fitted after the export was cached still applies
+    from .checkpoint import read_sidecar
+
+    backend.sidecar = read_sidecar(path)
     return backend

@@ -11,14 +11,23 @@ something: of the knees given 0.8, about 80 % should have that grade. Measured h
   would flatter itself, so :func:`cross_fitted_temperature` fits ``T`` on one half of the
   patients and applies it to the other (and back): every knee is scaled by a temperature
   fitted without it.
+
+``koa calibrate`` fits ``T`` on a checkpoint's validation knees and stores it in the
+checkpoint's sidecar (:func:`sidecar_temperature` reads it back); every backend then reports
+``softmax(log p / T)``. The grade, an argmax, is the same with or without it.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .errors import KoaError
+
 __all__ = ["apply_temperature", "calibration_report", "cross_fitted_temperature", "ece",
-           "fit_temperature", "nll", "patient_folds", "reliability_bins"]
+           "fit_temperature", "nll", "patient_folds", "reliability_bins",
+           "sidecar_temperature"]
 
 N_BINS = 15
 
@@ -33,6 +42,22 @@ def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
     z -= z.max(1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
+
+
+def sidecar_temperature(sidecar: dict) -> float | None:
+    """The temperature ``koa calibrate`` stored in a checkpoint's sidecar, or None."""
+    cal = sidecar.get("calibration")
+    if cal is None:
+        return None
+    try:
+        t = float(cal["temperature"])
+    except (KeyError, TypeError, ValueError):
+        raise KoaError("checkpoint sidecar: calibration.temperature is missing or not a "
+                       "number (run koa calibrate again)") from None
+    if not math.isfinite(t) or t <= 0:
+        raise KoaError(f"checkpoint sidecar: calibration.temperature must be a positive "
+                       f"number (got {t})")
+    return t
 
 
 def nll(probs: np.ndarray, y: np.ndarray) -> float:

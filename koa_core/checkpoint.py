@@ -33,6 +33,7 @@ __all__ = [
     "save_checkpoint",
     "save_state",
     "sidecar_path",
+    "update_sidecar",
     "write_pair",
 ]
 
@@ -158,6 +159,23 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
                        "preprocessing needed to use the weights)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise KoaError(f"{side}: unreadable checkpoint sidecar ({exc})") from None
+
+
+def update_sidecar(path: str | Path, changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``changes`` into a checkpoint's sidecar, atomically; the weights and their
+    SHA-256 stay as they are. A sidecar that does not match its weights is refused."""
+    path = Path(path)
+    _check_file(path)
+    side = read_sidecar(path)
+    digest = side.pop("weights_sha256", None)
+    if digest and digest != _sha256(path):
+        raise KoaError(f"{path}: the weights do not match their sidecar's SHA-256; refused")
+    side.update(changes)
+    if digest:
+        side["weights_sha256"] = digest
+    target = sidecar_path(path)
+    os.replace(_write_text_tmp(json.dumps(side, indent=2, default=str) + "\n", target), target)
+    return side
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):

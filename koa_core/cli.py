@@ -163,9 +163,13 @@ def _cmd_evaluate(args) -> int:
                             predictions=args.predictions, batch_size=args.batch_size,
                             n_boot=args.n_boot, cache_dir=args.cache_dir,
                             allow_leakage=args.allow_leakage, progress=not args.quiet,
-                            tta=args.tta, ensemble=args.ensemble, engine=args.engine)
+                            tta=args.tta, ensemble=args.ensemble, engine=args.engine,
+                            calibrated=not args.uncalibrated)
     extra = (", flip TTA" if m.get("tta") else "") + (
-        f", ensemble of {len(m['ensemble'])}" if m.get("ensemble") else "")
+        f", ensemble of {len(m['ensemble'])}" if m.get("ensemble") else "") + (
+        ", temperature " + "/".join("none" if t is None else f"{t:.3f}"
+                                    for t in m["temperatures"])
+        if any(t is not None for t in m["temperatures"]) else "")
     print(f"{m['checkpoint']} on {args.data} [{args.split}], n = {m['n']}{extra}; "
           f"{m['precision']}")
     print(format_report(m))
@@ -184,6 +188,7 @@ def _cmd_predict(args) -> int:
         raise KoaError(f"no image files found in {', '.join(args.images)} (PNG, JPEG, WebP, "
                        "TIFF or DICOM)")
     backend = load_backend(resolve_checkpoint(args.checkpoint), args.engine)
+    backend.calibrated = not args.uncalibrated
     preds = iter_predictions(inputs.files, backend, cam_dir=args.cam, report_dir=args.report,
                              batch_size=args.batch_size)
     kept = []  # small per-file entries, for --json and the report's index only
@@ -262,8 +267,21 @@ def add_model_commands(sub) -> None:
                    help="average the probabilities with this checkpoint's (repeatable); "
                    "reported apart from single models")
     _add_engine(p)
+    _add_uncalibrated(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit the checkpoint's temperature on the validation "
+                       "knees and store it in its sidecar (probabilities, not grades, change)")
+    p.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint whose "
+                   "sidecar gets the temperature")
+    p.add_argument("--data", required=True, help="dataset root (only its val split is read)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--allow-leakage", action="store_true")
+    _add_engine(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("predict", help="grade knee images and folders (CSV, Grad-CAM, reports)")
     p.add_argument("images", nargs="+", metavar="DIR_OR_FILE",
@@ -271,6 +289,7 @@ def add_model_commands(sub) -> None:
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or an ONNX file from "
                    "koa export --onnx (default: the shipped checkpoint)")
     _add_engine(p)
+    _add_uncalibrated(p)
     p.add_argument("--out", metavar="CSV", help="write one row per file here (grade, "
                    "probabilities, gate, precision, error), each row as soon as it is graded")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -283,6 +302,29 @@ def add_model_commands(sub) -> None:
                    help="progress bar with --out even when stderr is not a terminal")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
+
+
+def _add_uncalibrated(p) -> None:
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="plain softmax probabilities, ignoring a temperature fitted by "
+                   "koa calibrate (the grades are the same)")
+
+
+def _cmd_calibrate(args) -> int:
+    from .inference import calibrate_checkpoint
+
+    c = calibrate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                             cache_dir=args.cache_dir, allow_leakage=args.allow_leakage,
+                             progress=not args.quiet, engine=args.engine,
+                             command=args.command_line)
+    x = c["cross_fitted"]
+    print(f"temperature {c['temperature']:.3f} fitted on {c['knees']} validation knees and "
+          f"stored in {Path(args.checkpoint).with_suffix('.json')}\n"
+          f"  NLL {c['nll']['before']:.4f} -> {c['nll']['after']:.4f}, "
+          f"ECE {c['ece']['before']:.4f} -> {c['ece']['after']:.4f} (fitted on these knees)\n"
+          f"  cross-fitted over patients: NLL {x['nll']:.4f}, ECE {x['ece']:.4f} "
+          f"(fold temperatures {', '.join(f'{t:.3f}' for t in x['fold_temperatures'])})")
+    return 0
 
 
 def _add_engine(p) -> None:

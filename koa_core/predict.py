@@ -11,9 +11,10 @@
   files there are. A file that cannot be read, or whose prediction fails, gets its error
   in its row and the batch goes on.
 * **rows** (:data:`CSV_FIELDS`): grade, the five probabilities, the gate, the precision
-  and engine that ran the network, the image's size, DICOM photometry and pixel spacing,
-  and the error. ``--out`` receives each row as soon as it is graded and is flushed, so an
-  interrupted batch leaves a valid CSV of the files graded so far.
+  and engine that ran the network, the temperature applied (``koa calibrate``), the
+  image's size, DICOM photometry and pixel spacing, and the error. ``--out`` receives
+  each row as soon as it is graded and is flushed, so an interrupted batch leaves a valid
+  CSV of the files graded so far.
 * **explanations**: ``--cam DIR`` writes each stream's Grad-CAM over the input image at its
   own resolution (the map is computed on the model's input, the crop of
   :func:`~koa_core.preprocess.crop_box`, and drawn back where that crop came from);
@@ -45,8 +46,8 @@ __all__ = ["CSV_FIELDS", "Prediction", "collect_inputs", "iter_predictions", "pr
            "write_predictions"]
 
 CSV_FIELDS = ["path", "grade", "p0", "p1", "p2", "p3", "p4", "gate_raw", "gate_clahe",
-              "precision", "engine", "width", "height", "photometric", "pixel_spacing_mm",
-              "error"]
+              "precision", "engine", "temperature", "width", "height", "photometric",
+              "pixel_spacing_mm", "error"]
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Prediction:
     report: str | None = None
     precision: str | None = None  # "fp32", "bf16 autocast", "onnxruntime int8": what ran
     engine: str | None = None
+    temperature: float | None = None  # fitted by koa calibrate and applied (None: softmax)
     size: list[int] | None = None  # [height, width] of the input image
     dicom: dict | None = None  # photometric interpretation, pixel spacing, window...
     error: str | None = None
@@ -82,6 +84,7 @@ class Prediction:
                 **{f"p{k}": _fmt(p[k]) for k in range(5)},
                 "gate_raw": _fmt(g[0]), "gate_clahe": _fmt(g[1]),
                 "precision": self.precision, "engine": self.engine,
+                "temperature": _fmt(self.temperature),
                 "width": self.size[1] if self.size else None,
                 "height": self.size[0] if self.size else None,
                 "photometric": d.get("photometric"),
@@ -200,6 +203,8 @@ def _explain(backend, item: _Loaded, pred: Prediction, pre: Preprocessor, stem: 
         from .knee_report import KneeReport, render_report
 
         details = {"precision": pred.precision, "engine": pred.engine}
+        if pred.temperature is not None:
+            details["temperature"] = f"{pred.temperature:.3f} (koa calibrate)"
         meta = item.meta or {}
         if meta.get("pixel_spacing_mm"):
             details["pixel spacing"] = " x ".join(f"{v:g}" for v in
@@ -269,7 +274,7 @@ def _predictions(files, backend, pre, cam_dir, report_dir, batch_size, workers):
                                   [float(p) for p in probs[j]],
                                   [float(g) for g in gates[j]] if gates is not None else None,
                                   precision=backend.precision, engine=backend.engine,
-                                  size=list(item.image.shape),
+                                  temperature=backend.temperature, size=list(item.image.shape),
                                   dicom=item.meta or None)
                 j += 1
                 if cam_dir or report_dir:

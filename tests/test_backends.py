@@ -244,3 +244,28 @@ def test_auto_engine_runs_onnxruntime_without_bf16(exported, tmp_path, monkeypat
     monkeypatch.setenv("KOA_ENGINE", "torch")
     assert main(["predict", str(image), "--checkpoint", str(ckpt), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["engine"] == "torch"
+
+
+def test_a_temperature_fitted_after_the_cached_export_still_applies(exported, tmp_path):
+    """The cached ONNX export of a checkpoint carries the sidecar of its export time; the
+    temperature koa calibrate stores later must still scale what ONNX Runtime reports."""
+    import shutil
+
+    from koa_core.calibration import apply_temperature
+    from koa_core.checkpoint import update_sidecar
+
+    ckpt, fp32, _, val = exported
+    copy = tmp_path / "ckpt.safetensors"
+    shutil.copy(ckpt, copy)
+    shutil.copy(ckpt.with_suffix(".json"), copy.with_suffix(".json"))
+    cached = backends.onnx_cache_path(copy, tmp_path / "cache")
+    cached.parent.mkdir(parents=True)
+    shutil.copy(fp32, cached)  # exported before the temperature existed
+    update_sidecar(copy, {"calibration": {"temperature": 2.5}})
+    b = backends.load_backend(copy, "onnxruntime", cache_dir=tmp_path / "cache")
+    assert b.temperature == 2.5
+    plain, _ = backends.OrtBackend(fp32).predict(val)
+    assert b.predict(val)[0] == pytest.approx(apply_temperature(plain, 2.5), abs=1e-5)
+    b.calibrated = False
+    assert b.temperature is None
+    assert b.predict(val)[0] == pytest.approx(plain, abs=1e-6)

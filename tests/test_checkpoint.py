@@ -238,3 +238,31 @@ def test_training_state_round_trips_nested_lists_and_dicts(tmp_path):
     save_file({"w": torch.zeros(1)}, str(tmp_path / "v.safetensors"))
     with pytest.raises(KoaError, match="v.safetensors: not a koa_core training state$"):
         load_state(tmp_path / "v.safetensors")
+
+
+def test_update_sidecar_merges_keys_and_leaves_the_weights_alone(tmp_path):
+    from koa_core.checkpoint import update_sidecar
+
+    model, path = _saved(tmp_path)
+    weights, before = path.read_bytes(), read_sidecar(path)
+    update_sidecar(path, {"calibration": {"temperature": 1.5}})
+    after = read_sidecar(path)
+    assert path.read_bytes() == weights
+    assert after == {**before, "calibration": {"temperature": 1.5}}
+    assert list(after)[-1] == "weights_sha256"  # still the sidecar's last key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.json", "ckpt.safetensors"]
+    loaded, side = load_checkpoint(path)
+    assert side["calibration"] == {"temperature": 1.5}
+
+
+def test_update_sidecar_refuses_a_torn_pair(tmp_path):
+    from koa_core.checkpoint import update_sidecar
+
+    _, path = _saved(tmp_path)
+    text = path.with_suffix(".json").read_text()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # other weights than the sidecar describes
+    path.write_bytes(bytes(data))
+    with pytest.raises(KoaError, match="do not match their sidecar's SHA-256"):
+        update_sidecar(path, {"note": "x"})
+    assert path.with_suffix(".json").read_text() == text

@@ -166,3 +166,103 @@ def test_evaluate_ensemble_averages_members_and_tta_is_recorded(tiny_run, tmp_pa
     assert abs(p_flip - pa).max() > 1e-4 and abs(p_flip.sum(1) - 1).max() < 1e-4
     with pytest.raises(KoaError, match="tta"):
         inference.evaluate_checkpoint(a, root, split="val", n_boot=0, tta="rot")
+
+
+# ---------------------------------------------------------------- koa calibrate
+def _copy_checkpoint(run, tmp_path):
+    import shutil
+
+    dst = tmp_path / "ckpt.safetensors"
+    shutil.copy(run / "best.safetensors", dst)
+    shutil.copy(run / "best.json", dst.with_suffix(".json"))
+    return dst
+
+
+def _probs(csv_path):
+    import numpy as np
+
+    rows = list(csv.DictReader(open(csv_path)))
+    return (np.array([[float(r[f"p{g}"]) for g in range(5)] for r in rows]),
+            np.array([int(r["true_grade"]) for r in rows]), rows)
+
+
+def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(
+        tiny_run, tmp_path, capsys, monkeypatch):
+    """koa calibrate fits T on the validation knees (and reads no other split), stores it in
+    the sidecar without touching the weights; evaluate and predict then report
+    softmax(log p / T) with the same grades, and --uncalibrated gives the plain softmax."""
+    import numpy as np
+
+    from koa_core.calibration import apply_temperature, fit_temperature
+    from koa_core.checkpoint import load_checkpoint, read_sidecar
+    from koa_core.cli import main
+
+    run, root = tiny_run
+    ckpt = _copy_checkpoint(run, tmp_path)
+    weights = ckpt.read_bytes()
+    inference.evaluate_checkpoint(ckpt, root, split="val", n_boot=0,
+                                  predictions=tmp_path / "raw.csv")
+    raw, y, raw_rows = _probs(tmp_path / "raw.csv")
+
+    splits = []
+    get = inference.ViewCache.get
+    monkeypatch.setattr(inference.ViewCache, "get", lambda self, recs, *a, **k: (
+        splits.extend(r.split for r in recs), get(self, recs, *a, **k))[1])
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(root),
+                 "--engine", "torch", "--quiet"]) == 0
+    monkeypatch.undo()
+    assert set(splits) == {"val"} and len(splits) == len(y)
+    out = capsys.readouterr().out
+    cal = read_sidecar(ckpt)["calibration"]
+    t = cal["temperature"]
+    assert out.startswith(f"temperature {t:.3f} fitted on {len(y)} validation knees")
+    assert t == pytest.approx(fit_temperature(raw, y), rel=2e-3)
+    assert abs(np.log(t)) > 0.05  # far enough from 1 for the checks below to see it
+    assert cal["nll"]["after"] <= cal["nll"]["before"]
+    assert cal["knees"] == len(y) and cal["split"] == "val"
+    assert cal["command"].startswith("koa calibrate --checkpoint")
+    assert ckpt.read_bytes() == weights
+    load_checkpoint(ckpt)  # the sidecar's SHA-256 still matches the weights
+
+    m = inference.evaluate_checkpoint(ckpt, root, split="val", n_boot=0,
+                                      predictions=tmp_path / "cal.csv")
+    scaled, _, rows = _probs(tmp_path / "cal.csv")
+    assert m["temperatures"] == [t]
+    assert scaled == pytest.approx(apply_temperature(raw, t), abs=2e-5)
+    assert not np.allclose(scaled, raw, atol=1e-3)
+    assert [r["pred_grade"] for r in rows] == [r["pred_grade"] for r in raw_rows]
+    plain = inference.evaluate_checkpoint(ckpt, root, split="val", n_boot=0, calibrated=False,
+                                          predictions=tmp_path / "plain.csv")
+    assert plain["temperatures"] == [None]
+    assert _probs(tmp_path / "plain.csv")[0] == pytest.approx(raw, abs=1e-6)
+
+    capsys.readouterr()
+    assert main(["predict", rows[0]["path"], "--checkpoint", str(ckpt), "--engine", "torch",
+                 "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)[0]
+    assert p["temperature"] == t
+    assert p["probabilities"] == pytest.approx(scaled[0], abs=2e-5)
+    assert main(["predict", rows[0]["path"], "--checkpoint", str(ckpt), "--engine", "torch",
+                 "--json", "--uncalibrated"]) == 0
+    p = json.loads(capsys.readouterr().out)[0]
+    assert "temperature" not in p
+    assert p["probabilities"] == pytest.approx(raw[0], abs=2e-5)
+
+
+def test_calibrate_refuses_what_it_cannot_calibrate(tiny_run, tmp_path, capsys):
+    from koa_core.checkpoint import update_sidecar
+    from koa_core.cli import main
+
+    run, root = tiny_run
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not read")
+    assert main(["calibrate", "--checkpoint", str(onnx), "--data", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"koa: error: {onnx}: calibrate the .safetensors checkpoint (its sidecar "
+                   "keeps the temperature, and an ONNX export made from it afterwards "
+                   "carries it)"]
+    ckpt = _copy_checkpoint(run, tmp_path)
+    for bad in (-1.0, 0.0, float("nan"), "warm"):
+        update_sidecar(ckpt, {"calibration": {"temperature": bad}})
+        with pytest.raises(KoaError, match="calibration.temperature"):
+            inference.evaluate_checkpoint(ckpt, root, split="val", n_boot=0)
