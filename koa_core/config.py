@@ -82,6 +82,9 @@ class ModelConfig:
     aux_heads: bool = True  # §4: auxiliary early-stage heads (KL 0-1-2) with label masking
     pretrained: str = "imagenet"  # §2.4: ImageNet init; "none" or a path to weights
     num_classes: int = 5
+    # Beyond the paper: "softmax" (the paper's 5-way head) | "corn" (rank-consistent
+    # ordinal head and loss, koa_core/ordinal.py)
+    head: str = "softmax"
 
 
 @dataclass
@@ -200,7 +203,7 @@ RULES = {
     "model": {"streams": _choice("dual", "raw", "clahe"), "cross_attention": _bool,
               "fusion": _choice("gated", "mean"), "attention_heads": _heads,
               "dropout": _number(0, 1), "aux_heads": _bool, "pretrained": _string,
-              "num_classes": _choice(5)},
+              "num_classes": _choice(5), "head": _choice("softmax", "corn")},
     "loss": {"gamma": _number(0, 100), "alpha": _alpha,
              "aux_binary_weight": _number(0, 1000), "aux_early_weight": _number(0, 1000),
              "alpha_norm": _choice("none", "mean1"), "aux_alpha": _bool,
@@ -233,6 +236,10 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         raise KoaError(f"{origin}: preprocess.clahe_tiles = {cfg.preprocess.clahe_tiles!r}: "
                        f"must be at most data.image_size ({cfg.data.image_size}), one pixel "
                        "per tile")
+    if cfg.model.head == "corn" and cfg.loss.sord > 0:
+        raise KoaError(f"{origin}: loss.sord = {cfg.loss.sord!r}: must be 0 with "
+                       "model.head = 'corn' (CORN trains its own ordinal tasks; soft labels "
+                       "are for the softmax head)")
     return cfg
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import KoaError
+from .ordinal import corn_loss
 
 __all__ = [
     "PAPER_TABLE2_COUNTS",
@@ -279,7 +280,10 @@ class KLMultiTaskLoss(nn.Module):
       ``gamma`` and uniform alpha (no class weighting), since Table 2's alpha is defined
       for the 5-grade problem only. Their weights are ``LossConfig.aux_*_weight``.
 
-    - Beyond the paper: ``sord`` > 0 trains the main head on ordinal soft labels
+    - Beyond the paper: with the CORN head (``outputs["corn"]``, :mod:`koa_core.ordinal`)
+      ``main`` is CORN's loss, each knee weighted by alpha of its grade (no focusing
+      term: ``gamma`` applies to the auxiliary heads only). ``sord`` > 0 trains the
+      softmax main head on ordinal soft labels
       (:func:`sord_targets`, each sample still weighted by alpha of its true grade);
       ``aux_alpha`` weights each auxiliary sample by alpha of its grade, so the auxiliary
       terms are on the main term's scale.
@@ -319,7 +323,10 @@ class KLMultiTaskLoss(nn.Module):
         if logits is None:
             raise ValueError("outputs['logits'] is required")
         target = target.long().to(logits.device)
-        if self.sord > 0:
+        if outputs.get("corn") is not None:  # the ordinal head trains its own tasks
+            w = self.alpha[target] if self.alpha is not None else None
+            main = corn_loss(outputs["corn"], target, weight=w)
+        elif self.sord > 0:
             w = self.alpha[target] if self.alpha is not None else None
             main = soft_focal_loss(logits, sord_targets(target, logits.shape[1], self.sord),
                                    gamma=self.gamma, weight=w)

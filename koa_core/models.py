@@ -12,7 +12,10 @@ One model class covers every configuration of the paper's ablation:
   ``"mean"`` (fixed 0.5/0.5, the "no attention" ablation);
 * dropout ``p = 0.4`` after fusion (§2.3), then the main 5-class head and, with
   ``aux_heads``, the auxiliary early-stage heads of §4: binary KL0 vs KL1-2 and 3-way
-  KL0/KL1/KL2 (their label masking lives in :mod:`koa_core.losses`).
+  KL0/KL1/KL2 (their label masking lives in :mod:`koa_core.losses`);
+* ``head`` (beyond the paper): ``"softmax"`` (the paper's) or ``"corn"``, a
+  rank-consistent ordinal head (:mod:`koa_core.ordinal`) whose class log-probabilities
+  are returned as ``logits`` and its 4 conditional logits as ``corn``.
 
 Both streams go through ONE torchvision ResNet-18 trunk (shared weights, §2.4a); the
 grayscale view is duplicated to three channels and normalised with ImageNet statistics
@@ -34,6 +37,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import KoaError
+from .ordinal import corn_log_probs
 
 __all__ = ["CrossAttention", "GatedFusion", "KLNet", "build_model", "load_pretrained_trunk"]
 
@@ -159,7 +163,10 @@ class KLNet(nn.Module):
             if dual and cfg.cross_attention else None
         self.fusion = GatedFusion(FEATURES) if dual and cfg.fusion == "gated" else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(FEATURES, cfg.num_classes)
+        if cfg.head not in ("softmax", "corn"):
+            raise KoaError(f"model.head must be softmax or corn (got {cfg.head!r})")
+        # CORN: K-1 conditional logits, turned into class log-probabilities in forward_head
+        self.head = nn.Linear(FEATURES, cfg.num_classes - (cfg.head == "corn"))
         self.aux_binary = nn.Linear(FEATURES, 2) if cfg.aux_heads else None
         self.aux_early = nn.Linear(FEATURES, 3) if cfg.aux_heads else None
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1),
@@ -198,11 +205,15 @@ class KLNet(nn.Module):
 
     def forward_head(self, feats: torch.Tensor) -> dict[str, torch.Tensor | None]:
         z = self.dropout(feats)
-        return {
-            "logits": self.head(z),
+        main = self.head(z)
+        out = {
+            "logits": main,
             "aux_binary": self.aux_binary(z) if self.aux_binary is not None else None,
             "aux_early": self.aux_early(z) if self.aux_early is not None else None,
         }
+        if self.cfg.head == "corn":  # the loss reads the conditional logits themselves
+            out.update(logits=corn_log_probs(main), corn=main)
+        return out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         feats, gate = self.forward_features(x)

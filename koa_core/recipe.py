@@ -41,6 +41,7 @@ LEVERS = [
     ("sord", "ordinal soft labels (SORD, scale 2)"),
     ("mixup", "mixup of knee pairs, lam ~ Beta(0.2, 0.2), both grades' losses mixed"),
     ("cutmix", "CutMix of knee pairs, lam ~ Beta(1, 1), both grades' losses mixed"),
+    ("corn", "CORN ordinal head and loss (rank-consistent), knees weighted by alpha"),
     ("recipe", "the recipe: alpha-mean1 + EMA + SORD + 80 epochs, no early stop"),
 ]
 

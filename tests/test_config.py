@@ -32,6 +32,7 @@ from koa_core.errors import KoaError
     ("model", "cross_attention", True),  # §2.4b
     ("model", "fusion", "gated"),  # §2.4c
     ("model", "num_classes", 5),
+    ("model", "head", "softmax"),  # §2.4: a 5-way classification head
     ("data", "image_size", 224),  # §2.1-2.2
     ("augment", "enabled", True),
     ("augment", "class_specific", True),  # §2.3a
@@ -278,6 +279,7 @@ ORACLE = {
     ("augment", "seed"): (INT, 0, 2 ** 32), ("augment", "enabled"): (BOOL,),
     ("model", "streams"): (CHOICE, ("dual", "raw", "clahe")),
     ("model", "fusion"): (CHOICE, ("gated", "mean")),
+    ("model", "head"): (CHOICE, ("softmax", "corn")),
     ("model", "attention_heads"): (CHOICE, (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)),
     ("model", "dropout"): (NUM, 0, 1), ("model", "num_classes"): (CHOICE, (5,)),
     ("loss", "gamma"): (NUM, 0, 100), ("loss", "aux_binary_weight"): (NUM, 0, 1000),
@@ -333,8 +335,8 @@ VALUES = st.one_of(
     st.integers(-5, 600), st.integers(-10 ** 12, 10 ** 12),
     st.floats(allow_nan=True, allow_infinity=True), st.floats(-2, 2),
     st.booleans(), st.sampled_from(["auto", "on", "off", "dual", "raw", "clahe", "gated",
-                                    "mean", "none", "mean1", "bf16", "macro_f1", "qwk",
-                                    "inf", "nan", "", "x", "1e309"]))
+                                    "corn", "softmax", "mean", "none", "mean1", "bf16",
+                                    "macro_f1", "qwk", "inf", "nan", "", "x", "1e309"]))
 
 
 def _text(value):
@@ -384,6 +386,12 @@ def test_bad_settings_stop_koa_train_before_anything_is_written(setting, tmp_pat
     assert rc == 2 and err.startswith("koa: error:") and err.count("\n") == 1
     assert setting.split("=")[0] in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_the_corn_head_refuses_soft_labels():
+    assert load_config(None, ["model.head=corn"]).model.head == "corn"
+    with pytest.raises(KoaError, match=r"loss.sord = 2.0: must be 0 with model.head = 'corn'"):
+        load_config(None, ["model.head=corn", "loss.sord=2"])
 
 
 def test_a_config_changed_in_python_is_checked_by_fit(tmp_path):
