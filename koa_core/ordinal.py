@@ -17,9 +17,10 @@ rise with ``k`` (rank consistency).
   ``coral_pytorch.losses.corn_loss`` (the authors' implementation; tested), but is
   written with masks rather than boolean indexing, so a GPU step does not wait for the
   host, and takes per-knee weights (Table 2's alpha of the knee's grade).
-* :func:`corn_median` is the authors' decoding: the number of tasks whose cumulative
-  ``P(y > k)`` exceeds 0.5, i.e. the median grade. The project's default decoding stays
-  the argmax of the class probabilities, as for the softmax head.
+* Decoding: the project's grade is the argmax of the class probabilities, as for the
+  softmax head. The authors count the tasks whose cumulative ``P(y > k)`` exceeds 0.5,
+  which is the median grade: ``koa_core.recipe.decode(probs, "median")``, a post-hoc
+  lever of the recipe table.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["corn_log_probs", "corn_loss", "corn_median"]
+__all__ = ["corn_log_probs", "corn_loss"]
 
 
 def corn_log_probs(logits: Tensor) -> Tensor:
@@ -54,7 +55,3 @@ def corn_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> T
     w = conditioned if weight is None else conditioned * weight.to(c)[:, None]
     return (per * w).sum() / conditioned.sum().clamp(min=1)
 
-
-def corn_median(logits: Tensor) -> Tensor:
-    """The median grade of CORN's distribution: ``sum_k [P(y > k) > 0.5]``."""
-    return (F.logsigmoid(logits.float()).cumsum(1) > torch.log(torch.tensor(0.5))).sum(1)

@@ -50,6 +50,7 @@ POST_HOC = [
     ("flip TTA", "mean of each knee and its mirror", "argmax", True, False),
     ("expected grade", "the rounded mean grade instead of the most probable", "expected",
      False, False),
+    ("median grade", "the median grade instead of the most probable", "median", False, False),
     ("seed ensemble", "mean probabilities of the seeds", "argmax", False, True),
     ("seed ensemble + flip TTA", "both", "argmax", True, True),
 ]
@@ -105,13 +106,17 @@ def cross_fitted_offsets(probs: np.ndarray, y: np.ndarray, groups, folds: int = 
 
 
 def decode(probs: np.ndarray, how: str = "argmax") -> np.ndarray:
-    """Grades from probabilities: ``argmax`` or ``expected`` (round(sum_k k p_k))."""
+    """Grades from probabilities: ``argmax``, ``expected`` (round(sum_k k p_k)) or
+    ``median`` (the smallest grade whose cumulative probability reaches 0.5: an ordinal
+    decoding that, unlike the mean, is not pulled by a far tail; CORN's own decoding)."""
     if how == "argmax":
         return probs.argmax(1)
     if how == "expected":
         return np.clip(np.rint(probs @ np.arange(probs.shape[1])), 0, probs.shape[1] - 1
                        ).astype(int)
-    raise KoaError(f"decoding: {how!r} is not one of argmax, expected")
+    if how == "median":
+        return (np.cumsum(probs, 1) < 0.5).sum(1).clip(max=probs.shape[1] - 1)
+    raise KoaError(f"decoding: {how!r} is not one of argmax, expected, median")
 
 
 def _verdict(ci: list[float]) -> str:

@@ -50,12 +50,27 @@ def test_levers_against_the_baseline_and_post_hoc_variants(records):
     assert "recipe" in text and "helps" in text and "goal 0.68: met" in text
 
 
-def test_expected_grade_decoding():
-    probs = np.array([[0.5, 0.0, 0.0, 0.0, 0.5], [0.1, 0.6, 0.3, 0.0, 0.0]])
-    assert recipe.decode(probs, "argmax").tolist() == [0, 1]
-    assert recipe.decode(probs, "expected").tolist() == [2, 1]
-    with pytest.raises(KoaError):
-        recipe.decode(probs, "median")
+def test_expected_and_median_grade_decoding():
+    probs = np.array([[0.5, 0.0, 0.0, 0.0, 0.5], [0.1, 0.6, 0.3, 0.0, 0.0],
+                      [0.4, 0.0, 0.0, 0.25, 0.35], [0.0, 0.1, 0.1, 0.2, 0.6]])
+    assert recipe.decode(probs, "argmax").tolist() == [0, 1, 0, 4]
+    assert recipe.decode(probs, "expected").tolist() == [2, 1, 2, 3]
+    assert recipe.decode(probs, "median").tolist() == [0, 1, 3, 4]
+    with pytest.raises(KoaError, match="not one of argmax, expected, median"):
+        recipe.decode(probs, "mode")
+
+
+def test_median_decoding_is_corns_own():
+    """For a CORN head's distribution the median grade is the authors' decoding."""
+    import torch
+    from coral_pytorch.dataset import corn_label_from_logits
+
+    from koa_core.ordinal import corn_log_probs
+
+    torch.manual_seed(0)
+    c = torch.randn(300, 4) * 3
+    probs = corn_log_probs(c).exp().double().numpy()
+    assert recipe.decode(probs, "median").tolist() == corn_label_from_logits(c).tolist()
 
 
 def test_no_baseline_records_is_one_clear_error(tmp_path):
