@@ -485,3 +485,87 @@ def test_influence_share_refuses_weights_that_are_all_zero():
     # with one shared p the focal factor cancels: after_alpha_gamma == after_alpha
     s = effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA)
     assert s["after_alpha_gamma"] == pytest.approx(s["after_alpha"])
+
+
+# ---------------------------------------------------------------- whole messages
+@pytest.mark.parametrize("call, kind, message", [
+    (lambda: focal_loss(torch.randn(2, 5), torch.tensor([0, 1]), reduction="avg"),
+     ValueError, "reduction must be one of ('mean', 'sum', 'none'), got 'avg'"),
+    (lambda: focal_loss(torch.randn(5), torch.tensor([0])),
+     ValueError, "logits must be (B, C, ...), got shape (5,)"),
+    (lambda: focal_loss(torch.randn(2, 5), torch.tensor([0, 1]), mask=torch.tensor([True])),
+     ValueError, "mask shape (1,) != target shape (2,)"),
+    (lambda: focal_loss(torch.randn(2, 5), torch.tensor([0, 1]), alpha=[1.0, 1.0]),
+     ValueError, "alpha must have 5 entries, got shape (2,)"),
+    (lambda: KLMultiTaskLoss(alpha=None, aux_alpha=True), ValueError, "aux_alpha needs alpha"),
+    (lambda: KLMultiTaskLoss()({"logits": None}, torch.tensor([0])),
+     ValueError, "outputs['logits'] is required"),
+    (lambda: resolve_alpha("frequency"),
+     KoaError, "loss.alpha='frequency' needs the training class counts"),
+    (lambda: resolve_alpha("frequency", class_counts=[10, 0, 5, 0, 5]),
+     KoaError, "loss.alpha='frequency': no training images for grade(s) KL1, KL3"),
+    (lambda: resolve_alpha("frequency", class_counts=[10, 5, 5]),
+     KoaError, "class counts: expected 5 values (KL0..KL4), got 3"),
+    (lambda: resolve_alpha([0.2] * 6), KoaError, "loss.alpha: expected 5 values (KL0..KL4), got 6"),
+    (lambda: resolve_alpha([0.0] * 5),
+     KoaError, "loss.alpha: at least one class weight must be positive"),
+    (lambda: effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA, p_correct=[1.0] * 5),
+     KoaError, "effective_influence_share: alpha-and-focal-weighted weights are all zero"),
+])
+def test_loss_errors_are_whole_sentences(call, kind, message):
+    with pytest.raises(kind) as err:
+        call()
+    assert str(err.value) == message
+
+
+def test_the_objective_passes_its_gamma_and_alpha_to_every_term():
+    """A gamma other than the default, and SORD at a scale below 1, reach each term as
+    documented: the main focal term, the soft-label term weighted by alpha of the true
+    grade, and the auxiliary terms."""
+    from koa_core.losses import soft_focal_loss, sord_targets
+
+    g = torch.Generator().manual_seed(4)
+    out = {"logits": torch.randn(8, 5, generator=g), "aux_binary": torch.randn(8, 2, generator=g),
+           "aux_early": torch.randn(8, 3, generator=g)}
+    y = torch.tensor([0, 1, 2, 3, 4, 2, 1, 0])
+    alpha = torch.tensor(PAPER_ALPHA)
+    early = y <= 2
+    hard = KLMultiTaskLoss(alpha=alpha, gamma=0.5)(out, y)
+    assert float(hard["main"]) == pytest.approx(
+        float(focal_loss(out["logits"], y, alpha=alpha, gamma=0.5)), rel=1e-6)
+    assert float(hard["aux_binary"]) == pytest.approx(
+        float(focal_loss(out["aux_binary"], (y > 0).long(), gamma=0.5, mask=early)), rel=1e-6)
+    assert float(hard["aux_early"]) == pytest.approx(
+        float(focal_loss(out["aux_early"], y, gamma=0.5, mask=early)), rel=1e-6)
+    soft = KLMultiTaskLoss(alpha=alpha, gamma=0.5, sord=0.5)(out, y)
+    assert float(soft["main"]) == pytest.approx(float(soft_focal_loss(
+        out["logits"], sord_targets(y, 5, 0.5), gamma=0.5, weight=alpha[y])), rel=1e-6)
+    weighted = KLMultiTaskLoss(alpha=alpha, gamma=0.5, aux_alpha=True)(out, y)
+    per = focal_loss(out["aux_early"], y, gamma=0.5, mask=early, reduction="none")
+    assert float(weighted["aux_early"]) == pytest.approx(
+        float((per * alpha[y]).sum() / early.sum()), rel=1e-6)
+
+
+def test_aux_alpha_with_one_early_knee_divides_by_one():
+    out = {"logits": torch.zeros(3, 5), "aux_binary": None,
+           "aux_early": torch.tensor([[2.0, 0.0, 0.0], [0.0] * 3, [0.0] * 3])}
+    y = torch.tensor([0, 3, 4])  # one knee of KL0-2
+    alpha = torch.tensor(PAPER_ALPHA)
+    got = KLMultiTaskLoss(alpha=alpha, aux_alpha=True)(out, y)["aux_early"]
+    one = focal_loss(out["aux_early"][:1], y[:1], gamma=2.0)
+    assert float(got) == pytest.approx(float(one * alpha[0]), rel=1e-6)
+
+
+def test_the_objective_defaults_are_the_configs():
+    from koa_core.config import LossConfig
+
+    loss, cfg = KLMultiTaskLoss(), LossConfig()
+    assert (loss.gamma, loss.aux_binary_weight, loss.aux_early_weight, loss.sord,
+            loss.aux_alpha) == (cfg.gamma, cfg.aux_binary_weight, cfg.aux_early_weight,
+                                cfg.sord, cfg.aux_alpha)
+
+
+def test_influence_share_with_three_grades():
+    s = effective_influence_share([10, 20, 70], [1.0, 1.0, 1.0])
+    assert s["before"] == pytest.approx([0.1, 0.2, 0.7])
+    assert s["after_alpha"] == pytest.approx([0.1, 0.2, 0.7])
