@@ -109,7 +109,7 @@ def _bootstrap(yt: np.ndarray, yp: np.ndarray, n_boot: int, seed: int,
             lo, hi = np.nanquantile(vals, [lo_q, hi_q])
             out[key] = [float(lo), float(hi)]
     out["level"] = float(level)
-    out["n_boot"] = int(n_boot)
+    out["n_boot"] = int(vals.size)  # the resamples drawn, counted
     out["seed"] = int(seed)
     return out
 

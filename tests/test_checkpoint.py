@@ -207,6 +207,31 @@ def test_a_write_cut_short_leaves_the_previous_checkpoint_intact(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
 
 
+def test_a_full_disk_while_writing_the_sidecar_leaves_the_previous_pair(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from koa_core.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "best.safetensors"
+    save_checkpoint(path, _model(0), _side())
+    before = (path.read_bytes(), path.with_suffix(".json").read_text())
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(KoaError) as err:
+        save_checkpoint(path, _model(1), _side())
+    monkeypatch.undo()
+    # the OS's words, not the exception's "[Errno 28] ..." form; no temporary file is left
+    assert str(err.value) == (f"{tmp_path / 'best.json'}: could not be written (No space "
+                              "left on device); the previous file, if any, is intact")
+    assert (path.read_bytes(), path.with_suffix(".json").read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
+    load_checkpoint(path)
+
+
 def test_a_torn_pair_is_refused_at_load(tmp_path):
     import shutil
 

@@ -283,3 +283,44 @@ def test_format_report_of_a_metrics_dict_without_averages():
     assert lines[9].split() == ["macro", "avg", f"{m['macro_f1']:.4f}", "60"]
     assert lines[10].split() == ["weighted", "avg", f"{m['weighted_f1']:.4f}", "60"]
     assert lines[11] == "" and len(lines) == 16  # no interval line without a bootstrap
+
+
+def test_qwk_weighs_distances_over_all_five_grades_when_some_are_absent():
+    """Quadratic weights are (i - j)^2 / 16 over KL0..KL4 whatever grades a sample holds;
+    over the present grades only, KL0-vs-KL1 would weigh (1/2)^2 instead of (1/4)^2."""
+    yt, yp = np.array([0, 1, 4, 4]), np.array([1, 0, 4, 4])
+    cm = np.zeros((5, 5))
+    np.add.at(cm, (yt, yp), 1)
+    w = (np.subtract.outer(np.arange(5), np.arange(5)) ** 2) / 16.0
+    expected = np.outer(cm.sum(1), cm.sum(0)) / cm.sum()
+    want = 1 - (w * cm).sum() / (w * expected).sum()
+    assert classification_metrics(yt, yp, n_boot=0)["qwk"] == pytest.approx(want, abs=1e-12)
+
+
+def test_bootstrap_draws_exactly_n_boot_resamples_in_any_chunking(monkeypatch):
+    import koa_core.metrics as metrics
+
+    y = np.arange(40) % 5
+    p = (y + (np.arange(40) % 3 == 0)) % 5
+    monkeypatch.setattr(metrics, "_BOOT_CHUNK_ELEMS", 3 * 40)  # 3 resamples per chunk
+    assert classification_metrics(y, p, n_boot=10)["ci"]["n_boot"] == 10
+
+
+def test_metric_defaults_are_1000_resamples_and_seed_0():
+    y = np.arange(30) % 5
+    p = (y + (np.arange(30) % 4 == 0)) % 5
+    assert classification_metrics(y, p)["ci"] == classification_metrics(
+        y, p, n_boot=1000, seed=0)["ci"]
+    assert classification_metrics(y, p)["ci"]["seed"] == 0
+
+
+def test_format_report_prints_no_interval_it_does_not_have():
+    y = np.arange(20) % 5
+    m = classification_metrics(y, y, n_boot=0)
+    lines = format_report(m).splitlines()
+    assert "accuracy 1.0000" in lines and "QWK      1.0000" in lines
+    m = classification_metrics(y, y, n_boot=50)
+    del m["ci"]["qwk"]  # a dict from elsewhere with one interval missing
+    lines = format_report(m).splitlines()
+    assert "QWK      1.0000" in lines
+    assert any(line.startswith("accuracy 1.0000  [95% CI ") for line in lines)
