@@ -307,7 +307,7 @@ def add_model_commands(sub) -> None:
 def _add_uncalibrated(p) -> None:
     p.add_argument("--uncalibrated", action="store_true",
                    help="plain softmax probabilities, ignoring a temperature fitted by "
-                   "koa calibrate (the grades are the same)")
+                   "koa calibrate (a single model's grades are the same)")
 
 
 def _cmd_calibrate(args) -> int:

@@ -74,8 +74,9 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
     more checkpoints whose probabilities (and gates, where every member has one) are
     averaged with this one's, each fed the views its own sidecar prescribes. ``engine``:
     torch, onnxruntime or onnxruntime-int8 (:func:`koa_core.backends.load_backend`).
-    ``calibrated``: apply each checkpoint's fitted temperature (``koa calibrate``), if any;
-    the grades are the same either way."""
+    ``calibrated``: apply each checkpoint's fitted temperature (``koa calibrate``), if any.
+    A single checkpoint's grades are the same either way; an ensemble averages the scaled
+    probabilities, so its grades may differ."""
     if tta not in (None, "none", "flip"):
         raise KoaError(f"--tta: {tta!r} is not one of none, flip")
     ckpt = resolve_checkpoint(checkpoint)
