@@ -209,21 +209,31 @@ def _free_port():
 
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
-    """`torchrun --nproc_per_node 2` runs the same command with DDP over gloo."""
+    """Two ranks of the same `koa train` command, started with the environment torchrun
+    gives its workers (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), train with DDP over
+    gloo; rank 0 alone writes the run and reports. (Started directly rather than through
+    torchrun's agent, which would only add a third process importing torch.)"""
     cache = tmp_path / "cache"
-    # Build the phantom and its cache once, so both ranks start from the same files.
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "koa_core.cli", "train", "--quiet", "--out", str(out)]
+    cmd = [sys.executable, "-m", "koa_core.cli", "train", "--quiet", "--out", str(out)]
     for s in [f"data.cache_dir={cache}", "data.image_size=64", "data.phantom_per_class=6",
               "model.pretrained=none", "train.epochs=1", "train.batch_size=4",
               "train.max_steps_per_epoch=1", "train.amp=off", "train.warmup_epochs=1"]:
         cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.count("done: 1 epoch(s)") == 1, res.stdout  # rank 0 alone reports
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    ranks = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in (0, 1)]
+    try:
+        results = [p.communicate(timeout=300) for p in ranks]
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in ranks] == [0, 0], [e[-2000:] for _, e in results]
+    stdout = "".join(o for o, _ in results)
+    assert stdout.count("done: 1 epoch(s)") == 1, stdout  # rank 0 alone reports
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert len(rows) == 1
     assert (out / "best.safetensors").exists()
