@@ -37,9 +37,9 @@ def exported(tiny_run, tmp_path_factory):
 
 @pytest.fixture
 def reuse_export(exported, monkeypatch):
-    """export_onnx replaced by a copy of the module's export of the same checkpoint (its
-    int8 file when calibration views are given: quantizing is tested by the fixture); the
-    calls it received are listed."""
+    """export_onnx and quantize_int8 replaced by copies of the module's fp32 and int8 files
+    (quantizing itself is tested by the fixture and test_int8_is_quantized_and_close); the
+    calls they received are listed."""
     import shutil
 
     ckpt, fp32, int8, _ = exported
@@ -53,7 +53,13 @@ def reuse_export(exported, monkeypatch):
         shutil.copy(fp32 if calibration is None else int8, out)
         return out
 
+    def copy_int8(fp32_path, out, calibration):
+        calls.append((fp32_path, calibration))
+        shutil.copy(int8, out)
+        return Path(out)
+
     monkeypatch.setattr(backends, "export_onnx", copy)
+    monkeypatch.setattr(backends, "quantize_int8", copy_int8)
     return calls
 
 

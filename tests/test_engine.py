@@ -17,7 +17,7 @@ from koa_core.errors import KoaError
 
 
 def _cfg(cache_dir, **extra):
-    sets = [f"data.cache_dir={cache_dir}", "data.image_size=64", "data.phantom_per_class=12",
+    sets = [f"data.cache_dir={cache_dir}", "data.image_size=48", "data.phantom_per_class=12",
             "model.pretrained=none", "train.epochs=2", "train.batch_size=8",
             "train.warmup_epochs=1", "train.max_steps_per_epoch=3", "train.amp=off"]
     sets += [f"{k}={v}" for k, v in extra.items()]
@@ -216,7 +216,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     cache = tmp_path / "cache"
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "koa_core.cli", "train", "--quiet", "--out", str(out)]
-    for s in [f"data.cache_dir={cache}", "data.image_size=64", "data.phantom_per_class=6",
+    for s in [f"data.cache_dir={cache}", "data.image_size=48", "data.phantom_per_class=6",
               "model.pretrained=none", "train.epochs=1", "train.batch_size=4",
               "train.max_steps_per_epoch=1", "train.amp=off", "train.warmup_epochs=1"]:
         cmd += ["--set", s]

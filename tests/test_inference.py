@@ -261,8 +261,17 @@ def test_calibrate_refuses_what_it_cannot_calibrate(tiny_run, tmp_path, capsys):
     assert err == [f"koa: error: {onnx}: calibrate the .safetensors checkpoint (its sidecar "
                    "keeps the temperature, and an ONNX export made from it afterwards "
                    "carries it)"]
-    ckpt = _copy_checkpoint(run, tmp_path)
-    for bad in (-1.0, 0.0, float("nan"), "warm"):
-        update_sidecar(ckpt, {"calibration": {"temperature": bad}})
+    from koa_core.calibration import sidecar_temperature
+
+    for bad in (-1.0, 0.0, float("nan"), float("inf"), "warm", None):
         with pytest.raises(KoaError, match="calibration.temperature"):
-            inference.evaluate_checkpoint(ckpt, root, split="val", n_boot=0)
+            sidecar_temperature({"calibration": {"temperature": bad}})
+    assert sidecar_temperature({}) is None
+    assert sidecar_temperature({"calibration": {"temperature": "1.5"}}) == 1.5
+    ckpt = _copy_checkpoint(run, tmp_path)  # and a bad one stops evaluation with that line
+    update_sidecar(ckpt, {"calibration": {"temperature": -1.0}})
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(root), "--split", "val",
+                 "--engine", "torch", "--quiet"]) == 2
+    assert capsys.readouterr().err == ("koa: error: checkpoint sidecar: "
+                                       "calibration.temperature must be a positive number "
+                                       "(got -1.0)\n")
