@@ -113,7 +113,7 @@ def _session_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, phantom_root) -> tuple[Path, Path]:
-    """A proposed-model run trained for 2 short epochs on the session phantom (64 px).
+    """A proposed-model run trained for 2 epochs of 2 steps on the session phantom (64 px).
 
     Returns ``(run_dir, data_root)``; run_dir holds best.safetensors and its sidecar.
     """
@@ -122,7 +122,7 @@ def tiny_run(tmp_path_factory, phantom_root) -> tuple[Path, Path]:
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     cfg = load_config("demo", [f"data.root={phantom_root}", "train.epochs=2",
-                               "train.batch_size=8", "train.max_steps_per_epoch=3",
+                               "train.batch_size=8", "train.max_steps_per_epoch=2",
                                "train.warmup_epochs=1"])
     fit(cfg, run, progress=False)
     return run, phantom_root

@@ -14,10 +14,10 @@ def _positive(x):
 
 
 def test_run_benchmarks_small(phantom_root):
-    r = run_benchmarks(str(phantom_root), n_images=12, size=32, batch=4, steps=1, workers=0,
-                       fed_steps=2)
+    r = run_benchmarks(str(phantom_root), n_images=8, size=32, batch=4, steps=1, workers=0,
+                       fed_steps=1)
     p = r["pipeline"]
-    assert r["pipeline_images"] == 12
+    assert r["pipeline_images"] == 8
     for k in ("baseline_img_s", "cache_build_img_s", "cached_img_s", "cache_reload_s"):
         assert _positive(p[k]), k
     assert set(r["model"]) == {"fp32", "fp32+channels_last", "bf16+channels_last"}

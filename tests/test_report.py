@@ -291,7 +291,7 @@ def test_run_status_early_stopping_counts_as_complete(tmp_path):
 def test_train_or_reuse_reuses_a_real_run(tiny_run):
     """The config.yaml that engine.fit writes compares equal to the resolved config."""
     run, root = tiny_run
-    sets = ["train.epochs=2", "train.batch_size=8", "train.max_steps_per_epoch=3",
+    sets = ["train.epochs=2", "train.batch_size=8", "train.max_steps_per_epoch=2",
             "train.warmup_epochs=1"]
 
     def refuse(*a, **k):
