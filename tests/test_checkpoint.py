@@ -107,9 +107,27 @@ def test_missing_files(tmp_path):
     with pytest.raises(KoaError, match="not found"):
         load_checkpoint(tmp_path / "none.safetensors")
     _, path = _saved(tmp_path)
-    path.with_suffix(".json").unlink()
-    with pytest.raises(KoaError, match="sidecar"):
+    side = path.with_suffix(".json")
+    side.write_text("{not json")
+    with pytest.raises(KoaError) as err:
         read_sidecar(path)
+    assert str(err.value).startswith(f"{side}: unreadable checkpoint sidecar (Expecting ")
+    side.unlink()
+    with pytest.raises(KoaError) as err:
+        read_sidecar(path)
+    assert str(err.value) == (f"{side}: checkpoint sidecar not found (it holds the config "
+                              "and preprocessing needed to use the weights)")
+
+
+def test_a_checkpoint_is_always_written_as_safetensors(tmp_path):
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model.pretrained = "none"
+    path = save_checkpoint(tmp_path / "ckpt.pt", build_model(cfg.model),
+                           {"config": config_to_dict(cfg)})
+    assert path == tmp_path / "ckpt.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.json", "ckpt.safetensors"]
+    load_checkpoint(path)
 
 
 def test_sidecar_mismatch(tmp_path):

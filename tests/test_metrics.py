@@ -324,3 +324,48 @@ def test_format_report_prints_no_interval_it_does_not_have():
     lines = format_report(m).splitlines()
     assert "QWK      1.0000" in lines
     assert any(line.startswith("accuracy 1.0000  [95% CI ") for line in lines)
+
+
+def test_grades_may_come_as_tensors_or_integral_floats():
+    import torch
+
+    y = [0, 1, 2, 3, 4, 2]
+    p = [0, 1, 1, 3, 4, 2]
+    ref = classification_metrics(y, p, n_boot=0)
+    as_float = classification_metrics(np.array(y, float), np.array(p, float), n_boot=0)
+    as_tensor = classification_metrics(torch.tensor(y, dtype=torch.float32,
+                                                    requires_grad=True), torch.tensor(p),
+                                       n_boot=0)
+    for m in (as_float, as_tensor):
+        assert m["confusion_matrix"] == ref["confusion_matrix"]
+    assert all(type(v) is int for row in ref["confusion_matrix"] for v in row)
+
+
+@pytest.mark.parametrize("y_true, y_pred, message", [
+    ([0, 1.5], [0, 1], "y_true: grades must be integers 0..4"),
+    ([0, 1], ["a", "b"], "y_pred: grades must be integers 0..4"),
+    ([0, 5], [0, 1], "y_true: grades must lie in 0..4, found 0..5"),
+    ([], [], "classification_metrics: no samples"),
+])
+def test_bad_grades_are_named_whole(y_true, y_pred, message):
+    with pytest.raises(KoaError) as err:
+        classification_metrics(y_true, y_pred, n_boot=0)
+    assert str(err.value) == message
+
+
+def test_interval_level_must_lie_strictly_between_0_and_1():
+    for level in (0.0, 1.0):
+        with pytest.raises(KoaError, match=rf"^ci must be in \(0, 1\), got {level}$"):
+            classification_metrics([0, 1], [0, 1], n_boot=10, ci=level)
+
+
+def test_a_grade_never_predicted_has_precision_0_without_warnings():
+    import warnings
+
+    y = [0, 1, 2, 3, 4, 4]
+    p = [0, 1, 2, 3, 3, 3]  # KL4 never predicted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(y, p, n_boot=0)
+    assert m["per_class"]["4"]["precision"] == 0.0 and m["per_class"]["4"]["recall"] == 0.0
+    assert m["macro_avg"]["precision"] == pytest.approx((1 + 1 + 1 + 1 / 3 + 0) / 5)
