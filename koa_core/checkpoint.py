@@ -161,15 +161,21 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         raise KoaError(f"{side}: unreadable checkpoint sidecar ({exc})") from None
 
 
+def _check_digest(path: Path, side: dict[str, Any]) -> None:
+    """Refuse weights that are not the ones their sidecar describes."""
+    if side.get("weights_sha256") and side["weights_sha256"] != _sha256(path):
+        raise KoaError(f"{path}: the weights do not match their sidecar's SHA-256 (a write "
+                       "cut short, or files from two checkpoints); refused")
+
+
 def update_sidecar(path: str | Path, changes: dict[str, Any]) -> dict[str, Any]:
     """Merge ``changes`` into a checkpoint's sidecar, atomically; the weights and their
     SHA-256 stay as they are. A sidecar that does not match its weights is refused."""
     path = Path(path)
     _check_file(path)
     side = read_sidecar(path)
+    _check_digest(path, side)
     digest = side.pop("weights_sha256", None)
-    if digest and digest != _sha256(path):
-        raise KoaError(f"{path}: the weights do not match their sidecar's SHA-256; refused")
     side.update(changes)
     if digest:
         side["weights_sha256"] = digest
@@ -186,9 +192,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     path = Path(path)
     tensors = _load_tensors(path)
     side = read_sidecar(path)
-    if side.get("weights_sha256") and side["weights_sha256"] != _sha256(path):
-        raise KoaError(f"{path}: the weights do not match their sidecar's SHA-256 (a write "
-                       "cut short, or files from two checkpoints); refused")
+    _check_digest(path, side)
     cfg = config_from_dict(side.get("config", {}), origin=str(sidecar_path(path)))
     cfg.model.pretrained = "none"  # the checkpoint holds every weight
     model = KLNet(cfg.model)

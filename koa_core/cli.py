@@ -311,6 +311,7 @@ def _add_uncalibrated(p) -> None:
 
 
 def _cmd_calibrate(args) -> int:
+    from .checkpoint import sidecar_path
     from .inference import calibrate_checkpoint
 
     c = calibrate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
@@ -319,7 +320,7 @@ def _cmd_calibrate(args) -> int:
                              command=args.command_line)
     x = c["cross_fitted"]
     print(f"temperature {c['temperature']:.3f} fitted on {c['knees']} validation knees and "
-          f"stored in {Path(args.checkpoint).with_suffix('.json')}\n"
+          f"stored in {sidecar_path(args.checkpoint)}\n"
           f"  NLL {c['nll']['before']:.4f} -> {c['nll']['after']:.4f}, "
           f"ECE {c['ece']['before']:.4f} -> {c['ece']['after']:.4f} (fitted on these knees)\n"
           f"  cross-fitted over patients: NLL {x['nll']:.4f}, ECE {x['ece']:.4f} "
