@@ -46,9 +46,10 @@ def _boot_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> tuple[np.n
     from .metrics import confusion_scores
 
     yi, pi = y[idx], pred[idx]
-    cm = np.zeros((idx.shape[0], 5, 5))
-    rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
-    np.add.at(cm, (rows, yi.ravel(), pi.ravel()), 1)
+    b = idx.shape[0]
+    # one confusion matrix per row, counted by bincount over (row, true, predicted) cells
+    cells = (np.arange(b)[:, None] * 25 + yi * 5 + pi).ravel()
+    cm = np.bincount(cells, minlength=b * 25).reshape(b, 5, 5).astype(float)
     s = confusion_scores(cm)
     return s["accuracy"], s["macro_f1"], s["qwk"], np.abs(yi - pi).mean(1)
 
