@@ -24,11 +24,17 @@ def _cfg(cache_dir, **extra):
 
 
 @pytest.fixture(scope="module")
-def plain_run(tmp_path_factory):
+def cache(tmp_path_factory):
+    """One view cache (and so one generated phantom) for the tests that leave the
+    phantom alone; a test that corrupts it makes its own."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory, cache):
     """One default two-epoch run, shared by the tests that only read it: (summary, run)."""
-    tmp = tmp_path_factory.mktemp("plain")
-    out = tmp / "run"
-    return engine.fit(_cfg(tmp / "cache"), out, progress=False), out
+    out = tmp_path_factory.mktemp("plain") / "run"
+    return engine.fit(_cfg(cache), out, progress=False), out
 
 
 def test_fit_writes_run_folder(plain_run):
@@ -74,17 +80,17 @@ DETERMINISTIC = {"train.deterministic": "true", "train.max_steps_per_epoch": 2}
 
 
 @pytest.fixture(scope="module")
-def deterministic_run(tmp_path_factory):
+def deterministic_run(tmp_path_factory, cache):
     """An uninterrupted deterministic run in the main process (no loader workers), the
     reference of the resume and worker tests."""
     tmp = tmp_path_factory.mktemp("deterministic")
-    engine.fit(_cfg(tmp / "cache", **DETERMINISTIC), tmp / "run", progress=False)
+    engine.fit(_cfg(cache, **DETERMINISTIC), tmp / "run", progress=False)
     return tmp / "run"
 
 
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch,
-                                                      deterministic_run):
-    cfg = _cfg(tmp_path / "cache", **DETERMINISTIC)
+                                                      deterministic_run, cache):
+    cfg = _cfg(cache, **DETERMINISTIC)
     full = _final_weights(deterministic_run)
 
     real_epoch = engine._train_epoch
@@ -116,7 +122,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch,
     assert [r["val_macro_f1"] for r in hist_a] == [r["val_macro_f1"] for r in hist_b]
 
 
-def test_nan_loss_stops_with_clear_message(tmp_path, monkeypatch):
+def test_nan_loss_stops_with_clear_message(tmp_path, monkeypatch, cache):
     real = engine.KLMultiTaskLoss.forward
 
     def nan_loss(self, outputs, target):
@@ -126,7 +132,7 @@ def test_nan_loss_stops_with_clear_message(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine.KLMultiTaskLoss, "forward", nan_loss)
     with pytest.raises(KoaError, match="loss became nan"):
-        engine.fit(_cfg(tmp_path / "cache"), tmp_path / "run", progress=False)
+        engine.fit(_cfg(cache), tmp_path / "run", progress=False)
 
 
 def test_unwritable_output_fails_before_training(tmp_path, monkeypatch):
@@ -139,11 +145,11 @@ def test_unwritable_output_fails_before_training(tmp_path, monkeypatch):
     assert not called
 
 
-def test_worker_processes_do_not_change_training(tmp_path, deterministic_run):
+def test_worker_processes_do_not_change_training(tmp_path, deterministic_run, cache):
     # Persistent workers prefetching the next epoch during validation, with partial epochs
     # (max_steps_per_epoch), train exactly what the main process alone trains.
     assert _cfg(tmp_path, **DETERMINISTIC).data.num_workers == 0  # the reference's
-    cfg = _cfg(tmp_path / "cache", **DETERMINISTIC, **{"data.num_workers": 2})
+    cfg = _cfg(cache, **DETERMINISTIC, **{"data.num_workers": 2})
     engine.fit(cfg, tmp_path / "w2", progress=False)
     weights = {0: _final_weights(deterministic_run), 2: _final_weights(tmp_path / "w2")}
     for run in (deterministic_run, tmp_path / "w2"):
@@ -154,7 +160,7 @@ def test_worker_processes_do_not_change_training(tmp_path, deterministic_run):
 
 
 @pytest.mark.slow
-def test_compiled_training_writes_the_same_kind_of_run(tmp_path, plain_run, monkeypatch):
+def test_compiled_training_writes_the_same_kind_of_run(tmp_path, plain_run, monkeypatch, cache):
     """train.compile goes through torch.compile (TorchDynamo captures the forward). The
     backend here is eager: inductor's code generation for a CPU takes a minute cold on 2
     cores and is not what a GPU run compiles to; the wrapper's effects on the run
@@ -167,7 +173,7 @@ def test_compiled_training_writes_the_same_kind_of_run(tmp_path, plain_run, monk
         return real(model, **{**kw, "backend": "eager"})
 
     monkeypatch.setattr(torch, "compile", eager)
-    cfg = _cfg(tmp_path / "cache", **{"train.compile": "true", "train.epochs": 1,
+    cfg = _cfg(cache, **{"train.compile": "true", "train.epochs": 1,
                                       "train.max_steps_per_epoch": 2})
     summary = engine.fit(cfg, tmp_path / "c", progress=False)
     assert summary["epochs_run"] == 1
@@ -267,7 +273,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert (out / "best.safetensors").exists()
 
 
-def test_selection_follows_validation_macro_f1(tmp_path, monkeypatch):
+def test_selection_follows_validation_macro_f1(tmp_path, monkeypatch, cache):
     """Scripted validation macro F1 .2, .6, .4, .3 with patience 2: training stops after
     epoch 4, and best.json, its weights and its metrics are epoch 2's."""
     from safetensors.torch import load_file
@@ -283,7 +289,7 @@ def test_selection_follows_validation_macro_f1(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(engine, "_validate", fake)
-    cfg = _cfg(tmp_path / "cache", **{"train.epochs": 6, "train.patience": 2,
+    cfg = _cfg(cache, **{"train.epochs": 6, "train.patience": 2,
                                       "train.max_steps_per_epoch": 1})
     out = tmp_path / "run"
     summary = engine.fit(cfg, out, progress=False)
@@ -299,16 +305,16 @@ def test_selection_follows_validation_macro_f1(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("keep_state", [True, False])
-def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state, plain_run):
+def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state, plain_run, cache):
     """best.safetensors re-evaluated on the validation split gives best.json's confusion
     matrix (whether it was written at once or held in memory until the end)."""
     from koa_core.checkpoint import load_checkpoint
     from koa_core.metrics import classification_metrics
 
-    cfg = _cfg(tmp_path / "cache", **{"train.max_steps_per_epoch": 1})
+    cfg = _cfg(cache, **{"train.max_steps_per_epoch": 1})
     out = tmp_path / "run"
     if keep_state:  # the default: the shared plain run
-        cfg, out = _cfg(tmp_path / "cache"), plain_run[1]
+        cfg, out = _cfg(cache), plain_run[1]
     else:
         engine.fit(cfg, out, progress=False, keep_state=False)
     assert (out / "last_state.safetensors").exists() == keep_state
@@ -320,12 +326,12 @@ def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state,
     assert m["confusion_matrix"] == side["val_metrics"]["confusion_matrix"]
 
 
-def test_ema_run_validates_selects_and_saves_the_averaged_weights(tmp_path):
+def test_ema_run_validates_selects_and_saves_the_averaged_weights(tmp_path, cache):
     """With train.ema_decay the checkpoint holds the average, not the last step's weights."""
     from koa_core.checkpoint import load_state
 
     out = tmp_path / "run"
-    cfg = _cfg(tmp_path / "cache", **{"train.epochs": 1, "train.ema_decay": 0.5})
+    cfg = _cfg(cache, **{"train.epochs": 1, "train.ema_decay": 0.5})
     engine.fit(cfg, out, progress=False)
     best = load_file(out / "best.safetensors")
     state = load_state(out / "last_state.safetensors")
