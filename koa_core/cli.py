@@ -133,11 +133,11 @@ def _cmd_train(args) -> int:
         cfg.data.root = args.data
     # The folder's lock is taken before torch is imported, so a second `koa train` into it
     # is refused at once; fit() holds it again (re-entrant). Under torchrun, rank 0 holds it.
-    from .locking import FolderLock
+    from .locking import FolderLock, writes_the_folder
 
-    rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
-        with FolderLock(args.out, "training a run") if rank0 else contextlib.nullcontext():
+        with (FolderLock(args.out, "training a run") if writes_the_folder()
+              else contextlib.nullcontext()):
             from .engine import fit
 
             summary = fit(cfg, args.out, resume=args.resume, progress=not args.quiet)
@@ -149,7 +149,7 @@ def _cmd_train(args) -> int:
         raise KoaError(f"interrupted; the last completed epoch is saved in {args.out}; "
                        f"continue with: koa train --resume --out {args.out}") from None
     metric = cfg.train.select_metric
-    if rank0:  # under torchrun, one summary, not one per rank
+    if writes_the_folder():  # under torchrun, one summary, not one per rank
         print(f"done: {summary['epochs_run']} epoch(s) in {summary['seconds']:.0f} s; best val "
               f"{metric} {summary['best_' + metric]:.4f}; checkpoint {args.out}/best.safetensors")
     return 0

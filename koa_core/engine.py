@@ -51,7 +51,7 @@ from .dataset import KneeDataset, class_counts, stratified_subset
 from .errors import KoaError
 from .feed import batch_input, device_views, make_feed
 from .gpumon import GpuUtilization
-from .locking import FolderLock
+from .locking import FolderLock, writes_the_folder
 from .mixing import Mixer, mixed_loss
 from .ema import WeightEMA
 from .losses import KLMultiTaskLoss, normalise_alpha, resolve_alpha
@@ -282,7 +282,7 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
     instead of starting an epoch that would end after it.
     """
     validate(cfg)  # a config built or changed in Python gets the same checks as --set
-    if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 writes the folder
+    if not writes_the_folder():  # DDP: rank 0 writes the folder
         return _fit(cfg, out_dir, resume, progress, data, keep_state, deadline)
     with FolderLock(out_dir, "training a run"):
         return _fit(cfg, out_dir, resume, progress, data, keep_state, deadline)

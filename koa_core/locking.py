@@ -20,9 +20,15 @@ from pathlib import Path
 
 from .errors import KoaError
 
-__all__ = ["LOCK_NAME", "FolderLock"]
+__all__ = ["LOCK_NAME", "FolderLock", "writes_the_folder"]
 
 LOCK_NAME = ".koa.lock"
+
+
+def writes_the_folder() -> bool:
+    """Whether this process writes (and locks) the output folder: always, except under a
+    multi-process launcher such as torchrun, where rank 0 alone does (``RANK``)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class FolderLock:

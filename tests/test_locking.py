@@ -105,3 +105,13 @@ def test_koa_train_into_a_held_folder_is_refused_before_torch_is_imported(tmp_pa
     assert r.returncode == 2 and r.stdout.strip() == "no torch", (r.stdout, r.stderr)
     assert r.stderr.startswith("koa: error:")
     assert "another koa process is training a run" in r.stderr
+
+
+def test_only_rank_0_of_a_launcher_writes_the_folder(monkeypatch):
+    from koa_core.locking import writes_the_folder
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert writes_the_folder()
+    for rank, writes in (("0", True), ("1", False), ("3", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert writes_the_folder() is writes, rank
