@@ -189,6 +189,9 @@ def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, 
                 ema.update(raw_model)
             with torch.no_grad():
                 b = y.shape[0]
+                # train_accuracy: a mixed knee (mixup/CutMix) counts against its own grade
+                # y, not its partner's, so under mixing it is a rough gauge, below the
+                # accuracy on clean knees; validation is never mixed.
                 sums += torch.stack([parts[k].detach().double() * b for k in keys]
                                     + [(out["logits"].argmax(1) == y).sum().double()])
             n += b
