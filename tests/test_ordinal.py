@@ -39,6 +39,8 @@ def test_corn_loss_weights_each_knee():
     assert corn_loss(logits, y, w) == pytest.approx(float((w * own).sum() / tasks.sum()),
                                                     rel=1e-6)
     assert corn_loss(logits, y, torch.ones(5)) == pytest.approx(float(corn_loss(logits, y)))
+    # weights in another dtype (alpha kept as float64) are cast to the loss's float32
+    assert corn_loss(logits, y, w.double()).dtype == torch.float32
 
 
 def test_corn_loss_gradients_reach_only_the_conditioned_tasks():
