@@ -14,6 +14,7 @@ named tensors plus a JSON skeleton, again without pickle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -49,7 +50,8 @@ def _tmp(path: Path) -> Path:
 
 
 def _write_failed(path: Path, tmp: Path, exc: OSError) -> KoaError:
-    tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # e.g. its folder is a file: nothing was written
+        tmp.unlink(missing_ok=True)
     return KoaError(f"{path}: could not be written ({exc.strerror or exc}); the previous "
                     "file, if any, is intact")
 
