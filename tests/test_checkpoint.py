@@ -217,9 +217,13 @@ def test_a_write_cut_short_leaves_the_previous_checkpoint_intact(tmp_path):
     path = tmp_path / "best.safetensors"
     save_checkpoint(path, _model(0), _side())
     before = {k: v.clone() for k, v in load_checkpoint(path)[0].state_dict().items()}
-    with pytest.raises(KoaError, match="could not be written.*previous file, if any, is intact"):
+    with pytest.raises(KoaError) as err:
         with _file_size_limit(1_000_000):
             save_checkpoint(path, _model(1), _side())
+    # the writer's own words in the one line, never "None"
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: could not be written (") and "(None)" not in msg, msg
+    assert msg.endswith("); the previous file, if any, is intact"), msg
     after = load_checkpoint(path)[0].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
@@ -309,3 +313,72 @@ def test_update_sidecar_refuses_a_torn_pair(tmp_path):
     with pytest.raises(KoaError, match="do not match their sidecar's SHA-256"):
         update_sidecar(path, {"note": "x"})
     assert path.with_suffix(".json").read_text() == text
+
+
+def test_a_checkpoint_under_a_file_is_refused_in_one_line(tmp_path):
+    from koa_core.checkpoint import save_checkpoint
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    target = blocker / "ckpt.safetensors"
+    with pytest.raises(KoaError) as err:
+        save_checkpoint(target, _model(0), _side())
+    assert str(err.value) == (f"{target}: could not be written (File exists); the previous "
+                              "file, if any, is intact")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_new_checkpoint_names_its_format_in_a_readable_sidecar(tmp_path):
+    """New folders are made; the sidecar and the safetensors header name the format; the
+    sidecar is indented JSON (one key a line) and stores paths as text, also after an
+    update."""
+    from safetensors import safe_open
+
+    from koa_core.checkpoint import update_sidecar
+
+    path = save_checkpoint(tmp_path / "a" / "b" / "ckpt.safetensors", _model(0),
+                           {**_side(), "source": tmp_path / "run"})
+    side = read_sidecar(path)
+    assert side["format"] == "koa_core-checkpoint-1" and side["weights_dtype"] == "as trained"
+    assert side["source"] == str(tmp_path / "run")
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata() == {"format": "koa_core-checkpoint-1"}
+    text = path.with_suffix(".json").read_text()
+    assert text.startswith('{\n  "format": "koa_core-checkpoint-1",\n  "code_version": ')
+    update_sidecar(path, {"origin": tmp_path})
+    text = path.with_suffix(".json").read_text()
+    assert text.startswith('{\n  "format": "koa_core-checkpoint-1",\n  "code_version": ')
+    assert f'\n  "origin": {json.dumps(str(tmp_path))},\n  "weights_sha256": ' in text
+
+
+def test_a_sidecar_from_before_the_digest_can_be_updated(tmp_path):
+    from koa_core.checkpoint import update_sidecar
+
+    _, path = _saved(tmp_path)
+    side = read_sidecar(path)
+    del side["weights_sha256"]  # as written before sidecars carried one
+    path.with_suffix(".json").write_text(json.dumps(side))
+    assert "weights_sha256" not in update_sidecar(path, {"note": "x"})
+    assert read_sidecar(path)["note"] == "x"
+    load_checkpoint(path)
+
+
+def test_loading_never_asks_for_pretrained_weights(tmp_path):
+    """The sidecar's config may name ImageNet weights (the run started from them); the
+    loaded model holds every weight, so its config says none; a sidecar without a config
+    gets the defaults, and a bad one is named in the error."""
+    cfg = Config()
+    cfg.model.pretrained = "imagenet"
+    path = save_checkpoint(tmp_path / "ckpt.safetensors", _model(0),
+                           {"config": config_to_dict(cfg)})
+    model, _ = load_checkpoint(path)
+    assert model.cfg.pretrained == "none"
+    side = read_sidecar(path)
+    del side["config"]
+    path.with_suffix(".json").write_text(json.dumps(side))
+    assert load_checkpoint(path)[0].cfg.streams == "dual"
+    side["config"] = {"model": {"streams": "three"}}
+    path.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(KoaError) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(f"{path.with_suffix('.json')}: "), str(err.value)
