@@ -49,7 +49,7 @@ def _boot_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> tuple[np.n
     b = idx.shape[0]
     # one confusion matrix per row, counted by bincount over (row, true, predicted) cells
     cells = (np.arange(b)[:, None] * 25 + yi * 5 + pi).ravel()
-    cm = np.bincount(cells, minlength=b * 25).reshape(b, 5, 5).astype(float)
+    cm = np.bincount(cells, minlength=b * 25).reshape(b, 5, 5)  # confusion_scores casts
     s = confusion_scores(cm)
     return s["accuracy"], s["macro_f1"], s["qwk"], np.abs(yi - pi).mean(1)
 
