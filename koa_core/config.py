@@ -59,6 +59,11 @@ class PreprocessConfig:
     crop: bool = True  # §2.2: central region crop by pixel density
     clahe_clip: float = 2.0  # §2.3: clip limit beta = 2.0 (1.0 and 3.0 tested)
     clahe_tiles: int = 8  # OpenCV default 8x8 tile grid (the paper is silent)
+    # ours: a CLAHE applied to every decoded image before the steps above, for a model
+    # trained on a copy whose images were enhanced upstream (5.0 with 8x8 tiles reproduces
+    # the CLAHE-enhanced copy from the original crops); None: the images as read (paper)
+    input_clahe_clip: float | None = None
+    input_clahe_tiles: int = 8  # ours
 
 
 @dataclass
@@ -196,7 +201,9 @@ RULES = {
              "subset": _optional(_int_at_least(1)), "phantom_per_class": _int_at_least(1),
              "phantom_seed": _int_at_least(0)},
     "preprocess": {"crop": _bool, "clahe_clip": _number(0, 1000, lo_open=True),
-                   "clahe_tiles": _int_at_least(1)},
+                   "clahe_tiles": _int_at_least(1),
+                   "input_clahe_clip": _optional(_number(0, 1000, lo_open=True)),
+                   "input_clahe_tiles": _int_at_least(1)},
     "augment": {"enabled": _bool, "class_specific": _bool, "seed": _int_at_least(0),
                 "mixup": _number(0, 100), "cutmix": _number(0, 100),
                 "mix_prob": _number(0, 1, hi_open=False)},

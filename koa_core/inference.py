@@ -53,12 +53,9 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
 
 
 def preprocessor_from_sidecar(side: dict) -> Preprocessor:
-    p = side.get("preprocess") or {}
-    try:
-        return Preprocessor(size=int(p["size"]), crop=bool(p["crop"]),
-                            clahe_clip=float(p["clahe_clip"]), clahe_tiles=int(p["clahe_tiles"]))
-    except (KeyError, TypeError, ValueError):
-        raise KoaError("checkpoint sidecar lacks its preprocessing parameters") from None
+    """The checkpoint's preprocessing, its input transform included
+    (:meth:`Preprocessor.from_sidecar`)."""
+    return Preprocessor.from_sidecar(side)
 
 
 def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: str = "test",

@@ -136,7 +136,7 @@ def collect_inputs(paths: list[str]) -> Inputs:
 @dataclass
 class _Loaded:
     path: str
-    image: np.ndarray | None = None
+    image: np.ndarray | None = None  # as the model's training images were: input transform on
     views: np.ndarray | None = None
     box: tuple[int, int, int, int] | None = None
     meta: dict | None = None
@@ -146,7 +146,8 @@ class _Loaded:
 def _load(path: str, pre: Preprocessor) -> _Loaded:
     try:
         image, meta = read_image(path)
-        raw, clahe = pre(image)
+        image = pre.transform_input(image)  # the checkpoint's input transform, if any
+        raw, clahe = pre.paper_views(image)
     except KoaError as exc:
         msg = str(exc)
         return _Loaded(path, error=msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg)
@@ -203,6 +204,8 @@ def _explain(backend, item: _Loaded, pred: Prediction, pre: Preprocessor, stem: 
         from .knee_report import KneeReport, render_report
 
         details = {"precision": pred.precision, "engine": pred.engine}
+        if pre.input_clahe_clip is not None:
+            details["input transform"] = f"{pre.describe_input()} (as trained)"
         if pred.temperature is not None:
             details["temperature"] = f"{pred.temperature:.3f} (koa calibrate)"
         meta = item.meta or {}

@@ -13,6 +13,14 @@ not specified further; ours, documented here, is:
 On crops that are already square knee joints (the public dataset's 224x224 images) this
 is the identity. The raw and the CLAHE views come from the same decoded image; CLAHE is
 OpenCV's (``cv2.createCLAHE``) with an 8x8 tile grid.
+
+The input transform (ours, not the paper's): a model trained on a copy whose images were
+enhanced upstream expects that enhancement on whatever it grades. ``input_clahe_clip``
+applies it to the decoded image before every step above, exactly as the copy was made
+(one CLAHE of the whole crop), and the checkpoint's sidecar carries it with the other
+parameters, so every backend grades an original radiograph as the model was trained. The
+shipped checkpoint was trained on a copy enhanced with CLAHE at clip 5.0, 8x8 tiles: its
+"raw" stream sees that enhancement, its CLAHE stream a second pass at clip 2.0.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import KoaError
 from .imaging import read_gray
 
 __all__ = ["PREPROCESS_VERSION", "Preprocessor", "apply_clahe", "central_crop", "crop_box",
@@ -91,12 +100,32 @@ class Preprocessor:
     crop: bool = True
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
+    input_clahe_clip: float | None = None  # ours: see the module docstring
+    input_clahe_tiles: int = 8
 
     def __call__(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.paper_views(self.transform_input(img))
+
+    def transform_input(self, img: np.ndarray) -> np.ndarray:
+        """The decoded image as the model's training images were before the paper's steps:
+        the input transform applied, or the image itself when there is none."""
+        if self.input_clahe_clip is None:
+            return img
+        return apply_clahe(img, self.input_clahe_clip, self.input_clahe_tiles)
+
+    def paper_views(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The paper's steps on an already transformed image: crop, resize, CLAHE."""
         if self.crop:
             img = central_crop(img)
         raw = resize_square(img, self.size)
         return raw, apply_clahe(raw, self.clahe_clip, self.clahe_tiles)
+
+    def describe_input(self) -> str:
+        """The input transform in words, for reports and rows."""
+        if self.input_clahe_clip is None:
+            return "none"
+        t = self.input_clahe_tiles
+        return f"CLAHE clip {self.input_clahe_clip:g}, {t}x{t} tiles"
 
     def load(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         """Read a file and return its two views."""
@@ -109,5 +138,21 @@ class Preprocessor:
     @classmethod
     def from_config(cls, cfg) -> Preprocessor:
         """Build from a :class:`~koa_core.config.Config`."""
-        return cls(size=cfg.data.image_size, crop=cfg.preprocess.crop,
-                   clahe_clip=cfg.preprocess.clahe_clip, clahe_tiles=cfg.preprocess.clahe_tiles)
+        p = cfg.preprocess
+        return cls(size=cfg.data.image_size, crop=p.crop, clahe_clip=p.clahe_clip,
+                   clahe_tiles=p.clahe_tiles, input_clahe_clip=p.input_clahe_clip,
+                   input_clahe_tiles=p.input_clahe_tiles)
+
+    @classmethod
+    def from_sidecar(cls, side: dict) -> Preprocessor:
+        """The preprocessing a checkpoint's sidecar prescribes (``preprocess``), its input
+        transform included; a sidecar from before the input transform has none."""
+        p = side.get("preprocess") or {}
+        try:
+            clip = p.get("input_clahe_clip")
+            return cls(size=int(p["size"]), crop=bool(p["crop"]),
+                       clahe_clip=float(p["clahe_clip"]), clahe_tiles=int(p["clahe_tiles"]),
+                       input_clahe_clip=None if clip is None else float(clip),
+                       input_clahe_tiles=int(p.get("input_clahe_tiles", 8)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise KoaError("checkpoint sidecar lacks its preprocessing parameters") from None

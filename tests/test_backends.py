@@ -274,3 +274,85 @@ def test_a_temperature_fitted_after_the_cached_export_still_applies(exported, tm
     b.calibrated = False
     assert b.temperature is None
     assert b.predict(val)[0] == pytest.approx(plain, abs=1e-6)
+
+
+def _with_input_clahe(src: Path, dst: Path, clip: float = 5.0) -> Path:
+    """A copy of checkpoint ``src`` whose sidecar says its training images had CLAHE at
+    ``clip`` (8x8 tiles) applied upstream, as the shipped checkpoint's did."""
+    import shutil
+
+    from koa_core.checkpoint import update_sidecar
+
+    shutil.copy(src, dst)
+    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    pre = {**read_sidecar(dst)["preprocess"], "input_clahe_clip": clip, "input_clahe_tiles": 8}
+    update_sidecar(dst, {"preprocess": pre})
+    return dst
+
+
+def _onnx_with_sidecar(src: Path, dst: Path, sidecar: dict) -> Path:
+    """An ONNX file of ``src``'s network carrying ``sidecar`` (what koa export writes)."""
+    import onnx
+
+    proto = onnx.load(str(src))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    backends._set_metadata(proto, sidecar, meta[backends._META_QUANT])
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_the_input_transform_travels_with_the_checkpoint_to_every_backend(
+        exported, tiny_run, tmp_path, torch_fp32):
+    """A checkpoint trained on CLAHE-enhanced copies (input_clahe_clip in its sidecar) grades
+    an original image exactly as a plain checkpoint grades its enhanced twin, on torch,
+    ONNX Runtime fp32 (cached export and standalone file) and int8: the bug was every
+    backend feeding the original pixels to a model that had only seen enhanced ones."""
+    import cv2
+
+    from koa_core.predict import iter_predictions
+    from koa_core.preprocess import apply_clahe
+
+    ckpt, fp32, int8, _ = exported
+    _, root = tiny_run
+    originals = [str(r.path) for r in discover(root).split("val")][:12]
+    twins = []
+    for i, f in enumerate(originals):
+        twin = tmp_path / f"twin{i}.png"
+        img = cv2.imread(f, cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(twin), cv2.createCLAHE(clipLimit=5.0, tileGridSize=(8, 8)).apply(img))
+        twins.append(str(twin))
+    enhanced = _with_input_clahe(ckpt, tmp_path / "enh.safetensors")
+    side = read_sidecar(enhanced)
+    pre = preprocessor_from_sidecar(side)
+    assert (pre.input_clahe_clip, pre.input_clahe_tiles) == (5.0, 8)
+    assert preprocessor_from_sidecar(read_sidecar(ckpt)).input_clahe_clip is None
+    a = cv2.imread(originals[0], cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(pre.transform_input(a), apply_clahe(a, 5.0, 8))
+
+    cache = tmp_path / "cache"
+    cached = backends.onnx_cache_path(enhanced, cache)
+    cached.parent.mkdir(parents=True)
+    import shutil
+
+    shutil.copy(fp32, cached)  # the export of the same weights, cached before the change
+    pairs = [
+        (backends.load_backend(enhanced, "torch", "cpu"),
+         backends.load_backend(ckpt, "torch", "cpu")),
+        (backends.load_backend(enhanced, "onnxruntime", cache_dir=cache),
+         backends.OrtBackend(fp32)),
+        (backends.OrtBackend(_onnx_with_sidecar(fp32, tmp_path / "e32.onnx", side)),
+         backends.OrtBackend(fp32)),
+        (backends.OrtBackend(_onnx_with_sidecar(int8, tmp_path / "e8.onnx", side)),
+         backends.OrtBackend(int8)),
+    ]
+    for on_originals, on_twins in pairs:
+        got = list(iter_predictions(originals, on_originals, batch_size=5))
+        want = list(iter_predictions(twins, on_twins, batch_size=5))
+        assert all(p.error is None for p in got + want)
+        assert [p.grade for p in got] == [p.grade for p in want]
+        np.testing.assert_allclose([p.probabilities for p in got],
+                                   [p.probabilities for p in want], atol=1e-6)
+        # and the transform really matters: without it the original pixels differ
+        plain = list(iter_predictions(originals, on_twins, batch_size=5))
+        assert np.abs(np.array([p.probabilities for p in plain])
+                      - np.array([p.probabilities for p in want])).max() > 1e-4

@@ -186,13 +186,20 @@ def _probs(csv_path):
             np.array([int(r["true_grade"]) for r in rows]), rows)
 
 
+def _fp32(mode, device):
+    return None  # backends.amp_dtype forced off: fp32 on every CPU
+
+
 def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(
         tiny_run, tmp_path, capsys, monkeypatch):
     """koa calibrate fits T on the validation knees (and reads no other split), stores it in
     the sidecar without touching the weights; evaluate and predict then report
-    softmax(log p / T) with the same grades, and --uncalibrated gives the plain softmax."""
+    softmax(log p / T) with the same grades, and --uncalibrated gives the plain softmax.
+    Every path runs in fp32: with bf16 autocast (CPUs with AMX or AVX512-BF16) a batch of
+    one knee and a batch of twenty give probabilities that differ by more than 2e-5."""
     import numpy as np
 
+    from koa_core import backends
     from koa_core.calibration import apply_temperature, fit_temperature
     from koa_core.checkpoint import load_checkpoint, read_sidecar
     from koa_core.cli import main
@@ -200,6 +207,7 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(
     run, root = tiny_run
     ckpt = _copy_checkpoint(run, tmp_path)
     weights = ckpt.read_bytes()
+    monkeypatch.setattr(backends, "amp_dtype", _fp32)
     inference.evaluate_checkpoint(ckpt, root, split="val", n_boot=0,
                                   predictions=tmp_path / "raw.csv")
     raw, y, raw_rows = _probs(tmp_path / "raw.csv")
@@ -211,6 +219,7 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(
     assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(root),
                  "--engine", "torch", "--quiet"]) == 0
     monkeypatch.undo()
+    monkeypatch.setattr(backends, "amp_dtype", _fp32)
     assert set(splits) == {"val"} and len(splits) == len(y)
     out = capsys.readouterr().out
     cal = read_sidecar(ckpt)["calibration"]

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from koa_core.config import Config, load_config
+from koa_core.errors import KoaError
 from koa_core.imaging import decode_gray
 from koa_core.preprocess import (
     PREPROCESS_VERSION,
@@ -199,7 +200,11 @@ def test_preprocessor_params():
     pre = Preprocessor(size=128, crop=False, clahe_clip=3.0, clahe_tiles=4)
     p = pre.params()
     assert p == {"size": 128, "crop": False, "clahe_clip": 3.0, "clahe_tiles": 4,
+                 "input_clahe_clip": None, "input_clahe_tiles": 8,
                  "version": PREPROCESS_VERSION}
+    # the input transform changes the pixels, so it is part of every cache key
+    assert Preprocessor(size=128, crop=False, clahe_clip=3.0, clahe_tiles=4,
+                        input_clahe_clip=5.0).params() != p
     assert isinstance(PREPROCESS_VERSION, int) and PREPROCESS_VERSION >= 1
     assert Preprocessor().params() != p
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -211,6 +216,35 @@ def test_preprocessor_from_config():
     cfg = load_config(None, ["data.image_size=96", "preprocess.clahe_clip=1.0",
                              "preprocess.crop=false", "preprocess.clahe_tiles=4"])
     assert Preprocessor.from_config(cfg) == Preprocessor(96, False, 1.0, 4)
+    cfg = load_config(None, ["preprocess.input_clahe_clip=5.0", "preprocess.input_clahe_tiles=4"])
+    assert Preprocessor.from_config(cfg) == Preprocessor(224, True, 2.0, 8, 5.0, 4)
+
+
+def test_the_input_transform_is_one_clahe_of_the_decoded_image_before_the_paper_steps():
+    """input_clahe_clip reproduces an upstream-enhanced copy: its views of an original are
+    exactly a plain preprocessor's views of cv2.createCLAHE(clip, 8x8).apply(original),
+    also for an image that is cropped and resized (the transform comes first)."""
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (90, 140), dtype=np.uint8), (7, 7), 0)
+    twin = cv2.createCLAHE(clipLimit=5.0, tileGridSize=(8, 8)).apply(img)
+    got = Preprocessor(size=64, input_clahe_clip=5.0)(img)
+    want = Preprocessor(size=64)(twin)
+    for x, y in zip(got, want):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(Preprocessor(size=64)(img)[0], want[0])
+    assert Preprocessor(input_clahe_clip=5.0).describe_input() == "CLAHE clip 5, 8x8 tiles"
+    assert Preprocessor().describe_input() == "none"
+
+
+def test_from_sidecar_reads_the_input_transform_and_refuses_a_bare_sidecar():
+    side = {"preprocess": {"size": 96, "crop": True, "clahe_clip": 2.0, "clahe_tiles": 8,
+                           "input_clahe_clip": 5.0, "input_clahe_tiles": 4}}
+    assert Preprocessor.from_sidecar(side) == Preprocessor(96, True, 2.0, 8, 5.0, 4)
+    del side["preprocess"]["input_clahe_clip"]  # a checkpoint from before the field
+    assert Preprocessor.from_sidecar(side).input_clahe_clip is None
+    for bad in ({}, {"preprocess": {"size": 96}}, {"preprocess": "x"}):
+        with pytest.raises(KoaError, match="^checkpoint sidecar lacks its preprocessing"):
+            Preprocessor.from_sidecar(bad)
 
 
 # ------------------------------------------------------------------ property test
