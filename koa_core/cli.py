@@ -64,10 +64,17 @@ def _index(args):
                     manifest_dir=Path(args.cache_dir or default_cache_dir()) / "manifests")
 
 
+def _input_check(args):
+    from .checkpoint import read_sidecar
+    from .inputcheck import check_for
+
+    return check_for(read_sidecar(args.checkpoint) if args.checkpoint else {})
+
+
 def _cmd_data_check(args) -> int:
     from .datacheck import format_check, scan
 
-    rep = scan(_index(args), workers=args.workers)
+    rep = scan(_index(args), workers=args.workers, check=_input_check(args))
     print(format_check(rep, allow_leakage=args.allow_leakage))
     return 0 if rep.usable(args.allow_leakage) else 1
 
@@ -75,7 +82,7 @@ def _cmd_data_check(args) -> int:
 def _cmd_data_stats(args) -> int:
     from .datacheck import scan
 
-    rep = scan(_index(args), workers=args.workers)
+    rep = scan(_index(args), workers=args.workers, check=_input_check(args))
     d = rep.to_dict()
     if args.json:
         from .runtime import provenance
@@ -111,6 +118,8 @@ def add_data_commands(sub) -> None:
                        help="where a flat root's split manifest is written")
         q.add_argument("--allow-leakage", action="store_true",
                        help="do not count patients in two splits as a problem")
+        q.add_argument("--checkpoint", default=None, help="judge the images by this "
+                       "checkpoint's input profile (default: the shipped checkpoint's)")
         if name == "stats":
             q.add_argument("--json", action="store_true", help="print JSON")
         q.set_defaults(func=func)
@@ -192,8 +201,10 @@ def _cmd_predict(args) -> int:
     preds = iter_predictions(inputs.files, backend, cam_dir=args.cam, report_dir=args.report,
                              batch_size=args.batch_size)
     kept = []  # small per-file entries, for --json and the report's index only
+    flag_lists = []  # the input check's flags of every graded file, for the summary
 
     def keep(p):
+        flag_lists.append(p.input_flags or [])
         if args.json or args.report:
             kept.append(p)
 
@@ -230,9 +241,13 @@ def _cmd_predict(args) -> int:
         write_report_index(kept, args.report)
     if args.json:
         print(json.dumps([p.to_dict() for p in kept], indent=2))
+    from .inputcheck import summarize_flags
+
+    flagged = summarize_flags(flag_lists)
     if args.out or inputs.skipped:
         graded = len(inputs.files) - failed
         print(f"graded {graded} of {len(inputs.files)} file(s), {failed} failed"
+              + (f"; {flagged}" if flagged else "")
               + (f"; skipped {inputs.skipped} file(s) that are not images" if inputs.skipped
                  else "") + (f"; rows in {args.out}" if args.out else ""), file=sys.stderr)
     return 1 if failed else 0
@@ -283,6 +298,16 @@ def add_model_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_calibrate)
 
+    p = sub.add_parser("input-profile", help="fit the input check's profile on training images "
+                       "and store it in the checkpoint's sidecar (koa_core.inputcheck)")
+    p.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint whose "
+                   "sidecar gets the profile")
+    p.add_argument("--data", required=True, help="dataset root (only its train split is read)")
+    p.add_argument("--images", type=_positive_int, default=1000,
+                   help="training images drawn for the profile (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_input_profile)
+
     p = sub.add_parser("predict", help="grade knee images and folders (CSV, Grad-CAM, reports)")
     p.add_argument("images", nargs="+", metavar="DIR_OR_FILE",
                    help="image files (PNG, JPEG, WebP, TIFF, DICOM) or folders to walk")
@@ -325,6 +350,17 @@ def _cmd_calibrate(args) -> int:
           f"ECE {c['ece']['before']:.4f} -> {c['ece']['after']:.4f} (fitted on these knees)\n"
           f"  cross-fitted over patients: NLL {x['nll']:.4f}, ECE {x['ece']:.4f} "
           f"(fold temperatures {', '.join(f'{t:.3f}' for t in x['fold_temperatures'])})")
+    return 0
+
+
+def _cmd_input_profile(args) -> int:
+    from .checkpoint import sidecar_path
+    from .inputcheck import store_profile
+
+    prof = store_profile(args.checkpoint, args.data, args.images, args.seed,
+                         command=args.command_line)
+    print(f"input profile of {prof['what']} stored in {sidecar_path(args.checkpoint)} "
+          f"({prof['knee']['inverted_in_training']} of them stored inverted)")
     return 0
 
 

@@ -3,8 +3,10 @@
 :func:`scan` decodes every image once (in threads) and gathers what a researcher must
 know before training: images per split and grade, patients per split, patients found in
 two splits, identical files in two splits, files that do not decode, the image sizes and
-source formats, and intensity statistics per grade. It reads only; nothing under the
-data root is written.
+source formats, intensity statistics per grade, and the input check of
+:mod:`koa_core.inputcheck` per split - which says when a whole folder looks CLAHE-enhanced
+already, as copies of the public dataset in circulation are. It reads only; nothing under
+the data root is written.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ class ScanReport:
     formats: dict[str, int] = field(default_factory=dict)  # "8-bit gray" -> count
     duplicates: list[list[str]] = field(default_factory=list)  # same bytes, two splits
     intensity: dict[str, dict[str, float]] = field(default_factory=dict)  # grade -> stats
+    checked: dict[str, int] = field(default_factory=dict)  # split -> images checked
+    flags: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> flag -> count
+    check_source: str | None = None  # whose profile judged them (None: no check)
+
+    def looks_enhanced(self) -> list[str]:
+        """Splits where most images look CLAHE-enhanced already."""
+        return [s for s, n in self.checked.items()
+                if n and self.flags.get(s, {}).get("enhanced", 0) > n / 2]
 
     @property
     def leaks(self) -> dict[str, list[str]]:
@@ -70,6 +80,8 @@ class ScanReport:
             "sizes": self.sizes,
             "formats": self.formats,
             "intensity_by_grade": self.intensity,
+            "input_check": {"profile": self.check_source, "checked": self.checked,
+                            "flags": self.flags, "looks_enhanced": self.looks_enhanced()},
             "warnings": idx.warnings,
             "skipped": idx.skipped,
             "problems": self.problems(),
@@ -82,7 +94,13 @@ def _describe(img: np.ndarray) -> str:
     return f"{bits} " + {1: "gray", 3: "RGB", 4: "RGBA"}.get(ch, f"{ch}-channel")
 
 
-def _one(path: str):
+def _one(path: str, check=None):
+    out = _decode(path)
+    flags = check.flags(out[3]) if check is not None and out[3] is not None else None
+    return (*out, flags)
+
+
+def _decode(path: str):
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -108,16 +126,21 @@ def _one(path: str):
     return path, digest, _describe(raw), gray, None
 
 
-def scan(index: DatasetIndex, workers: int = 4) -> ScanReport:
-    """Decode every image of the index and collect the health report."""
-    rep = ScanReport(index)
+def scan(index: DatasetIndex, workers: int = 4, check=None) -> ScanReport:
+    """Decode every image of the index and collect the health report; ``check`` (an
+    :class:`~koa_core.inputcheck.InputCheck`) judges every image as well."""
+    from functools import partial
+
+    rep = ScanReport(index, check_source=check.source if check is not None else None)
+    flag_counts: dict[str, Counter] = defaultdict(Counter)
     by_digest: dict[str, set[tuple[str, str]]] = defaultdict(set)
     sizes: Counter = Counter()
     formats: Counter = Counter()
     sums: dict[int, list[tuple[float, float]]] = defaultdict(list)
     grade_of = {r.path: r for r in index.records}
     with ThreadPoolExecutor(workers) as pool:
-        for path, digest, fmt, gray, err in pool.map(_one, [r.path for r in index.records]):
+        for path, digest, fmt, gray, err, flags in pool.map(partial(_one, check=check),
+                                                             [r.path for r in index.records]):
             rec = grade_of[path]
             if digest:
                 by_digest[digest].add((rec.split, path))
@@ -127,6 +150,10 @@ def scan(index: DatasetIndex, workers: int = 4) -> ScanReport:
             sizes[f"{gray.shape[1]}x{gray.shape[0]}"] += 1
             formats[fmt] += 1
             sums[rec.grade].append((float(gray.mean()), float(gray.std())))
+            if flags is not None:
+                rep.checked[rec.split] = rep.checked.get(rec.split, 0) + 1
+                flag_counts[rec.split].update(flags)
+    rep.flags = {s: dict(sorted(c.items())) for s, c in flag_counts.items()}
     rep.sizes = dict(sizes.most_common())
     rep.formats = dict(formats.most_common())
     rep.duplicates = sorted(
@@ -172,7 +199,25 @@ def format_check(rep: ScanReport, allow_leakage: bool = False) -> str:
         n = len(idx.skipped)
         lines.append(f"skipped {n} non-image entr{'y' if n == 1 else 'ies'}, "
                      f"e.g. {idx.skipped[0]}")
+    lines += _check_lines(rep)
     problems = rep.problems(allow_leakage)
     lines.append("")
     lines.append("usable: yes" if not problems else "usable: NO - " + "; ".join(problems))
     return "\n".join(lines)
+
+
+def _check_lines(rep: ScanReport) -> list[str]:
+    if rep.check_source is None:
+        return []
+    lines = [f"input check (profile: {rep.check_source}):"]
+    for split, n in rep.checked.items():
+        f = rep.flags.get(split, {})
+        found = ", ".join(f"{k} {v}" for k, v in f.items()) or "none flagged"
+        lines.append(f"  {split}: {n} images; {found}")
+    for split in rep.looks_enhanced():
+        n, k = rep.checked[split], rep.flags[split]["enhanced"]
+        lines.append(f"warning: {split} looks CLAHE-enhanced already ({k} of {n} images), "
+                     "unlike the public dataset's original crops: koa's checkpoints expect "
+                     "the originals (one trained on an enhanced copy applies the enhancement "
+                     "itself, preprocess.input_clahe_clip) and would enhance these twice")
+    return lines

@@ -368,6 +368,10 @@ def _row(entry: Mapping) -> str:
     grade_cell = html.escape(GRADE_NAMES[grade])
     if p is not None:
         grade_cell += f' <span class="muted">({html.escape(f"{p[grade]:.0%}")})</span>'
+    flags = entry.get("flags")
+    if flags:  # koa_core.inputcheck: graded, but unlike the training knees
+        grade_cell += ('<br><span class="error">input check: '
+                       + html.escape(", ".join(str(f) for f in flags)) + "</span>")
     prob_cell = _probability_table(p, grade) if p is not None else '<span class="muted">-</span>'
     gate = _check_gate(entry.get("gate"))
     gate_cell = (html.escape(f"raw {gate[0]:.2f}, CLAHE {gate[1]:.2f}") if gate is not None
@@ -393,7 +397,8 @@ def write_html_index(entries: Sequence[Mapping], out_dir: str | Path,
 
     Each entry is a dict with ``name``, ``picture`` (the PNG's file name relative to
     ``out_dir``, or None), ``grade`` (int, or None for a failed file), ``probabilities``
-    (5 values or None), ``gate`` ((w_raw, w_clahe) or None) and ``error`` (str or None);
+    (5 values or None), ``gate`` ((w_raw, w_clahe) or None), ``flags`` (the input check's
+    flags, :mod:`koa_core.inputcheck`) and ``error`` (str or None);
     missing keys count as None. Raises ValueError on a malformed grade, probabilities or
     gate, before anything is written.
     """

@@ -47,7 +47,7 @@ __all__ = ["CSV_FIELDS", "Prediction", "collect_inputs", "iter_predictions", "pr
 
 CSV_FIELDS = ["path", "grade", "p0", "p1", "p2", "p3", "p4", "gate_raw", "gate_clahe",
               "precision", "engine", "temperature", "width", "height", "photometric",
-              "pixel_spacing_mm", "error"]
+              "pixel_spacing_mm", "input_check", "error"]
 
 
 @dataclass
@@ -63,6 +63,7 @@ class Prediction:
     temperature: float | None = None  # fitted by koa calibrate and applied (None: softmax)
     size: list[int] | None = None  # [height, width] of the input image
     dicom: dict | None = None  # photometric interpretation, pixel spacing, window...
+    input_flags: list[str] | None = None  # koa_core.inputcheck: [] when the image passed
     error: str | None = None
 
     def to_dict(self) -> dict:
@@ -72,8 +73,9 @@ class Prediction:
         if self.error:
             return f"{self.path}: error: {self.error}"
         probs = " ".join(f"{p:.3f}" for p in self.probabilities)
+        flags = f"  [input check: {', '.join(self.input_flags)}]" if self.input_flags else ""
         return f"{self.path}: KL{self.grade} ({GRADE_NAMES[self.grade].split(' ', 1)[1]})  " \
-               f"p[KL0..KL4] = {probs}"
+               f"p[KL0..KL4] = {probs}{flags}"
 
     def row(self) -> dict:
         p = self.probabilities or [None] * 5
@@ -89,6 +91,8 @@ class Prediction:
                 "height": self.size[0] if self.size else None,
                 "photometric": d.get("photometric"),
                 "pixel_spacing_mm": " ".join(f"{v:g}" for v in spacing) if spacing else None,
+                "input_check": ("; ".join(self.input_flags) or "ok"
+                                if self.input_flags is not None else None),
                 "error": self.error}
 
 
@@ -140,12 +144,14 @@ class _Loaded:
     views: np.ndarray | None = None
     box: tuple[int, int, int, int] | None = None
     meta: dict | None = None
+    flags: list[str] | None = None
     error: str | None = None
 
 
-def _load(path: str, pre: Preprocessor) -> _Loaded:
+def _load(path: str, pre: Preprocessor, check=None) -> _Loaded:
     try:
         image, meta = read_image(path)
+        flags = check.flags(image) if check is not None else None  # the file as read
         image = pre.transform_input(image)  # the checkpoint's input transform, if any
         raw, clahe = pre.paper_views(image)
     except KoaError as exc:
@@ -153,7 +159,7 @@ def _load(path: str, pre: Preprocessor) -> _Loaded:
         return _Loaded(path, error=msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg)
     h, w = image.shape
     box = crop_box(image) if pre.crop else (0, 0, h, w)
-    return _Loaded(path, image, np.stack([raw, clahe]), box, meta)
+    return _Loaded(path, image, np.stack([raw, clahe]), box, meta, flags)
 
 
 def _out_stems(files: list[str]) -> list[str]:
@@ -206,6 +212,10 @@ def _explain(backend, item: _Loaded, pred: Prediction, pre: Preprocessor, stem: 
         details = {"precision": pred.precision, "engine": pred.engine}
         if pre.input_clahe_clip is not None:
             details["input transform"] = f"{pre.describe_input()} (as trained)"
+        if item.flags:
+            from .inputcheck import describe
+
+            details["INPUT CHECK"] = describe(item.flags)
         if pred.temperature is not None:
             details["temperature"] = f"{pred.temperature:.3f} (koa calibrate)"
         meta = item.meta or {}
@@ -240,24 +250,27 @@ def iter_predictions(files: list[str], backend, cam_dir: str | Path | None = Non
     """Grade ``files`` with ``backend`` (:mod:`koa_core.backends`), one Prediction per file
     in order; a batch is decoded by ``workers`` threads while the previous one is graded."""
     from .inference import preprocessor_from_sidecar
+    from .inputcheck import check_for
 
     pre = preprocessor_from_sidecar(backend.sidecar)
+    check = check_for(backend.sidecar)
     cam_dir = _make_dir(cam_dir, "Grad-CAM")
     report_dir = _make_dir(report_dir, "report")
     if (cam_dir or report_dir) and getattr(backend, "cam_model", None) is None:
         raise KoaError("Grad-CAM (--cam, --report) needs the .safetensors checkpoint; an ONNX "
                        "file has no gradients")
     # checked above, before the caller writes anything; the batches run lazily below
-    return _predictions(files, backend, pre, cam_dir, report_dir, batch_size, workers)
+    return _predictions(files, backend, (pre, check), cam_dir, report_dir, batch_size, workers)
 
 
-def _predictions(files, backend, pre, cam_dir, report_dir, batch_size, workers):
+def _predictions(files, backend, prepare, cam_dir, report_dir, batch_size, workers):
+    pre, check = prepare
     stems = _out_stems(files)
     batches = [list(range(i, min(i + batch_size, len(files))))
                for i in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         def submit(b):
-            return [pool.submit(_load, files[i], pre) for i in b]
+            return [pool.submit(_load, files[i], pre, check) for i in b]
 
         pending = submit(batches[0]) if batches else []
         for k, batch in enumerate(batches):
@@ -278,7 +291,7 @@ def _predictions(files, backend, pre, cam_dir, report_dir, batch_size, workers):
                                   [float(g) for g in gates[j]] if gates is not None else None,
                                   precision=backend.precision, engine=backend.engine,
                                   temperature=backend.temperature, size=list(item.image.shape),
-                                  dicom=item.meta or None)
+                                  dicom=item.meta or None, input_flags=item.flags)
                 j += 1
                 if cam_dir or report_dir:
                     _explain(backend, item, pred, pre, stems[i], cam_dir, report_dir)
@@ -331,5 +344,5 @@ def write_report_index(preds: list[Prediction], report_dir: str | Path) -> Path:
 
     entries = [{"name": p.path, "picture": Path(p.report).name if p.report else None,
                 "grade": p.grade, "probabilities": p.probabilities, "gate": p.gate,
-                "error": p.error} for p in preds]
+                "flags": p.input_flags, "error": p.error} for p in preds]
     return write_html_index(entries, report_dir, title="koa predict: knee KL grades")

@@ -26,6 +26,7 @@ from test_dicom import _dicom
 from koa_core import backends
 from koa_core.cli import main
 from koa_core.imaging import read_image
+from koa_core.inputcheck import summarize_flags
 from koa_core.predict import CSV_FIELDS, cam_on_input, collect_inputs
 from koa_core.preprocess import crop_box
 
@@ -124,6 +125,11 @@ def test_mixed_folder_csv_row_per_file_errors_and_dicom(tiny_run, tmp_path, caps
         assert sum(gate) == pytest.approx(1.0, abs=1e-5) and min(gate) >= 0
         assert (r["width"], r["height"]) == (("94", "64") if name == "a.png" else ("64", "64"))
         assert r["engine"] == "torch" and r["precision"] == "fp32"
+    # the input check judged every graded file (64 px phantoms: all "small", by the shipped
+    # profile of 224 px crops) and the summary counts what the rows say
+    flags = [by[n]["input_check"].split("; ") for n in good]
+    assert all("small" in f for f in flags)
+    flagged = summarize_flags(flags)
     # photometry and spacing of the DICOM rows; none for the PNG and TIFF
     assert [by[n]["photometric"] for n in good] == ["", "", "MONOCHROME1", "MONOCHROME2",
                                                      "MONOCHROME2"]
@@ -140,7 +146,7 @@ def test_mixed_folder_csv_row_per_file_errors_and_dicom(tiny_run, tmp_path, caps
     assert stderr.splitlines() == [
         f"{folder / 'd_trunc.png'}: error: {PNG_ERROR}",
         f"{folder / 'e_text.png'}: error: {PNG_ERROR}",
-        f"graded 5 of 7 file(s), 2 failed; skipped 1 file(s) that are not images; "
+        f"graded 5 of 7 file(s), 2 failed; {flagged}; skipped 1 file(s) that are not images; "
         f"rows in {out}",
     ]
 
@@ -388,7 +394,8 @@ def test_json_sizes_and_streamed_lines(tiny_run, tmp_path, capsys):
     for line, e in zip(lines, (got[0], got[2])):
         assert line.startswith(f"{e['path']}: KL{e['grade']} (")
         probs = " ".join(f"{p:.3f}" for p in e["probabilities"])
-        assert line.endswith(f"p[KL0..KL4] = {probs}")
+        assert line.endswith(f"p[KL0..KL4] = {probs}  [input check: "
+                             f"{', '.join(e['input_flags'])}]")
     assert stderr.splitlines() == [f"{bad}: error: empty file", f"{odd}: error: {got[3]['error']}"]
 
 
