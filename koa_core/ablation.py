@@ -24,8 +24,8 @@ import numpy as np
 
 from .errors import KoaError
 
-__all__ = ["CLAIMS", "PAPER_TABLE5", "ablation_table", "format_ablation", "load_groups",
-           "paired_difference"]
+__all__ = ["CLAIMS", "PAPER_TABLE5", "ablation_table", "data_line", "format_ablation",
+           "load_groups", "paired_difference"]
 
 # Table 5 of the paper: test accuracy (%) per configuration.
 PAPER_TABLE5 = {"clahe": 61.84, "raw": 65.10, "dual-noattn": 70.47, "proposed": 72.06}
@@ -97,8 +97,9 @@ def _verdict(ci: list[float]) -> str:
 def load_groups(records_dir: str | Path) -> tuple[dict[str, dict[int, dict]], dict]:
     """The records under a folder as {configuration: {seed: predictions + figures}} (the
     configuration and seed from the provenance, else from the name ``NAME-sSEED``), and
-    {configuration: hardware, data encoding, commit}."""
-    from .records import find_records, read_record
+    {configuration: hardware, data copy (None in records from before it), data encoding,
+    commit}."""
+    from .records import find_records, read_record, record_copy
 
     groups: dict[str, dict[int, dict]] = {}
     meta: dict[str, dict] = {}
@@ -115,6 +116,7 @@ def load_groups(records_dir: str | Path) -> tuple[dict[str, dict[int, dict]], di
                                               "img_s": prov.get("train_img_s"),
                                               "wall_s": prov.get("wall_s")}
         meta.setdefault(group, {"hardware": prov["machine"]["hardware"],
+                                "copy": record_copy(prov),
                                 "encoding": prov["data"]["encoding"],
                                 "commit": prov["commit"]})
     return groups, meta
@@ -194,9 +196,18 @@ def format_ablation(t: dict) -> str:
     lines.append("verdict: reproduced if the accuracy interval lies above 0, not reproduced "
                  "if below, inconclusive if it contains 0")
     hw = sorted({r["hardware"] for r in t["configurations"].values()})
-    enc = sorted({r["encoding"] for r in t["configurations"].values()})
-    lines.append(f"hardware: {'; '.join(hw)}; data: {'; '.join(enc)}")
+    lines.append(f"hardware: {'; '.join(hw)}; data: {data_line(t['configurations'].values())}")
     return "\n".join(lines)
+
+
+def data_line(rows) -> str:
+    """The data the rows' records saw, in words: the copy (or copies) of the images and
+    how they travelled, e.g. ``copy original; val: as stored; train: ...``."""
+    rows = list(rows)
+    copies = sorted({r.get("copy") or "not named (record from before data.copy)"
+                     for r in rows})
+    enc = sorted({r["encoding"] for r in rows})
+    return f"{'copies' if len(copies) > 1 else 'copy'} {' + '.join(copies)}; {'; '.join(enc)}"
 
 
 def to_json(t: dict) -> str:

@@ -17,6 +17,12 @@ second call carries on. A plan is YAML::
           - {name: proposed, configs: [ablation-proposed], set: [train.lr=0.001]}
 
 A run is named ``NAME-sSEED``; its seed sets ``train.seed`` and ``augment.seed``.
+
+Every record names the copy of the images it trained on (``data.copy``,
+:mod:`koa_core.datacopy`): ``data_copy`` (``--data-copy``) is required with a data root,
+and the phantom names itself. A records folder holds one copy: a campaign whose copy
+differs from a finished record's there, or meets a record that names none, is refused
+before anything trains.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import yaml
 from .errors import KoaError
 from .locking import FolderLock
 
-__all__ = ["PlanRun", "load_plan", "record_run", "run_campaign", "select_run"]
+__all__ = ["PlanRun", "load_plan", "record_run", "resolve_copy", "run_campaign", "select_run"]
 
 
 @dataclass
@@ -121,9 +127,11 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
                  data_encoding: str = "as stored", data_name: str | None = None,
                  only: list[str] | None = None, progress: bool = False,
                  command: str | None = None, echo=print,
-                 overrides: list[str] | None = None) -> dict:
+                 overrides: list[str] | None = None, data_copy: str | None = None) -> dict:
     """Train the plan's runs that lack a complete record; returns what was done.
-    ``overrides``: ``section.key=value`` settings applied to every run after the plan's."""
+    ``overrides``: ``section.key=value`` settings applied to every run after the plan's.
+    ``data_copy``: the copy of the images under the data root (:mod:`koa_core.datacopy`);
+    required unless every run trains on the phantom."""
 
     from .config import load_config
 
@@ -141,14 +149,54 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
         sets = list(r.sets) + list(overrides or []) \
             + ([f"data.root={data_root}"] if data_root else [])
         cfgs[r.name] = load_config(r.configs, sets)
+    data_copy = resolve_copy(data_copy, all(c.data.root is None for c in cfgs.values()))
     with FolderLock(runs_dir, "running a campaign"), \
             FolderLock(records_dir, "writing records"):
+        _check_copies(records_dir, runs, data_copy)
         return _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin,
-                    data_encoding, data_name, progress, command, echo)
+                    data_encoding, data_name, progress, command, echo, data_copy)
+
+
+def resolve_copy(data_copy: str | None, phantom: bool) -> str:
+    """The canonical copy name for records: given (checked), or the phantom's own."""
+    from .datacopy import COPY_HELP, PHANTOM, parse_copy
+
+    if data_copy is None:
+        if phantom:
+            return PHANTOM
+        raise KoaError(f"--data-copy is required with a data root: {COPY_HELP}; every "
+                       "record names it")
+    data_copy = parse_copy(data_copy)
+    if phantom and data_copy != PHANTOM:
+        raise KoaError(f"--data-copy {data_copy}: these runs train on the synthetic phantom "
+                       "(no data root), whose copy is 'phantom'")
+    return data_copy
+
+
+def _check_copies(records_dir: Path, runs: list[PlanRun], data_copy: str) -> None:
+    """Refuse, before anything trains, a records folder whose finished records name
+    another copy, or none (records from before ``data.copy``: ``koa stamp`` them)."""
+    import json
+
+    from .records import PROVENANCE, check_record, record_copy
+
+    for r in runs:
+        rec = records_dir / r.name
+        if not (rec / PROVENANCE).exists() or check_record(rec, require_copy=False):
+            continue  # absent or incomplete: trained again
+        copy = record_copy(json.loads((rec / PROVENANCE).read_text()))
+        if copy is None:
+            raise KoaError(f"{rec}: a finished record that names no data copy; name it with "
+                           f"`koa stamp {records_dir} --data ROOT` (checked against its "
+                           "validation views) before this campaign adds to the folder")
+        if copy != data_copy:
+            raise KoaError(f"{rec}: trained on the {copy} copy, this campaign on the "
+                           f"{data_copy} copy; one records folder holds one copy: use "
+                           "another --records folder")
 
 
 def _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin, data_encoding,
-         data_name, progress, command, echo) -> dict:
+         data_name, progress, command, echo, data_copy) -> dict:
     from .engine import DeadlineReached, fit, prepare_data
     from .records import check_record
     from .runtime import code_commit
@@ -193,6 +241,7 @@ def _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin, data_e
         epoch_s[arch] = float(np.median([h["epoch_s"] for h in hist[1:] or hist]))
         record_run(run_dir, rec_dir, data, command=command, commit=commit,
                    data_encoding=data_encoding, data_name=data_name, wall_s=wall,
+                   data_copy=data_copy,
                    extra={"name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
                           "plan": Path(plan_path).name, "feed": summary["feed"]})
         done.append(r.name)
@@ -207,11 +256,20 @@ def _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin, data_e
 
 def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit: str | None = None,
                data_encoding: str = "as stored", data_name: str | None = None,
-               wall_s: float | None = None, extra: dict | None = None) -> Path:
+               wall_s: float | None = None, extra: dict | None = None,
+               data_copy: str | None = None) -> Path:
     """Write the record of a finished run folder: its selected checkpoint's predictions on
-    ``data.val`` (prepared with the run's config) and the provenance. ``wall_s`` defaults
-    to the sum of the history's epoch times; images/s is the median over epochs 2+."""
+    ``data.val`` (prepared with the run's config) and the provenance. ``data_copy``
+    (required) names the copy of the images (:mod:`koa_core.datacopy`). ``wall_s``
+    defaults to the sum of the history's epoch times; images/s is the median over epochs
+    2+."""
     import torch
+
+    from .datacopy import COPY_HELP, parse_copy
+
+    if data_copy is None:
+        raise KoaError(f"record {Path(into).name}: name the data copy ({COPY_HELP})")
+    data_copy = parse_copy(data_copy)
 
     from .cache import views_digest
     from .checkpoint import load_checkpoint
@@ -238,7 +296,7 @@ def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit
     prov = {
         "name": Path(into).name, **(extra or {}), "commit": commit or code_commit(),
         "command": command, "machine": machine_info(device),
-        "data": {"name": data_name or Path(data.root).name,
+        "data": {"name": data_name or Path(data.root).name, "copy": data_copy,
                  "train_counts": data.counts["train"], "val_counts": data.counts["val"],
                  "encoding": data_encoding, "val_views_blake2b": views_digest(data.val.views)},
         "epochs_run": len(hist),

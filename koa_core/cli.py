@@ -560,7 +560,7 @@ def _cmd_campaign(args) -> int:
     r = run_campaign(args.plan, args.data, args.runs, args.records, time_limit=args.time_limit,
                      data_encoding=args.data_encoding, data_name=args.data_name,
                      only=args.only, progress=args.progress, command=args.command_line,
-                     overrides=args.set)
+                     overrides=args.set, data_copy=args.data_copy)
     print(f"campaign: {len(r['done'])} run(s) trained, {len(r['skipped'])} already recorded, "
           f"{len(r['remaining'])} left, in {r['seconds']:.0f} s"
           + (f"; stopped: {r['stopped']}" if r["stopped"] else ""))
@@ -570,16 +570,27 @@ def _cmd_campaign(args) -> int:
 
 
 def _cmd_record(args) -> int:
-    from .campaign import record_run
+    from .campaign import resolve_copy, record_run
     from .engine import load_run_config, prepare_data
 
     cfg = load_run_config(args.run)
     if args.data:
         cfg.data.root = args.data
+    data_copy = resolve_copy(args.data_copy, cfg.data.root is None)  # before data is read
     data = prepare_data(cfg, splits=("train", "val"))
     path = record_run(args.run, args.into, data, command=args.command_line,
-                      data_encoding=args.data_encoding, data_name=args.data_name)
+                      data_encoding=args.data_encoding, data_name=args.data_name,
+                      data_copy=data_copy)
     print(f"wrote the record of {args.run} to {path}")
+    return 0
+
+
+def _cmd_stamp(args) -> int:
+    from .datacopy import stamp_records
+
+    done = stamp_records(args.records, args.data)
+    copies = sorted({c for _, c in done})
+    print(f"stamped {len(done)} record(s): data.copy {', '.join(copies)}")
     return 0
 
 
@@ -619,6 +630,19 @@ def _add_data_provenance(p) -> None:
     p.add_argument("--data-encoding", default="as stored",
                    help="how the data copy was encoded, for the records (e.g. 'train WebP q90')")
     p.add_argument("--data-name", default=None, help="the dataset's name, for the records")
+    p.add_argument("--data-copy", default=None, type=_data_copy, metavar="COPY",
+                   help="required with a data root: which copy of the images it holds, "
+                   "'original' (as published) or 'clahe-CLIP-TxT' (enhanced upstream, e.g. "
+                   "clahe-5.0-8x8); the phantom names itself")
+
+
+def _data_copy(text: str) -> str:
+    from .datacopy import parse_copy
+
+    try:
+        return parse_copy(text)
+    except KoaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_campaign_commands(sub) -> None:
@@ -646,6 +670,13 @@ def add_campaign_commands(sub) -> None:
     p.add_argument("--data", help="dataset root (default: the run's data.root)")
     _add_data_provenance(p)
     p.set_defaults(func=_cmd_record)
+
+    p = sub.add_parser("stamp", help="name the data copy of records made before data.copy: "
+                       "their validation views are rebuilt from ROOT as stored and through "
+                       "CLAHE clip 5.0, 8x8, and the one whose digest matches is written")
+    p.add_argument("records", nargs="+", help="folders of records (every record under them)")
+    p.add_argument("--data", required=True, help="dataset root holding the original images")
+    p.set_defaults(func=_cmd_stamp)
 
     p = sub.add_parser("ablation", help="Table 5 from records: mean ± sd over seeds, the "
                        "paper's claims as paired differences with bootstrap intervals")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ablation import load_groups, paired_difference
+from .ablation import data_line, load_groups, paired_difference
 from .errors import KoaError
 
 __all__ = ["GOALS", "LEVERS", "POST_HOC", "cross_fitted_offsets", "decode", "fit_offsets",
@@ -188,7 +188,8 @@ def levers_table(records_dirs, n_boot: int = 2000, baseline: str = BASELINE,
         if name not in groups:
             continue
         row = {"name": name, "what": what, "seeds": sorted(groups[name]),
-               "hardware": meta[name]["hardware"], **summary(groups[name]),
+               "hardware": meta[name]["hardware"], "copy": meta[name]["copy"],
+               "encoding": meta[name]["encoding"], **summary(groups[name]),
                "epochs_run": float(np.mean([v["epochs_run"] for v in groups[name].values()])),
                "wall_s": float(sum(v["wall_s"] or 0 for v in groups[name].values())),
                "img_s": float(np.median([v["img_s"] for v in groups[name].values()
@@ -273,4 +274,6 @@ def format_levers(t: dict) -> str:
                      f"{', '.join(f'{v:.2f}' for v in c['fold_temperatures'])})")
     lines.append("verdict on accuracy: helps if the interval lies above 0, hurts if below, "
                  "inconclusive if it contains 0")
+    hw = sorted({r["hardware"] for r in t["levers"]})
+    lines.append(f"hardware: {'; '.join(hw)}; data: {data_line(t['levers'])}")
     return "\n".join(lines)

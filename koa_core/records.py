@@ -13,6 +13,13 @@ campaign``), never by hand:
   versions, data copy and its encoding, wall time, images/s, and the SHA-256 of every
   other file. A record without it, or whose files do not match it, is incomplete.
 
+``data.copy`` names the copy of the images the run trained and was validated on
+(:mod:`koa_core.datacopy`: ``original``, ``clahe-5.0-8x8 (enhanced upstream)``, ...):
+:func:`write_record` refuses a provenance without it, and :func:`check_record` reports a
+record that lacks it. Records written before it existed stay readable
+(:func:`read_record`) until ``koa stamp`` names their copy, verified against their
+validation pixels (``data.copy_evidence`` says how); :func:`stamp_copy` writes it.
+
 :func:`check_record` is what tests, campaigns (to skip finished runs) and the book use to
 trust a record; :func:`read_record` is the one reader of records.
 """
@@ -29,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .datacopy import parse_copy
 from .errors import KoaError
 from .metrics import classification_metrics
 
 __all__ = ["RECORD_FILES", "check_record", "find_records", "predictions_table",
-           "read_record", "write_record"]
+           "read_record", "record_copy", "stamp_copy", "write_record"]
 
 RECORD_FORMAT = "koa_core-record-1"
 RECORD_FILES = ("config.yaml", "history.csv", "selected.json", "val_predictions.csv")
@@ -125,9 +133,16 @@ def _write_record(into, run_dir, rows, provenance, n_boot) -> Path:
             "created": provenance.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": {name: _sha256(tmp / name) for name in RECORD_FILES}}
     missing = [k for k in PROVENANCE_KEYS if prov.get(k) in (None, "")]
+    if not missing and not (prov["data"] or {}).get("copy"):
+        missing = ["data.copy (which copy of the images the run saw)"]
     if missing:
         shutil.rmtree(tmp, ignore_errors=True)
         raise KoaError(f"record {into.name}: provenance lacks {', '.join(missing)}")
+    try:
+        prov["data"] = {**prov["data"], "copy": parse_copy(prov["data"]["copy"])}
+    except KoaError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KoaError(f"record {into.name}: {exc}") from None
     _atomic_text(tmp / PROVENANCE, json.dumps(prov, indent=1, default=str) + "\n")
     # the complete new record takes the old one's place; the old one is removed after
     old = into.with_name(f".{into.name}.{os.getpid()}.old")
@@ -143,9 +158,10 @@ def _read_predictions(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def check_record(path: str | Path) -> list[str]:
+def check_record(path: str | Path, require_copy: bool = True) -> list[str]:
     """Problems of the record at ``path`` (empty = complete and self-consistent): every
-    file present and matching its hash, provenance complete, the selected epoch in the
+    file present and matching its hash, provenance complete (``data.copy`` included unless
+    ``require_copy`` is false: a record from before it), the selected epoch in the
     history, the predictions consistent (pred = argmax of the probabilities, which sum to
     1) and the stored metrics recomputed from them."""
     rec = Path(path)
@@ -163,6 +179,9 @@ def check_record(path: str | Path) -> list[str]:
             problems.append(f"{prov_path}: machine.{k} missing")
     if not (prov.get("data") or {}).get("encoding"):
         problems.append(f"{prov_path}: data.encoding missing")
+    if require_copy and isinstance(prov.get("data"), dict) and not prov["data"].get("copy"):
+        problems.append(f"{prov_path}: data.copy missing (a record from before it: "
+                        "`koa stamp` names the copy, checked against its validation views)")
     for name in RECORD_FILES:
         f = rec / name
         if not f.exists():
@@ -205,12 +224,13 @@ def read_record(path: str | Path, verify: bool = True) -> dict:
     """A record as a dict: ``name``, ``config`` (YAML text parsed), ``history`` (rows),
     ``selected``, ``provenance`` and ``predictions`` (arrays ``grade``, ``pred``,
     ``probs``, ``gate_raw``, ``probs_flip`` (None in records without TTA columns), list
-    ``path``). ``verify`` refuses an incomplete record."""
+    ``path``). ``verify`` refuses an incomplete record; one that only lacks ``data.copy``
+    (written before it existed) is read, its copy unknown (:func:`record_copy`)."""
     import yaml
 
     rec = Path(path)
     if verify:
-        problems = check_record(rec)
+        problems = check_record(rec, require_copy=False)
         if problems:
             raise KoaError(problems[0] + (f" (+{len(problems) - 1} more)"
                                           if len(problems) > 1 else ""))
@@ -235,6 +255,32 @@ def read_record(path: str | Path, verify: bool = True) -> dict:
                            if rows and _has_tta(rows) else None),
         },
     }
+
+
+def record_copy(provenance: dict) -> str | None:
+    """The data copy a record's provenance names (``data.copy``), or None before it."""
+    return (provenance.get("data") or {}).get("copy") or None
+
+
+def stamp_copy(path: str | Path, copy: str, evidence: str) -> Path:
+    """Write ``data.copy`` and ``data.copy_evidence`` into the provenance of the record at
+    ``path`` (atomically: the old file stays whole until the new one replaces it). The
+    other files and their hashes are untouched; the caller has verified the copy."""
+    from .locking import FolderLock
+
+    rec = Path(path)
+    prov_path = rec / PROVENANCE
+    with FolderLock(rec.parent, "writing records"):
+        try:
+            prov = json.loads(prov_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise KoaError(f"{prov_path}: not readable ({exc})") from None
+        data = dict(prov.get("data") or {})
+        rest = {k: v for k, v in data.items() if k not in ("name", "copy", "copy_evidence")}
+        prov["data"] = {**({"name": data["name"]} if "name" in data else {}),
+                        "copy": copy, "copy_evidence": evidence, **rest}
+        _atomic_text(prov_path, json.dumps(prov, indent=1, default=str) + "\n")
+    return prov_path
 
 
 def _has_tta(rows: list[dict]) -> bool:

@@ -11,19 +11,22 @@
 # `setup` installs wheels carried along (no index) and unpacks whichever data parts came
 # with this transfer; `run` checks the data against the manifest, trains the plan
 # (KOA_PLAN, default table5) for at most SECONDS, selects the checkpoint to ship on
-# validation, and leaves in OUT at most five files. KOA_PLAN may name several plans, run in
-# order under the one time limit, each as PLAN or PLAN:RUN,RUN (only those runs); KOA_SET
-# holds extra section.key=value settings for every run (space-separated); KOA_BENCH=1 runs
-# `koa bench --compile` first, in the same call, so the campaign's rate has its yardstick: records.tar.gz (every record, the
+# validation, and leaves in OUT at most five files: records.tar.gz (every record, the
 # Table 5 answer, the selection, the log), the exported checkpoint's sidecar and the
-# checkpoint in parts of 15 MiB. `collect` puts the records under results/ and joins the
-# checkpoint. Nothing of this reads the held-out test split.
+# checkpoint in parts of 15 MiB. KOA_PLAN may name several plans, run in order under the
+# one time limit, each as PLAN or PLAN:RUN,RUN (only those runs); KOA_SET holds extra
+# section.key=value settings for every run (space-separated); KOA_DATA_COPY names the copy
+# of the images the pack holds, written into every record (koa campaign --data-copy;
+# default: original); KOA_BENCH=1 runs `koa bench --compile` first, in the same call, so
+# the campaign's rate has its yardstick. `collect` puts the records under results/ and
+# joins the checkpoint. Nothing of this reads the held-out test split.
 set -euo pipefail
 cmd=${1:?usage: gpu-campaign.sh setup|run|collect ...}
 shift
 DATA=${KOA_DATA:-/tmp/koa-data}
 WORK=${KOA_WORK:-/tmp/koa-work}
 PLAN=${KOA_PLAN:-table5}
+COPY=${KOA_DATA_COPY:-original}  # the copy of the images in the pack (koa campaign --data-copy)
 PY=${PYTHON:-python3}
 export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -66,6 +69,7 @@ run)
     encoding=$("$PY" -c "import json,sys; m=json.load(open(sys.argv[1]))['encoding']; \
 print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
     (nvidia-smi -L || true) | tee -a "$log"
+    echo "data: copy $COPY; $encoding" | tee -a "$log"
     start=$(date +%s)
     if [ -n "${KOA_BENCH:-}" ]; then  # the compiled model's own rate, same call, same GPU
         # shellcheck disable=SC2086  # KOA_BENCH_ARGS is a list of options
@@ -88,6 +92,7 @@ print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
         set +e
         "$PY" -m koa_core.cli campaign "$plan" --data "$DATA" --runs "$WORK/runs" \
             --records "$WORK/records/runs" --time-limit "$left" --data-encoding "$encoding" \
+            --data-copy "$COPY" \
             ${KOA_DATA_NAME:+--data-name "$KOA_DATA_NAME"} "${only[@]}" "${extra[@]}" \
             2>&1 | tee -a "$log"
         status=${PIPESTATUS[0]}
@@ -103,7 +108,7 @@ print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
             "$WORK/records/selection.json")
         mkdir -p "$WORK/ship"
         "$PY" -m koa_core.cli export "$WORK/runs/$name" --out "$WORK/ship/selected.safetensors" \
-            --dataset "${KOA_DATA_NAME:-the dataset under $DATA}; $encoding" \
+            --dataset "${KOA_DATA_NAME:-the dataset under $DATA}; copy $COPY; $encoding" \
             --note "selected on validation: $(cat "$WORK/records/selection.json" | tr -d '\n')"
         cp "$WORK/ship/selected.json" "$out/selected.json"
         split -b 15m -d "$WORK/ship/selected.safetensors" "$out/selected.safetensors.part"
@@ -119,7 +124,27 @@ collect)
     dest=${2:-results/gpu}
     ckpt=${3:-runs/gpu-selected}  # weights never go under results/
     mkdir -p "$dest"
-    tar -xzf "$src/records.tar.gz" -C "$dest" --strip-components=1
+    incoming=$(mktemp -d)
+    tar -xzf "$src/records.tar.gz" -C "$incoming" --strip-components=1
+    # one folder, one copy of the images: records of another copy never replace or join
+    # those already there (their run names are the same)
+    if ! "$PY" - "$incoming" "$dest" <<'EOF'
+import json, sys
+from pathlib import Path
+def copies(root):
+    return {json.loads(p.read_text()).get("data", {}).get("copy") or "not named"
+            for p in Path(root).rglob("provenance.json")}
+new, old = copies(sys.argv[1]), copies(sys.argv[2])
+if old and new and len(new | old) > 1:
+    sys.exit(f"collect: {sys.argv[2]} holds records of the copy {', '.join(sorted(old))}, "
+             f"these are of {', '.join(sorted(new))}: collect them into another folder")
+EOF
+    then
+        rm -rf "$incoming"
+        exit 2
+    fi
+    cp -R "$incoming"/. "$dest"/
+    rm -rf "$incoming"
     if compgen -G "$src/selected.safetensors.part*" >/dev/null; then
         mkdir -p "$ckpt"
         cat "$src"/selected.safetensors.part* > "$ckpt/selected.safetensors"

@@ -72,6 +72,22 @@ def test_table_from_records(tmp_path):
     assert claim["paper_inside_interval"] is False  # +3.26 points vs a ~+40 point gap
     text = ablation.format_ablation(t)
     assert "raw - clahe" in text and "reproduced" in text
+    assert raw["copy"] == "original"
+    assert text.splitlines()[-1] == "hardware: CPU test; data: copy original; as stored"
+
+
+def test_the_data_line_names_every_copy_and_old_records(tmp_path):
+    from test_records import _strip_copy
+
+    y = np.tile(np.arange(5), 4)
+    make_record(tmp_path, y, y, name="raw-s1")
+    make_record(tmp_path, y, y, name="clahe-s1", copy="clahe-5.0-8x8")
+    text = ablation.format_ablation(ablation.ablation_table(tmp_path / "records", n_boot=20))
+    assert text.endswith("data: copies clahe-5.0-8x8 (enhanced upstream) + original; "
+                         "as stored")
+    _strip_copy(tmp_path / "records" / "raw-s1")  # a record from before data.copy
+    text = ablation.format_ablation(ablation.ablation_table(tmp_path / "records", n_boot=20))
+    assert "not named (record from before data.copy)" in text.splitlines()[-1]
 
 
 def test_select_run_applies_the_recall_floor(tmp_path):

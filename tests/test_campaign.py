@@ -68,6 +68,7 @@ def test_campaign_records_each_run_and_skips_finished_ones(tmp_path, capsys):
     rec = read_record(tmp_path / "rec" / "proposed-s1")
     prov = rec["provenance"]
     assert prov["feed"] == "device" and prov["data"]["encoding"] == "phantom PNG"
+    assert prov["data"]["copy"] == "phantom"  # no data root: the phantom names itself
     assert prov["command"].startswith(f"koa campaign {plan} --runs")
     assert rec["selected"]["val_metrics"]["n"] == sum(prov["data"]["val_counts"]) == 5
     assert rec["predictions"]["gate_raw"] is not None
@@ -157,10 +158,18 @@ def test_koa_record_of_a_train_run(tiny_run, tmp_path, capsys):
     run's own selected epoch and the command that wrote it."""
     run, root = tiny_run
     into = tmp_path / "records" / "tiny"
-    assert main(["record", str(run), "--into", str(into), "--data", str(root),
-                 "--data-encoding", "phantom PNG"]) == 0
+    args = ["record", str(run), "--into", str(into), "--data", str(root),
+            "--data-encoding", "phantom PNG"]
+    assert main(args) == 2  # a data root: which copy of its images must be said
+    err = capsys.readouterr().err
+    assert err.startswith("koa: error: --data-copy is required") and err.count("\n") == 1
+    assert main(args + ["--data-copy", "not-a-copy"]) == 2
+    assert "not a copy name" in capsys.readouterr().err
+    assert not into.exists()
+    assert main(args + ["--data-copy", "original"]) == 0
     assert check_record(into) == []
     rec = read_record(into)
+    assert rec["provenance"]["data"]["copy"] == "original"
     best = json.loads((run / "best.json").read_text())
     assert rec["selected"]["epoch"] == best["epoch"]
     assert rec["provenance"]["command"].startswith("koa record ")
@@ -169,3 +178,29 @@ def test_koa_record_of_a_train_run(tiny_run, tmp_path, capsys):
     assert rec["selected"]["val_metrics"]["confusion_matrix"] == \
         best["val_metrics"]["confusion_matrix"]
     assert main(["record", str(tmp_path / "nope"), "--into", str(into)]) == 2
+
+
+def test_a_records_folder_holds_one_copy(tmp_path, capsys):
+    """Campaign records name the copy they trained on: a campaign is refused, before it
+    trains, where a finished record names another copy or none (stamp those first), and
+    a data root needs --data-copy."""
+    import numpy as np
+    from test_records import _strip_copy, make_record
+
+    plan = _plan(tmp_path)
+    y = np.tile(np.arange(5), 2)
+    make_record(tmp_path, y, y, name="raw-s1", copy="clahe-5.0-8x8")
+    args = ["campaign", str(plan), "--runs", str(tmp_path / "runs"), "--records",
+            str(tmp_path / "records"), "--only", "raw-s1"]
+    assert main(args) == 2  # the phantom's copy is 'phantom'
+    err = capsys.readouterr().err
+    assert "trained on the clahe-5.0-8x8 (enhanced upstream) copy" in err
+    assert err.count("\n") == 1 and not (tmp_path / "runs" / "raw-s1").exists()
+    _strip_copy(tmp_path / "records" / "raw-s1")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "names no data copy" in err and "koa stamp" in err
+    assert main(args + ["--data-copy", "original"]) == 2  # the phantom is no original
+    assert "synthetic phantom" in capsys.readouterr().err
+    assert main(args + ["--data", str(tmp_path / "somewhere")]) == 2
+    assert "--data-copy is required" in capsys.readouterr().err

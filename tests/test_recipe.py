@@ -48,6 +48,7 @@ def test_levers_against_the_baseline_and_post_hoc_variants(records):
     assert {"before", "after", "fold_temperatures"} <= set(best["calibration"])
     text = recipe.format_levers(t)
     assert "recipe" in text and "helps" in text and "goal 0.68: met" in text
+    assert text.splitlines()[-1] == "hardware: CPU test; data: copy original; as stored"
 
 
 def test_expected_and_median_grade_decoding():

@@ -23,13 +23,15 @@ def _fake_run(tmp_path, name="run"):
     return run
 
 
-def _provenance(name="r-s1"):
+def _provenance(name="r-s1", copy="original"):
     return {"name": name, "commit": "abc123", "command": "koa campaign table5",
-            "machine": {"hardware": "CPU test"}, "data": {"encoding": "as stored"},
+            "machine": {"hardware": "CPU test"},
+            "data": {"encoding": "as stored", **({"copy": copy} if copy else {})},
             "wall_s": 1.0, "train_img_s": 10.0}
 
 
-def make_record(tmp_path, y, pred, name="r-s1", gates=True, seed=0, flip=None):
+def make_record(tmp_path, y, pred, name="r-s1", gates=True, seed=0, flip=None,
+                copy="original"):
     """A record of a run whose selected checkpoint predicted ``pred`` for grades ``y``."""
     rng = np.random.default_rng(seed)
     y, pred = np.asarray(y), np.asarray(pred)
@@ -41,7 +43,8 @@ def make_record(tmp_path, y, pred, name="r-s1", gates=True, seed=0, flip=None):
     g = np.stack([np.full(len(y), 0.3), np.full(len(y), 0.7)], 1) if gates else None
     rows = predictions_table(recs, probs, g, tmp_path / "data", flip)
     run = _fake_run(tmp_path, f"run-{name}")
-    return write_record(tmp_path / "records" / name, run, rows, _provenance(name), n_boot=50)
+    return write_record(tmp_path / "records" / name, run, rows, _provenance(name, copy),
+                        n_boot=50)
 
 
 def test_written_record_is_complete_and_recomputes(tmp_path):
@@ -161,3 +164,53 @@ def test_a_record_write_cut_short_leaves_the_previous_record_intact(tmp_path):
     assert check_record(rec) == []
     assert {p.name: p.read_bytes() for p in rec.iterdir()} == before
     assert not [p for p in rec.parent.iterdir() if p.name.startswith(".r-s1")]
+
+
+def _strip_copy(rec):
+    """The record as written before data.copy existed (the committed GPU records were)."""
+    prov = json.loads((rec / PROVENANCE).read_text())
+    del prov["data"]["copy"]
+    (rec / PROVENANCE).write_text(json.dumps(prov, indent=1) + "\n")
+
+
+def test_a_new_record_must_name_its_data_copy(tmp_path):
+    y = [0, 1, 2, 3, 4] * 2
+    with pytest.raises(KoaError, match="provenance lacks data.copy"):
+        make_record(tmp_path, y, y, copy=None)
+    assert not (tmp_path / "records" / "r-s1").exists()
+    with pytest.raises(KoaError, match="not a copy name"):
+        make_record(tmp_path, y, y, copy="enhanced, I think")
+    # given in words, stored by its one canonical name
+    rec = make_record(tmp_path, y, y, copy="clahe-5-8x8")
+    assert read_record(rec)["provenance"]["data"]["copy"] == "clahe-5.0-8x8 (enhanced upstream)"
+
+
+def test_a_record_lacking_its_data_copy_fails_the_check_but_stays_readable(tmp_path):
+    from koa_core.records import record_copy
+
+    y = [0, 1, 2, 3, 4] * 2
+    rec = make_record(tmp_path, y, y)
+    _strip_copy(rec)
+    problems = check_record(rec)
+    assert len(problems) == 1 and "data.copy missing" in problems[0] \
+        and "koa stamp" in problems[0]
+    assert check_record(rec, require_copy=False) == []
+    r = read_record(rec)  # old records are read until stamped, their copy unknown
+    assert record_copy(r["provenance"]) is None
+
+
+def test_stamp_copy_adds_the_copy_and_keeps_the_record_whole(tmp_path):
+    from koa_core.records import stamp_copy
+
+    y = [0, 1, 2, 3, 4] * 2
+    rec = make_record(tmp_path, y, y)
+    _strip_copy(rec)
+    before = json.loads((rec / PROVENANCE).read_text())
+    stamp_copy(rec, "clahe-5.0-8x8 (enhanced upstream)", "checked")
+    after = json.loads((rec / PROVENANCE).read_text())
+    assert check_record(rec) == []
+    assert after["data"]["copy"] == "clahe-5.0-8x8 (enhanced upstream)"
+    assert after["data"]["copy_evidence"] == "checked"
+    del after["data"]["copy"], after["data"]["copy_evidence"]
+    assert after == before  # nothing else changed
+    assert [p.name for p in rec.iterdir() if p.name.startswith(".")] == []  # no temp file

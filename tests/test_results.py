@@ -33,6 +33,17 @@ def test_committed_record_is_complete_and_recomputes(rec):
     assert "test" not in {p.split("/")[0] for p in r["predictions"]["path"]}
 
 
+def test_gpu_records_name_the_copy_they_trained_on():
+    """Every GPU campaign so far trained on the copy enhanced upstream (CLAHE clip 5.0,
+    8x8 of each original); `koa stamp` wrote so after rebuilding the validation views."""
+    gpu = find_records(GPU)
+    assert len(gpu) >= 12
+    for rec in gpu:
+        data = read_record(rec)["provenance"]["data"]
+        assert data["copy"] == "clahe-5.0-8x8 (enhanced upstream)"
+        assert data["copy_evidence"].startswith("koa stamp ")
+
+
 def test_table5_summary_recomputes_from_the_records():
     saved = json.loads((GPU / "ablation.json").read_text())
     fresh = ablation_table(GPU / "runs", n_boot=saved["n_boot"])
@@ -40,6 +51,7 @@ def test_table5_summary_recomputes_from_the_records():
     for name, row in fresh["configurations"].items():
         assert row["accuracy"] == pytest.approx(saved["configurations"][name]["accuracy"])
         assert row["macro_f1"] == pytest.approx(saved["configurations"][name]["macro_f1"])
+        assert row["copy"] == saved["configurations"][name]["copy"]
     assert [(c["better"], c["worse"], c["verdict"]) for c in fresh["claims"]] == \
         [(c["better"], c["worse"], c["verdict"]) for c in saved["claims"]]
     for a, b in zip(fresh["claims"], saved["claims"]):

@@ -23,17 +23,20 @@ def train_recipe(plans, data_root, runs_dir, sets=()) -> Path:
 
     base = Path(runs_dir) / "recipe"
     phantom = not data_root or "phantom" in Path(data_root).name
+    copy = "phantom" if phantom else "original"  # the book's root: the public download
     for spec in plans:
         plan, _, only = spec.partition(":")
         names = only.split(",") if only else None
         command = shlex.join(
             ["koa", "campaign", plan, *(["--data", str(data_root)] if data_root else []),
-             "--runs", str(base / "runs"), "--records", str(base / "records")]
+             "--runs", str(base / "runs"), "--records", str(base / "records"),
+             "--data-copy", copy]
             + [a for n in names or [] for a in ("--only", n)]
             + [a for v in sets for a in ("--set", v)])
         run_campaign(plan, str(data_root) if data_root else None, base / "runs",
                      base / "records", only=names, overrides=list(sets), command=command,
                      data_encoding="synthetic phantom" if phantom else "as stored",
+                     data_copy=copy,
                      echo=lambda *a: None)
     return base / "records"
 
