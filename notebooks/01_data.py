@@ -17,7 +17,8 @@
 # Fig. 1, Table 1). This chapter counts what the data holds and checks that it is safe to
 # train on. In the published profile the counts and checks are those of the full real copy
 # (from its `koa data stats` summary) and the images shown are a committed sample of real
-# validation knees; in the demo profile both come from the synthetic phantom.
+# validation knees, the original crops of the public dataset; in the demo profile both come
+# from the synthetic phantom.
 
 # %% [markdown]
 # ## Overview
@@ -177,8 +178,7 @@ Markdown(report.leakage_verdict(checks, warnings))
 # and the majority rate that accuracy is read against were computed, a grid of knees per
 # grade was drawn (from the committed sample of validation knees, named above, in the
 # published profile), and the patient, duplicate and decoding checks were stated from the
-# data. The data caveats (the CLAHE-enhanced upstream copy, the sample's size and split) are
-# stated where they apply.
+# data. The sample's caveats (its size and split) are stated beside it.
 #
 # ### What's next
 #

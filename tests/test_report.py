@@ -578,14 +578,18 @@ def test_sample_table_and_note(val_only):
     assert t.loc["KL0", "files (OAI patient id + side)"] == ", ".join(first)
     note = report.sample_note(sample)
     assert f"sample of {len(sample.records)} real knees: the val split only" in note
-    assert "`python make_sample.py ROOT`" in note and "CLAHE-enhanced upstream" in note
-    assert "second CLAHE pass" in report.sample_note(sample, study="clahe")
+    assert "`python make_sample.py ROOT`" in note and "enhanced" not in note
+    study = report.sample_note(sample, study="clahe")
+    assert study.startswith(note) and "each clip limit is one CLAHE pass on it." in study
+    assert "second" not in study
 
 
-def test_clahe_verdict_second_pass(knees):
+def test_clahe_verdict_quotes_the_ratios(knees):
     t = report.clahe_table(knees[:1], clips=(1.0, 2.0))
-    assert "second CLAHE pass" not in report.clahe_verdict(t)
-    assert report.clahe_verdict(t, second_pass=True).endswith("not the paper's single pass.")
+    text = report.clahe_verdict(t)
+    r = t["edge/noise"]
+    assert f"edge gain to noise gain (1: {r['1']:.2f}, 2: {r['2']:.2f}) is highest" in text
+    assert "second" not in text and "enhanced" not in text
 
 
 def test_influence_text_and_table2_verdict():
@@ -666,9 +670,16 @@ def test_checkpoint_note(tmp_path):
     assert note.startswith("**About the checkpoint.** It was selected by validation macro_f1 "
                            "(epoch 10, on 826 validation knees), so the val knees explained")
     assert 'sidecar as "kneeKL224, train+val"' in note and "from scratch" in note
-    assert "take part" not in report.checkpoint_note(ckpt, "test")
+    assert "take part" not in report.checkpoint_note(ckpt, "test") and "CLAHE" not in note
     (tmp_path / "m.json").write_text(json.dumps({"data": {"root": "/abs/path"}}))
     assert report.checkpoint_note(ckpt) == ""
+    (tmp_path / "m.json").write_text(json.dumps({"preprocess": {"input_clahe_clip": 5.0,
+                                                                "input_clahe_tiles": 8}}))
+    assert report.checkpoint_note(ckpt) == (
+        "**About the checkpoint.** It was trained on CLAHE-enhanced crops, so it applies CLAHE "
+        "at clip 5 (8 x 8 tiles) to every image it grades before the paper's steps (its "
+        "sidecar's `input_clahe_clip`): the maps below are drawn on that enhanced view of each "
+        "original knee.")
 
 
 def test_crop_text(index, val_only):

@@ -23,7 +23,7 @@ from .paper import (
 )
 from .common import ensure_phantom, parameter_table, resolve_root, setup
 from .data import (
-    UPSTREAM_CLAHE, counts_match_text, counts_table, crop_example, crop_text, first_split,
+    counts_match_text, counts_table, crop_example, crop_text, first_split,
     imbalance_text, leakage_table, leakage_verdict, load_stats, majority_table,
     paper_count_slips, paper_counts_table, sample_grid, sample_images, sample_note,
     sample_table, share_figure, source_name, split_counts, stats_provenance,
@@ -73,7 +73,6 @@ __all__ = [
     "PAPER_TABLE5",
     "PAPER_TABLE7",
     "PUBLISHED",
-    "UPSTREAM_CLAHE",
     "ablation_figure",
     "cam_cases",
     "cam_conflict_text",

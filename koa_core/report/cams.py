@@ -224,6 +224,13 @@ def checkpoint_note(checkpoint: str | Path, split: str = "val") -> str:
         parts.append(f"has its data recorded in its sidecar as \"{data['root']}\"")
     if pretrained == "none":
         parts.append("was trained from scratch (no ImageNet initialisation)")
+    pre = side.get("preprocess") or (side.get("config") or {}).get("preprocess") or {}
+    if pre.get("input_clahe_clip"):
+        parts.append(f"was trained on CLAHE-enhanced crops, so it applies CLAHE at clip "
+                     f"{pre['input_clahe_clip']:g} ({pre.get('input_clahe_tiles', 8)} x "
+                     f"{pre.get('input_clahe_tiles', 8)} tiles) to every image it grades "
+                     "before the paper's steps (its sidecar's `input_clahe_clip`): the maps "
+                     "below are drawn on that enhanced view of each original knee")
     if side.get("hardware"):
         parts.append(f"ran on {side['hardware']}")
     if not parts:

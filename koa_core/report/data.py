@@ -154,11 +154,6 @@ def sample_images(index, n: int = 40, split: str | None = None, seed: int = 0
 # wherever the demo path takes a DatasetIndex or ScanReport, so a chapter reads the same
 # way with either.
 
-UPSTREAM_CLAHE = ("this copy of the dataset is CLAHE-enhanced upstream (its upstream copy was "
-                  "labelled \"ClaheDataset224\"): the \"raw\" view of every knee has already "
-                  "been through one CLAHE pass, and the model's CLAHE view through two")
-
-
 def load_stats(path: str | Path | None) -> dict | None:
     """The JSON written by ``koa data stats ROOT --json``; None for an empty path."""
     if not path:
@@ -289,8 +284,8 @@ def sample_table(index) -> pd.DataFrame:
 
 def sample_note(index, study: str = "") -> str:
     """Markdown: the data caveats of the committed real sample at ``index`` (how many
-    knees of which split, drawn how, the upstream CLAHE), plus, for ``study`` "clahe",
-    what they mean for the CLAHE study."""
+    knees of which split, drawn how), plus, for ``study`` "clahe", what the CLAHE study
+    measures on them."""
     meta_path = Path(index.root) / "SAMPLE.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     counts = split_counts(index)
@@ -300,10 +295,10 @@ def sample_note(index, study: str = "") -> str:
     text = (f"**Data caveats.** The live figures use the committed sample of "
             f"{len(index.records)} real knees: the {' and '.join(counts)} split only, "
             f"{per_grade}" + (f", drawn by `{meta['command']}`" if meta.get("command") else "")
-            + f". {UPSTREAM_CLAHE[0].upper()}{UPSTREAM_CLAHE[1:]}.")
+            + ".")
     if study == "clahe":
-        text += (" So the \"raw\" row of the study below is an already-enhanced image, and "
-                 "each clip limit measures a second CLAHE pass on top of it.")
+        text += (" The \"raw\" row of the study below is each knee as the sample stores it, "
+                 "and each clip limit is one CLAHE pass on it.")
     return text
 
 
