@@ -102,6 +102,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
                     "model": side.get("config", {}).get("model", {}),
                     "precision": members[0].precision, "engine": members[0].engine,
                     "weights_dtype": side.get("weights_dtype"),
+                    "input_transform": preprocessor_from_sidecar(side).describe_input(),
                     "tta": tta if tta and tta != "none" else None,
                     "temperatures": [m.temperature for m in members],
                     "ensemble": ([str(m.checkpoint) for m in members] if len(members) > 1

@@ -10,6 +10,13 @@ it was measured on, and a verdict from one stated rule:
   ``not reproduced`` if it lies below 0, ``inconclusive`` if it contains 0; whether the
   paper's magnitude lies inside our interval is a column of its own.
 
+Three claims are about what the raw radiograph and its CLAHE view each contribute: raw
+beats CLAHE (and the two single-stream accuracies behind it) and the gate's leaning. On a
+copy of the data whose every image was CLAHE-enhanced upstream (``data.copy`` of the
+records, :mod:`koa_core.datacopy`) the "raw" stream sees one CLAHE pass and the CLAHE
+stream two, so those rows keep their numbers but get the verdict
+:data:`NOT_TESTABLE` instead of one from the rule.
+
 Intervals are percentile bootstraps over validation knees (2,000 resamples, seed 0),
 pooled over the seeds of a configuration (each resample recomputes every seed's figure on
 the same knees and averages them). Where the records hold no test split, the validation
@@ -23,7 +30,12 @@ import numpy as np
 
 from .ablation import CLAIMS, PAPER_TABLE5, _boot_scores, _verdict, paired_difference
 
-__all__ = ["RULE", "claim_rows", "config_interval", "gate_difference"]
+__all__ = ["NOT_TESTABLE", "RULE", "STREAM_CLAIMS", "claim_rows", "config_interval",
+           "gate_difference"]
+
+NOT_TESTABLE = "not testable on the enhanced copy"
+# the configurations whose claims are about the raw image against its CLAHE view
+STREAM_CLAIMS = ({"clahe"}, {"raw"}, {"raw", "clahe"}, {"gate"})
 
 RULE = ("value claims: reproduced if the paper's value lies inside our 95 % interval, else "
         "not reproduced; difference claims: reproduced if our interval lies above 0, not "
@@ -83,10 +95,30 @@ def _value_verdict(paper: float, ci: list[float]) -> str:
 
 
 
+def _enhanced(copy: str | None) -> bool:
+    return copy not in (None, "original", "phantom")
+
+
 def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (stands in for "
-               "test)", data: str = "", n_boot: int = 2000) -> list[dict]:
+               "test)", data: str = "", n_boot: int = 2000,
+               copies: dict[str, str | None] | None = None) -> list[dict]:
     """The scorecard's rows from {configuration: {seed: predictions}} (see
-    :func:`koa_core.ablation.load_groups`). Values in percent or plain as the paper gives."""
+    :func:`koa_core.ablation.load_groups`). Values in percent or plain as the paper gives.
+    ``copies``: {configuration: data copy}; a claim of :data:`STREAM_CLAIMS` measured on an
+    enhanced copy is :data:`NOT_TESTABLE`."""
+    rows = _claim_rows(groups, n_boot)
+    copies = copies or {}
+    for r in rows:
+        r["split"], r["data"] = split, data
+        if set(r["groups"]) in STREAM_CLAIMS and any(
+                _enhanced(copies.get(g)) for g in r["groups"] if g != "gate"):
+            r["verdict"] = NOT_TESTABLE
+        if set(r["groups"]) == {"gate"} and _enhanced(copies.get("proposed")):
+            r["verdict"] = NOT_TESTABLE
+    return rows
+
+
+def _claim_rows(groups, n_boot):
     rows = []
 
     def value(claim, paper, group, metric, scale):
@@ -97,7 +129,8 @@ def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (sta
                      "ci_low": ci[0] * scale, "ci_high": ci[1] * scale,
                      "kind": "value", "seeds": len(groups[group]),
                      "verdict": _value_verdict(paper, [ci[0] * scale, ci[1] * scale]),
-                     "paper_inside": ci[0] * scale <= paper <= ci[1] * scale})
+                     "paper_inside": ci[0] * scale <= paper <= ci[1] * scale,
+                     "groups": [group]})
 
     value("accuracy of the proposed model (%)", PAPER_TABLE5["proposed"], "proposed",
           "accuracy", 100)
@@ -119,7 +152,8 @@ def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (sta
                      "paper": paper, "ours": 100 * d["accuracy"], "ci_low": lo, "ci_high": hi,
                      "kind": "difference", "seeds": len(d["seeds"]),
                      "verdict": _verdict([lo, hi]),
-                     "paper_inside": None if paper is None else lo <= paper <= hi})
+                     "paper_inside": None if paper is None else lo <= paper <= hi,
+                     "groups": [better, worse]})
     if "proposed" in groups and any(v.get("gate_raw") is not None
                                     for v in groups["proposed"].values()):
         gd = gate_difference(groups["proposed"], n_boot=n_boot)
@@ -127,7 +161,6 @@ def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (sta
                      "than for KL0-2 (subtle boundaries): w_raw(KL3-4) - w_raw(KL0-2)",
                      "paper": None, "ours": gd["value"], "ci_low": gd["ci"][0],
                      "ci_high": gd["ci"][1], "kind": "difference", "seeds": len(gd["seeds"]),
-                     "verdict": _verdict(gd["ci"]), "paper_inside": None})
-    for r in rows:
-        r["split"], r["data"] = split, data
+                     "verdict": _verdict(gd["ci"]), "paper_inside": None,
+                     "groups": ["gate"]})
     return rows

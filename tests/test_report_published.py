@@ -80,18 +80,30 @@ def test_table5_table_and_claims(tmp_path):
 
 
 def test_data_caveats_follow_the_records():
+    """The caveat about the enhanced copy comes from each record's data.copy (written by
+    the command that made or stamped it), never from its free-text name."""
     import numpy as np
 
     from koa_core.report.published import data_caveats
 
-    def rec(encoding, n):
-        return {"provenance": {"data": {"encoding": encoding}},
-                "config": {"model": {"pretrained": "none"}},
+    def rec(encoding, n, copy=None, name="Chen 2018 knee KL224 (CLAHE-enhanced upstream)"):
+        data = {"encoding": encoding, "name": name, **({"copy": copy} if copy else {})}
+        return {"provenance": {"data": data}, "config": {"model": {"pretrained": "none"}},
                 "predictions": {"grade": np.zeros(n, int)}}
 
-    real = data_caveats({"a": rec("val: as stored; train: webp quality 90 (lossy)", 826)})
-    assert any("CLAHE-enhanced upstream" in c for c in real)
+    enh = "clahe-5.0-8x8 (enhanced upstream)"
+    real = data_caveats({"a": rec("val: as stored; train: webp quality 90 (lossy)", 826, enh)})
+    assert real[0].startswith(f"these records were made on an enhanced copy of the data "
+                              f"(data.copy `{enh}`)")
+    assert "not testable" in real[0]
     assert any("826 knees" in c for c in real) and any("lossy" in c for c in real)
-    fake = data_caveats({"a": rec("synthetic phantom", 30)})
+    mixed = data_caveats({"a": rec("as stored", 826, enh), "b": rec("as stored", 826,
+                                                                    "original")})
+    assert mixed[0].startswith("some of these records were made on an enhanced copy")
+    original = data_caveats({"a": rec("as stored", 826, "original")})  # whatever its name says
+    assert not any("CLAHE" in c or "copy" in c for c in original)
+    unstamped = data_caveats({"a": rec("as stored", 826)})
+    assert unstamped[0].startswith("some records name no data copy")
+    fake = data_caveats({"a": rec("synthetic phantom", 30, "phantom", "phantom")})
     assert any("synthetic phantom" in c for c in fake)
-    assert not any("CLAHE-enhanced" in c for c in fake) and any("30 knees" in c for c in fake)
+    assert not any("CLAHE" in c for c in fake) and any("30 knees" in c for c in fake)

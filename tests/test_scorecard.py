@@ -65,3 +65,28 @@ def test_config_interval_kl4_recall():
     pred = np.array([4] * 7 + [0] * 3 + [0] * 10)
     v, ci = scorecard.config_interval({1: {"grade": y, "pred": pred}}, "kl4_recall", 500)
     assert v == pytest.approx(0.7) and ci[0] < 0.7 < ci[1]
+
+
+def test_stream_claims_on_an_enhanced_copy_are_not_testable():
+    """On records whose data.copy is an upstream-CLAHE copy, raw vs CLAHE (and the two
+    single-stream accuracies) and the gate's leaning keep their numbers but not a verdict;
+    the other claims keep theirs, and the same records on the originals get the rule's."""
+    def leaning(y, rng):
+        return np.where(y >= 3, 0.7, 0.4) + rng.normal(0, 0.05, len(y))
+
+    groups = {"raw": _group(Y, 0.70, seed=1), "clahe": _group(Y, 0.50, seed=2),
+              "dual-noattn": _group(Y, 0.50, seed=3),
+              "proposed": _group(Y, 0.72, seed=4, gate=leaning)}
+    enh = "clahe-5.0-8x8 (enhanced upstream)"
+    rows = scorecard.claim_rows(groups, n_boot=200, copies={g: enh for g in groups})
+    off = {r["claim"] for r in rows if r["verdict"] == scorecard.NOT_TESTABLE}
+    assert off == {_row(rows, t)["claim"] for t in ("raw - clahe", "CLAHE-only accuracy",
+                                                   "raw-only (baseline) accuracy", "w_raw(KL3-4)")}
+    assert _row(rows, "raw - clahe")["ours"] > 0  # the number stays
+    assert _row(rows, "dual-noattn - raw")["verdict"] == "not reproduced"
+    assert _row(rows, "accuracy of the proposed")["verdict"] == "reproduced"
+    for copies in ({g: "original" for g in groups}, None):
+        rows = scorecard.claim_rows(groups, n_boot=200, copies=copies)
+        assert not any(r["verdict"] == scorecard.NOT_TESTABLE for r in rows)
+        assert _row(rows, "raw - clahe")["verdict"] == "reproduced"
+        assert _row(rows, "w_raw(KL3-4)")["verdict"] == "reproduced"

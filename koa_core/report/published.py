@@ -77,15 +77,31 @@ def provenance_table(records: dict[str, dict]) -> pd.DataFrame:
 
 def data_caveats(records: dict[str, dict]) -> list[str]:
     """The caveats that apply to results computed from these records."""
+    from ..records import record_copy
+
     enc = sorted({r["provenance"]["data"]["encoding"] for r in records.values()})
     pre = sorted({str((r["config"].get("model") or {}).get("pretrained"))
                   for r in records.values()})
     n = sorted({len(r["predictions"]["grade"]) for r in records.values()})
     phantom = any(e == "synthetic phantom" for e in enc)
-    out = (["the data are the synthetic phantom: these figures check the pipeline, they are "
-            "not results on knees"] if phantom else
-           ["the data copy is CLAHE-enhanced upstream: the raw stream sees images that have "
-            "been through one CLAHE pass, the CLAHE stream through two"])
+    copies = [record_copy(r["provenance"]) for r in records.values()]
+    enhanced = sorted({c for c in copies if c not in (None, "original", "phantom")})
+    out = []
+    if phantom:
+        out.append("the data are the synthetic phantom: these figures check the pipeline, they "
+                   "are not results on knees")
+    if enhanced:
+        share = ("these records" if len(enhanced) and all(c in enhanced for c in copies)
+                 else "some of these records")
+        out.append(f"{share} were made on an enhanced copy of the data (data.copy "
+                   + ", ".join(f"`{c}`" for c in enhanced) + "), in which every crop had been "
+                   "through CLAHE before the paper's pipeline: their raw stream saw one CLAHE "
+                   "pass and their CLAHE stream two (in the paper's pipeline: none and one), "
+                   "so the claims about raw against CLAHE and about the gate are "
+                   "not testable on them")
+    if None in copies and not phantom:
+        out.append("some records name no data copy (made before data.copy; "
+                   "koa stamp names it)")
     out.append(f"figures are on the validation split ({', '.join(map(str, n))} knees), which "
                "also chose each run's epoch; the test split is held out and was never read")
     if any("lossy" in e for e in enc):
@@ -155,8 +171,9 @@ def scorecard_table(records_dir: str | Path, n_boot: int = 2000) -> pd.DataFrame
     from ..ablation import load_groups
     from ..scorecard import claim_rows
 
-    groups, _ = load_groups(records_dir)
-    rows = claim_rows(groups, n_boot=n_boot)
+    groups, meta = load_groups(records_dir)
+    rows = claim_rows(groups, n_boot=n_boot,
+                      copies={g: m.get("copy") for g, m in meta.items()})
 
     def fmt(v, claim):
         if v is None:
@@ -193,7 +210,7 @@ def scorecard_markdown(records_dir: str | Path, shipped_eval: str | Path | None 
                        profile: str = "", n_boot: int = 2000,
                        sample_root: str | Path | None = None) -> str:
     """The landing page's scorecard (Markdown), computed from the records."""
-    from ..scorecard import RULE
+    from ..scorecard import NOT_TESTABLE, RULE
 
     records = load_records(records_dir) if Path(records_dir).exists() else {}
     lines = ["## Scorecard: the paper's claims on real knees", ""]
@@ -210,13 +227,22 @@ def scorecard_markdown(records_dir: str | Path, shipped_eval: str | Path | None 
               "test split here, so the validation split stands in (with a full dataset root, "
               "`koa evaluate --split test` fills that column in).", "",
               table.to_markdown(index=False), ""]
+    off = int((table["verdict"] == NOT_TESTABLE).sum())
+    if off:
+        lines += [f"{off} of these rows are *{NOT_TESTABLE}*: their records were made on a copy "
+                  "of the data whose every crop had been through CLAHE (clip 5.0, 8 x 8) "
+                  "before the paper's pipeline, so the model's \"raw\" stream saw an enhanced "
+                  "image and its CLAHE stream a second pass. Raw against CLAHE and the gate's "
+                  "leaning need records trained on the original crops; their numbers are "
+                  "shown, not judged.", ""]
     if shipped_eval and Path(shipped_eval).exists():
         m = json.loads(Path(shipped_eval).read_text())
         ci = m.get("ci") or {}
         acc = ci.get("accuracy") or [float("nan")] * 2
         lines += [f"The shipped checkpoint (one of the proposed runs, chosen by validation "
                   f"macro F1 with every grade's recall at least 0.3), re-evaluated on "
-                  f"{m['machine']['hardware']} ({m.get('precision', '')}): accuracy "
+                  f"{m['machine']['hardware']} ({m.get('precision', '')}) on the original "
+                  f"images{_as_trained(m.get('input_transform'))}: accuracy "
                   f"{100 * m['accuracy']:.2f} % [{100 * acc[0]:.2f}, {100 * acc[1]:.2f}], "
                   f"macro F1 {m['macro_f1']:.3f}, KL4 recall "
                   f"{m['per_class']['4']['recall']:.3f} on the {m['n']} validation knees.", ""]
@@ -224,6 +250,14 @@ def scorecard_markdown(records_dir: str | Path, shipped_eval: str | Path | None 
     if profile:
         lines += [f"*Computed when this book was built (profile `{profile}`).*", ""]
     return "\n".join(lines)
+
+
+def _as_trained(transform: str | None) -> str:
+    """', through its input transform ... as trained' for a checkpoint that has one."""
+    if not transform or transform == "none":
+        return ""
+    return (f", each through the checkpoint's input transform ({transform}: its training "
+            "crops were enhanced so)")
 
 
 def selected_record_name(records_dir: str | Path) -> str:
