@@ -26,6 +26,7 @@ tensors already on the device.
 
 from __future__ import annotations
 
+import resource
 import os
 import platform
 import tempfile
@@ -37,14 +38,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import ClassAugment
-from .cache import ViewCache
-from .config import ModelConfig
-from .data import Record, discover
-from .errors import KoaError
-from .dataset import EpochSampler, KneeDataset, make_loader, start_epoch
-from .gpumon import GpuUtilization
-from .preprocess import Preprocessor, apply_clahe, resize_square
+from koa_core.train.augment import ClassAugment
+from koa_core.data.cache import ViewCache
+from koa_core.config import ModelConfig
+from koa_core.data.index import Record, discover
+from koa_core.errors import KoaError
+from koa_core.train.dataset import EpochSampler, KneeDataset, make_loader, start_epoch
+from koa_core.train.gpumon import GpuUtilization
+from koa_core.data.preprocess import Preprocessor, apply_clahe, resize_square
+from koa_core.data.phantom import write_phantom
+from koa_core.infer.backends import (OrtBackend, TorchBackend, calibration_views, export_onnx,
+                                     quantize_int8)
+from koa_core.infer.evaluate import preprocessor_from_sidecar
+from koa_core.model.checkpoint import resolve_checkpoint
+from koa_core.model.network import build_model
+from koa_core.runtime import cpu_has_bf16
+from koa_core.train.feed import batch_input
+from koa_core.train.losses import KLMultiTaskLoss
 
 __all__ = ["format_table", "run_benchmarks"]
 
@@ -64,7 +74,6 @@ def _peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -127,9 +136,6 @@ def _sync(device: torch.device) -> None:
 
 def _training_setup(device: torch.device, channels_last: bool):
     """The proposed model (seeded, from scratch), its loss and an AdamW optimizer."""
-    from .losses import KLMultiTaskLoss
-    from .models import build_model
-
     torch.manual_seed(0)
     model = build_model(ModelConfig(pretrained="none")).to(device)
     if channels_last:
@@ -190,8 +196,6 @@ def _model_step_rates(size: int, batch: int, device: torch.device, bf16: bool,
 def loader_fed_rate(records: list[Record], size: int, batch: int, device: torch.device,
                     workers: int, steps: int) -> dict:
     """Training images/s (bf16 + channels_last) fed by the cached pipeline with augmentation."""
-    from .feed import batch_input
-
     model, loss_fn, opt = _training_setup(device, channels_last=True)
     model.train()
 
@@ -238,8 +242,6 @@ def roofline(size: int, device: torch.device) -> dict:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .models import build_model
-
     model = build_model(ModelConfig(pretrained="none")).eval()
     x = torch.zeros(1, 2, size, size, dtype=torch.uint8)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
@@ -274,7 +276,6 @@ def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224
     result = {"machine": _machine(device), "size": size, "batch": batch, "steps": steps}
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            from .phantom import write_phantom
             per_class = max(2, n_images // 5 + 1)
             write_phantom(Path(tmp) / "phantom", per_class=per_class, seed=0)
             data = str(Path(tmp) / "phantom")
@@ -302,8 +303,6 @@ def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224
                                               / result["model"][same]["train_img_s"])
                 result["loader_fed"] = fed
         if onnx:
-            from .inference import resolve_checkpoint
-
             result["onnx"] = onnx_rows(resolve_checkpoint(checkpoint), data, batch, steps,
                                        agreement_images=agreement_images)
     return result
@@ -321,11 +320,6 @@ def onnx_rows(checkpoint: str | Path, data: str, batch: int = 32, steps: int = 3
               calibration_images: int = 64, agreement_images: int | None = None) -> dict:
     """Torch against ONNX Runtime fp32 and int8 on one checkpoint: images/s and agreement
     with torch fp32 on ``data``'s validation split (see the module docstring)."""
-    from .backends import (OrtBackend, TorchBackend, calibration_views, export_onnx,
-                           quantize_int8)
-    from .inference import preprocessor_from_sidecar
-    from .runtime import _cpu_has_bf16
-
     index = discover(data)
     val, train = index.split("val"), index.split("train")
     if not val or not train:
@@ -344,7 +338,7 @@ def onnx_rows(checkpoint: str | Path, data: str, batch: int = 32, steps: int = 3
     torch_be.dtype = None
     torch_be.precision = "fp32"
     engines["torch fp32"] = torch_be
-    if _cpu_has_bf16():
+    if cpu_has_bf16():
         bf16 = TorchBackend(checkpoint, "cpu")
         bf16.dtype, bf16.precision = torch.bfloat16, "bf16 autocast"
         engines["torch bf16"] = bf16

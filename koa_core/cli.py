@@ -8,6 +8,7 @@ into one line ``koa: error: ...`` and exit status 2, never a traceback. Heavy im
 
 from __future__ import annotations
 
+import signal
 import argparse
 import contextlib
 import json
@@ -16,8 +17,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import KoaError
+from koa_core import __version__
+from koa_core.errors import KoaError
 
 __all__ = ["build_parser", "main"]
 
@@ -41,7 +42,7 @@ def _positive_int(text: str) -> int:
 
 # ---------------------------------------------------------------- data commands
 def _cmd_synth(args) -> int:
-    from .phantom import write_phantom
+    from koa_core.data.phantom import write_phantom
 
     if args.per_class < 1:
         raise KoaError("--per-class must be at least 1")
@@ -57,22 +58,22 @@ def _cmd_synth(args) -> int:
 
 
 def _index(args):
-    from .cache import default_cache_dir
-    from .data import discover
+    from koa_core.data.cache import default_cache_dir
+    from koa_core.data.index import discover
 
     return discover(args.root, seed=getattr(args, "seed", 0),
                     manifest_dir=Path(args.cache_dir or default_cache_dir()) / "manifests")
 
 
 def _input_check(args):
-    from .checkpoint import read_sidecar
-    from .inputcheck import check_for
+    from koa_core.model.checkpoint import read_sidecar
+    from koa_core.infer.profile import check_for
 
     return check_for(read_sidecar(args.checkpoint) if args.checkpoint else {})
 
 
 def _cmd_data_check(args) -> int:
-    from .datacheck import format_check, scan
+    from koa_core.data.check import format_check, scan
 
     rep = scan(_index(args), workers=args.workers, check=_input_check(args))
     print(format_check(rep, allow_leakage=args.allow_leakage))
@@ -80,12 +81,12 @@ def _cmd_data_check(args) -> int:
 
 
 def _cmd_data_stats(args) -> int:
-    from .datacheck import scan
+    from koa_core.data.check import scan
 
     rep = scan(_index(args), workers=args.workers, check=_input_check(args))
     d = rep.to_dict()
     if args.json:
-        from .runtime import provenance
+        from koa_core.runtime import provenance
 
         d["provenance"] = provenance(getattr(args, "command_line", ""))
         print(json.dumps(d, indent=2))
@@ -127,13 +128,13 @@ def add_data_commands(sub) -> None:
 
 # ---------------------------------------------------------------- model commands
 def _cmd_train(args) -> int:
-    from .config import apply_overrides, load_config
+    from koa_core.config import apply_overrides, load_config
 
     if args.resume:
         if args.config:
             raise KoaError("--resume continues the run's saved config; use --set to change "
                            "a value, not --config")
-        from .engine import load_run_config
+        from koa_core.train.engine import load_run_config
 
         cfg = apply_overrides(load_run_config(args.out), args.set)
     else:  # a bad setting fails here, in a fraction of a second, before torch is imported
@@ -142,12 +143,12 @@ def _cmd_train(args) -> int:
         cfg.data.root = args.data
     # The folder's lock is taken before torch is imported, so a second `koa train` into it
     # is refused at once; fit() holds it again (re-entrant). Under torchrun, rank 0 holds it.
-    from .locking import FolderLock, writes_the_folder
+    from koa_core.locking import FolderLock, writes_the_folder
 
     try:
         with (FolderLock(args.out, "training a run") if writes_the_folder()
               else contextlib.nullcontext()):
-            from .engine import fit
+            from koa_core.train.engine import fit
 
             summary = fit(cfg, args.out, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -165,8 +166,8 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .inference import evaluate_checkpoint
-    from .metrics import format_report
+    from koa_core.infer.evaluate import evaluate_checkpoint
+    from koa_core.metrics.classification import format_report
 
     m = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, out=args.out,
                             predictions=args.predictions, batch_size=args.batch_size,
@@ -186,11 +187,10 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    import signal
-
-    from .backends import load_backend
-    from .inference import resolve_checkpoint
-    from .predict import collect_inputs, iter_predictions, write_predictions, write_report_index
+    from koa_core.infer.backends import load_backend
+    from koa_core.model.checkpoint import resolve_checkpoint
+    from koa_core.infer.predict import (collect_inputs, iter_predictions, write_predictions,
+                                        write_report_index)
 
     inputs = collect_inputs(args.images)
     if not inputs.files:
@@ -241,7 +241,7 @@ def _cmd_predict(args) -> int:
         write_report_index(kept, args.report)
     if args.json:
         print(json.dumps([p.to_dict() for p in kept], indent=2))
-    from .inputcheck import summarize_flags
+    from koa_core.data.inputcheck import summarize_flags
 
     flagged = summarize_flags(flag_lists)
     if args.out or inputs.skipped:
@@ -299,7 +299,7 @@ def add_model_commands(sub) -> None:
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("input-profile", help="fit the input check's profile on training images "
-                       "and store it in the checkpoint's sidecar (koa_core.inputcheck)")
+                       "and store it in the checkpoint's sidecar (koa_core.data.inputcheck)")
     p.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint whose "
                    "sidecar gets the profile")
     p.add_argument("--data", required=True, help="dataset root (only its train split is read)")
@@ -336,8 +336,8 @@ def _add_uncalibrated(p) -> None:
 
 
 def _cmd_calibrate(args) -> int:
-    from .checkpoint import sidecar_path
-    from .inference import calibrate_checkpoint
+    from koa_core.model.checkpoint import sidecar_path
+    from koa_core.infer.evaluate import calibrate_checkpoint
 
     c = calibrate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                              cache_dir=args.cache_dir, allow_leakage=args.allow_leakage,
@@ -354,8 +354,8 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_input_profile(args) -> int:
-    from .checkpoint import sidecar_path
-    from .inputcheck import store_profile
+    from koa_core.model.checkpoint import sidecar_path
+    from koa_core.infer.profile import store_profile
 
     prof = store_profile(args.checkpoint, args.data, args.images, args.seed,
                          command=args.command_line)
@@ -374,7 +374,7 @@ def _add_engine(p) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import format_table, run_benchmarks
+    from koa_core.bench import format_table, run_benchmarks
 
     r = run_benchmarks(args.data, n_images=args.images, size=args.size, batch=args.batch,
                        steps=args.steps, workers=args.workers, compile_=args.compile,
@@ -384,7 +384,7 @@ def _cmd_bench(args) -> int:
     if args.save:
         import torch
 
-        from .runtime import provenance, resolve_device
+        from koa_core.runtime import provenance, resolve_device
 
         r["provenance"] = {**provenance(getattr(args, "command_line", ""), resolve_device()),
                            "threads": torch.get_num_threads()}
@@ -418,7 +418,7 @@ def add_bench_command(sub) -> None:
 
 
 def _cmd_book(args) -> int:
-    from .book import run_book
+    from koa_core.report.book import run_book
 
     r = run_book(args.profile, data=args.data, sets=args.set, root=args.root, only=args.only,
                  html=not args.no_html)
@@ -447,7 +447,7 @@ def add_book_command(sub) -> None:
 def _cmd_export(args) -> int:
     if args.onnx:
         return _export_onnx(args)
-    from .export import export_run
+    from koa_core.train.export import export_run
 
     if not args.dataset:
         raise KoaError("--dataset is required: say what the run was trained on, in words")
@@ -460,9 +460,9 @@ def _cmd_export(args) -> int:
 
 
 def _export_onnx(args) -> int:
-    from .backends import calibration_views, export_onnx
-    from .checkpoint import read_sidecar
-    from .inference import resolve_checkpoint
+    from koa_core.infer.backends import calibration_views, export_onnx
+    from koa_core.model.checkpoint import read_sidecar
+    from koa_core.model.checkpoint import resolve_checkpoint
 
     src = Path(args.run) / "best.safetensors" if args.run and Path(args.run).is_dir() \
         else resolve_checkpoint(args.run)
@@ -502,7 +502,7 @@ def add_export_command(sub) -> None:
 
 
 def _cmd_pretrain(args) -> int:
-    from .pretrain import PretrainConfig, pretrain
+    from koa_core.train.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          temperature=args.temperature, image_size=args.size, seed=args.seed,
@@ -535,7 +535,7 @@ def add_pretrain_command(sub) -> None:
 
 
 def _cmd_runs(args) -> int:
-    from .runs import format_runs, summarize_run
+    from koa_core.train.runs import format_runs, summarize_run
 
     rows = [summarize_run(r) for r in args.runs]
     print(json.dumps(rows, indent=2) if args.json else format_runs(rows))
@@ -552,8 +552,8 @@ def add_runs_command(sub) -> None:
 
 # ---------------------------------------------------------------- campaigns and records
 def _cmd_campaign(args) -> int:
-    from .ablation import ablation_table, format_ablation
-    from .campaign import run_campaign
+    from koa_core.experiments.ablation import ablation_table, format_ablation
+    from koa_core.experiments.campaign import run_campaign
 
     if args.time_limit is not None and args.time_limit <= 0:
         raise KoaError("--time-limit must be positive (seconds)")
@@ -570,8 +570,8 @@ def _cmd_campaign(args) -> int:
 
 
 def _cmd_record(args) -> int:
-    from .campaign import resolve_copy, record_run
-    from .engine import load_run_config, prepare_data
+    from koa_core.experiments.campaign import resolve_copy, record_run
+    from koa_core.train.engine import load_run_config, prepare_data
 
     cfg = load_run_config(args.run)
     if args.data:
@@ -586,7 +586,7 @@ def _cmd_record(args) -> int:
 
 
 def _cmd_stamp(args) -> int:
-    from .datacopy import stamp_records
+    from koa_core.experiments.datacopy import stamp_records
 
     done = stamp_records(args.records, args.data)
     copies = sorted({c for _, c in done})
@@ -595,7 +595,7 @@ def _cmd_stamp(args) -> int:
 
 
 def _cmd_ablation(args) -> int:
-    from .ablation import ablation_table, format_ablation, to_json
+    from koa_core.experiments.ablation import ablation_table, format_ablation, to_json
 
     t = ablation_table(args.records, n_boot=args.n_boot)
     print(to_json(t) if args.json else format_ablation(t))
@@ -603,8 +603,8 @@ def _cmd_ablation(args) -> int:
 
 
 def _cmd_levers(args) -> int:
-    from .ablation import to_json
-    from .recipe import format_levers, levers_table
+    from koa_core.experiments.ablation import to_json
+    from koa_core.experiments.recipe import format_levers, levers_table
 
     t = levers_table(args.records, n_boot=args.n_boot)
     print(to_json(t) if args.json else format_levers(t))
@@ -612,7 +612,7 @@ def _cmd_levers(args) -> int:
 
 
 def _cmd_select(args) -> int:
-    from .campaign import select_run
+    from koa_core.experiments.campaign import select_run
 
     s = select_run(args.records, min_recall=args.min_recall)
     if args.json:
@@ -637,7 +637,7 @@ def _add_data_provenance(p) -> None:
 
 
 def _data_copy(text: str) -> str:
-    from .datacopy import parse_copy
+    from koa_core.experiments.copies import parse_copy
 
     try:
         return parse_copy(text)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .errors import KoaError
+from koa_core.errors import KoaError
 
 __all__ = [
     "PAPER_ALPHA",
@@ -71,7 +71,7 @@ class AugmentConfig:
     enabled: bool = True  # §2.3a: online augmentation
     class_specific: bool = True  # §2.3a: strong for KL1, distortion for KL3-4, basic KL0/2
     seed: int = 0
-    # beyond the paper (koa_core.mixing): Beta(a, a) of mixup and CutMix; 0 = off (paper)
+    # beyond the paper (koa_core.train.mixing): Beta(a, a) of mixup and CutMix; 0 = off (paper)
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 1.0  # chance that a batch is mixed when a lever is on
@@ -88,7 +88,7 @@ class ModelConfig:
     pretrained: str = "imagenet"  # §2.4: ImageNet init; "none" or a path to weights
     num_classes: int = 5
     # Beyond the paper: "softmax" (the paper's 5-way head) | "corn" (rank-consistent
-    # ordinal head and loss, koa_core/ordinal.py)
+    # ordinal head and loss, koa_core/model/ordinal.py)
     head: str = "softmax"
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import KoaError
+from koa_core.errors import KoaError
 
 __all__ = ["LOCK_NAME", "FolderLock", "writes_the_folder"]
 

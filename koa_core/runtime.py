@@ -8,6 +8,8 @@ fp32 there. :func:`machine_info` is the provenance every result record carries.
 
 from __future__ import annotations
 
+import time
+import importlib
 import os
 import platform
 import random
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import KoaError
+from koa_core.errors import KoaError
 
 __all__ = ["amp_dtype", "autocast", "code_commit", "hardware_name", "machine_info",
            "provenance", "resolve_device", "seed_everything"]
@@ -43,7 +45,7 @@ def resolve_device(local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, c, lambda: False)() for c in checks)
@@ -59,7 +61,7 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
         raise KoaError(f"train.amp must be auto, bf16 or off (got {mode!r})")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if _cpu_has_bf16() else None
+    return torch.bfloat16 if cpu_has_bf16() else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -112,7 +114,7 @@ def machine_info(device: torch.device) -> dict:
     info = {
         "hardware": hardware_name(device),
         "cpu": _cpu_model(),
-        "cpu_bf16": _cpu_has_bf16(),
+        "cpu_bf16": cpu_has_bf16(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
@@ -125,10 +127,18 @@ def machine_info(device: torch.device) -> dict:
 def provenance(command: str | None = None, device: torch.device | None = None) -> dict:
     """Where a saved result came from: the command (when given), the code's commit, the
     time and, with ``device``, the machine (:func:`machine_info`)."""
-    import time
-
     out = {} if command is None else {"command": command}
     out.update(commit=code_commit(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if device is not None:
         out["machine"] = machine_info(device)
     return out
+
+
+def require(module: str, what: str, extra: str = "onnx"):
+    """Import an optional package (ONNX, ONNX Runtime, lightly...) for ``what``, or fail in one
+    line naming the extra to install: the one place the project imports optional packages."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise KoaError(f"{what} needs the {module} package: pip install 'koa_core[{extra}]'") \
+            from None

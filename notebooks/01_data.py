@@ -48,8 +48,8 @@
 from IPython.display import Markdown, display
 
 from koa_core import report
-from koa_core.data import discover
-from koa_core.datacheck import scan
+from koa_core.data.index import discover
+from koa_core.data.check import scan
 
 # %% [markdown]
 # ## Parameters
@@ -151,7 +151,7 @@ if sample_root:
 #
 # File names such as `9001695L` carry a patient id and the knee side. Both knees of a patient
 # must sit in the same split: otherwise the model is tested on the twin of a knee it was
-# trained on. `koa_core.datacheck.scan` decodes every file once and reports the facts below
+# trained on. `koa_core.data.check.scan` decodes every file once and reports the facts below
 # (`koa data check ROOT` prints the same; with a stats file, they are those `koa data stats`
 # found on the full copy). Other known pitfalls of this dataset: the
 # `auto_test/` folder of some downloads holds re-detected crops of the *test* knees (the

@@ -46,7 +46,7 @@
 from IPython.display import Markdown, display
 
 from koa_core import GRADE_NAMES, report
-from koa_core.data import discover
+from koa_core.data.index import discover
 
 # %% [markdown]
 # ## Parameters
@@ -80,7 +80,7 @@ if sample_root:
 # ## The central crop
 #
 # The paper does not specify its crop further than "central region by pixel density". Ours
-# (`koa_core.preprocess.central_crop`) trims empty borders (rows and columns darker than 2 % of
+# (`koa_core.data.preprocess.central_crop`) trims empty borders (rows and columns darker than 2 % of
 # the maximum) and takes the largest square centred on the intensity-weighted centroid, where
 # the bright bone of the joint pulls it. What it does to the images of this chapter is
 # computed below; the example pads a knee with black borders and a wider field, as a raw

@@ -48,8 +48,8 @@ from IPython.display import Markdown
 
 from koa_core import report
 from koa_core.config import PAPER_ALPHA
-from koa_core.data import discover
-from koa_core.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
+from koa_core.data.index import discover
+from koa_core.train.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
 
 # %% [markdown]
 # ## Parameters
@@ -75,7 +75,7 @@ report.parameter_table(data_root=root, stats_json=stats_json, seed=seed, gamma=g
 # ## Table 2, recomputed
 #
 # The model of "influence" has to be stated, since the paper gives none. Ours
-# (`koa_core.losses.effective_influence_share`): grade c with n images, weight
+# (`koa_core.train.losses.effective_influence_share`): grade c with n images, weight
 # α and a typical probability p of its true grade contributes
 # $n_c \, \alpha_c \, (1 - p_c)^{\gamma}$, and shares are these over their sum. With one shared p
 # the focal factor cancels; the last computed column lets each grade's typical p be its
@@ -127,7 +127,7 @@ Markdown(report.influence_text(ours, f"the training split of {report.source_name
 # %% [markdown]
 # ## Focal loss against cross-entropy
 #
-# The curves are computed with the library's `koa_core.losses.focal_loss`. The focal factor
+# The curves are computed with the library's `koa_core.train.losses.focal_loss`. The focal factor
 # (1 − p)^γ leaves hard samples (small p) almost at full cross-entropy and silences
 # confident ones: at p = 0.9 and γ = 2 a sample keeps 1 % of its cross-entropy. The
 # paper reports that γ ≥ 3 made training unstable and γ = 1 focused too little.

@@ -44,7 +44,7 @@
 from IPython.display import Markdown, display
 
 from koa_core import report
-from koa_core.data import discover
+from koa_core.data.index import discover
 
 # %% [markdown]
 # ## Parameters

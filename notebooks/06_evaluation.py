@@ -50,10 +50,10 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from koa_core import report
-from koa_core.calibration import calibration_report
-from koa_core.data import discover
-from koa_core.inference import evaluate_checkpoint
-from koa_core.metrics import majority_rate
+from koa_core.metrics.calibration import calibration_report
+from koa_core.data.index import discover
+from koa_core.infer.evaluate import evaluate_checkpoint
+from koa_core.metrics.classification import majority_rate
 
 # %% [markdown]
 # ## Parameters

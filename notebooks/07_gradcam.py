@@ -49,7 +49,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 
 from koa_core import report
-from koa_core.data import discover
+from koa_core.data.index import discover
 
 # %% [markdown]
 # ## Parameters

@@ -46,7 +46,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 
 from koa_core import report
-from koa_core.recipe import LEVERS, POST_HOC, levers_table
+from koa_core.experiments.recipe import LEVERS, POST_HOC, levers_table
 
 # %% [markdown]
 # ## Parameters

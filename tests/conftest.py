@@ -48,7 +48,7 @@ def phantom_root(tmp_path_factory) -> Path:
     Read-only by convention: tests that modify a dataset copy it first
     (see ``phantom_copy``).
     """
-    from koa_core.phantom import write_phantom
+    from koa_core.data.phantom import write_phantom
 
     root = tmp_path_factory.mktemp("phantom") / "kl"
     write_phantom(root, per_class=12, seed=0, size=64)
@@ -58,7 +58,7 @@ def phantom_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_root_224(tmp_path_factory) -> Path:
     """A tiny 224x224 phantom (4 per grade, 20 images) for full-size pipeline tests."""
-    from koa_core.phantom import write_phantom
+    from koa_core.data.phantom import write_phantom
 
     root = tmp_path_factory.mktemp("phantom224") / "kl"
     write_phantom(root, per_class=4, seed=1, size=224)
@@ -118,7 +118,7 @@ def tiny_run(tmp_path_factory, phantom_root) -> tuple[Path, Path]:
     Returns ``(run_dir, data_root)``; run_dir holds best.safetensors and its sidecar.
     """
     from koa_core.config import load_config
-    from koa_core.engine import fit
+    from koa_core.train.engine import fit
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     cfg = load_config("demo", [f"data.root={phantom_root}", "train.epochs=2",

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from koa_core import ablation
-from koa_core.campaign import select_run
+from koa_core.experiments import ablation
+from koa_core.experiments.campaign import select_run
 from koa_core.errors import KoaError
 from test_records import make_record
 

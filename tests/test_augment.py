@@ -1,4 +1,4 @@
-"""Tests for koa_core.augment: class-specific pipelines, paired views, seeding, and no
+"""Tests for koa_core.train.augment: class-specific pipelines, paired views, seeding, and no
 albumentations warnings (old argument names would only warn there)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from koa_core.augment import ClassAugment, build_pipelines
+from koa_core.train.augment import ClassAugment, build_pipelines
 
 S = 64
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from koa_core import backends
-from koa_core.cache import ViewCache
-from koa_core.checkpoint import read_sidecar
+from koa_core.infer import backends
+from koa_core.infer import onnx as onnx_files
+from koa_core.data.cache import ViewCache
+from koa_core.model.checkpoint import read_sidecar
 from koa_core.cli import main
-from koa_core.data import discover
+from koa_core.data.index import discover
 from koa_core.errors import KoaError
-from koa_core.inference import evaluate_checkpoint, preprocessor_from_sidecar
+from koa_core.infer.evaluate import evaluate_checkpoint, preprocessor_from_sidecar
 
 pytest.importorskip("onnxruntime")
 
@@ -220,12 +221,10 @@ def test_bench_onnx_rows(exported, tiny_run, reuse_export):
 
 
 def test_auto_engine_is_torch_where_torch_is_faster(monkeypatch):
-    import koa_core.runtime as runtime
-
     monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
     assert backends.resolve_engine("auto") == "torch"  # AMX / AVX512-BF16
-    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
     assert backends.resolve_engine("auto") == "onnxruntime"  # plain AVX2: 1.4x, same grades
     monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: True)
     assert backends.resolve_engine("auto") == "torch"
@@ -234,12 +233,10 @@ def test_auto_engine_is_torch_where_torch_is_faster(monkeypatch):
 
 def test_auto_engine_runs_onnxruntime_without_bf16(exported, tmp_path, monkeypatch, capsys,
                                                    reuse_export, tiny_run):
-    import koa_core.runtime as runtime
-
     ckpt, _, _, _ = exported
     _, root = tiny_run
     monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
     monkeypatch.setenv("KOA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("KOA_ENGINE")
     image = sorted((root / "val").rglob("*.png"))[0]
@@ -256,8 +253,8 @@ def test_a_temperature_fitted_after_the_cached_export_still_applies(exported, tm
     temperature koa calibrate stores later must still scale what ONNX Runtime reports."""
     import shutil
 
-    from koa_core.calibration import apply_temperature
-    from koa_core.checkpoint import update_sidecar
+    from koa_core.metrics.calibration import apply_temperature
+    from koa_core.model.checkpoint import update_sidecar
 
     ckpt, fp32, _, val = exported
     copy = tmp_path / "ckpt.safetensors"
@@ -281,7 +278,7 @@ def _with_input_clahe(src: Path, dst: Path, clip: float = 5.0) -> Path:
     ``clip`` (8x8 tiles) applied upstream, as the shipped checkpoint's did."""
     import shutil
 
-    from koa_core.checkpoint import update_sidecar
+    from koa_core.model.checkpoint import update_sidecar
 
     shutil.copy(src, dst)
     shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
@@ -296,7 +293,7 @@ def _onnx_with_sidecar(src: Path, dst: Path, sidecar: dict) -> Path:
 
     proto = onnx.load(str(src))
     meta = {p.key: p.value for p in proto.metadata_props}
-    backends._set_metadata(proto, sidecar, meta[backends._META_QUANT])
+    onnx_files.set_metadata(proto, sidecar, meta[onnx_files.META_QUANT])
     onnx.save(proto, str(dst))
     return dst
 
@@ -309,8 +306,8 @@ def test_the_input_transform_travels_with_the_checkpoint_to_every_backend(
     backend feeding the original pixels to a model that had only seen enhanced ones."""
     import cv2
 
-    from koa_core.predict import iter_predictions
-    from koa_core.preprocess import apply_clahe
+    from koa_core.infer.predict import iter_predictions
+    from koa_core.data.preprocess import apply_clahe
 
     ckpt, fp32, int8, _ = exported
     _, root = tiny_run

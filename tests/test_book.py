@@ -1,4 +1,4 @@
-"""Tests for the book: the runner's pieces (koa_core.book), the chapters' shape, the book's
+"""Tests for the book: the runner's pieces (koa_core.report.book), the chapters' shape, the book's
 configuration, and the rendered-HTML check (skipped unless a built book and Chromium exist)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import nbformat
 import pytest
 import yaml
 
-from koa_core import book
+from koa_core.report import book
 from koa_core.errors import KoaError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,10 +93,8 @@ def test_parse_sets_rejects(bad):
 
 
 def test_resolve_parameters_demo_writes_the_phantom_under_the_build(tmp_path, monkeypatch):
-    import koa_core.report as report
-
     seen = {}
-    monkeypatch.setattr(report, "ensure_phantom", lambda folder, **kw: seen.update(kw) or folder)
+    monkeypatch.setattr(book, "ensure_phantom", lambda folder, **kw: seen.update(kw) or folder)
     prof = {"name": "demo", **book.load_profile("demo", REPO)}
     p = book.resolve_parameters(prof, {"n_boot": 10}, None, tmp_path)
     assert Path(p["data_root"]).parent == tmp_path / "data"

@@ -1,4 +1,4 @@
-"""Tests for koa_core.cache: build once, hit after, invalidate on any change, detect
+"""Tests for koa_core.data.cache: build once, hit after, invalidate on any change, detect
 corruption, and never write under the data root."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from koa_core.cache import ViewCache, default_cache_dir, views_digest
-from koa_core.data import Record, discover
+from koa_core.data.cache import ViewCache, default_cache_dir, views_digest
+from koa_core.data.index import Record, discover
 from koa_core.errors import KoaError
-from koa_core.preprocess import Preprocessor
+from koa_core.data.preprocess import Preprocessor
 
 PRE = Preprocessor(size=48)
 
@@ -82,7 +82,7 @@ def test_changed_params_give_new_key_and_rebuild(records, tmp_path, pre2):
 
 
 def test_version_bump_changes_key(records, tmp_path, monkeypatch):
-    import koa_core.preprocess as pp
+    import koa_core.data.preprocess as pp
 
     cache = ViewCache(tmp_path / "c")
     k = cache.key(records, PRE)
@@ -278,9 +278,9 @@ def test_data_root_unchanged_after_everything(phantom_root, tree_hash, tmp_path)
 BUILD = """
 import sys
 import numpy as np
-from koa_core.cache import ViewCache
-from koa_core.data import discover
-from koa_core.preprocess import Preprocessor
+from koa_core.data.cache import ViewCache
+from koa_core.data.index import discover
+from koa_core.data.preprocess import Preprocessor
 root, cache_dir, out = sys.argv[1:4]
 recs = discover(root).records[::3]
 for _ in range(3):  # build, then hit, racing the other process
@@ -313,7 +313,7 @@ def test_two_processes_building_the_same_entry_at_once(records, phantom_root, tm
 def test_chunked_build_and_slice_reader_give_the_same_views(records, tmp_path, monkeypatch):
     """Built CHUNK images at a time (here 3) and read back slice by slice without mapping the
     file: the same pixels and the same digest as the whole array."""
-    from koa_core import cache as cache_mod
+    from koa_core.data import cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "CHUNK", 3)
     cache = ViewCache(tmp_path / "c", workers=2)
@@ -331,7 +331,7 @@ def test_chunked_build_and_slice_reader_give_the_same_views(records, tmp_path, m
 
 
 def test_a_bad_file_in_a_later_chunk_leaves_no_partial_cache(records, tmp_path, monkeypatch):
-    from koa_core import cache as cache_mod
+    from koa_core.data import cache as cache_mod
 
     monkeypatch.setattr(cache_mod, "CHUNK", 2)
     bad = tmp_path / "bad.png"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from koa_core import calibration as cal
+from koa_core.metrics import calibration as cal
 
 
 def _overconfident(n=2000, seed=0, t_true=2.5):

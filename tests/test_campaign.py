@@ -5,10 +5,10 @@ import json
 import pytest
 import yaml
 
-from koa_core import campaign
+from koa_core.experiments import campaign
 from koa_core.cli import main
 from koa_core.errors import KoaError
-from koa_core.records import check_record, read_record
+from koa_core.experiments.records import check_record, read_record
 
 
 def _plan(tmp_path, **extra):

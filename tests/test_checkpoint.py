@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from koa_core.checkpoint import (
+from koa_core.model.checkpoint import (
     load_checkpoint,
     load_state,
     read_sidecar,
@@ -16,7 +16,7 @@ from koa_core.checkpoint import (
 )
 from koa_core.config import Config, config_to_dict
 from koa_core.errors import KoaError
-from koa_core.models import build_model
+from koa_core.model.network import build_model
 
 
 def _saved(tmp_path, dtype=None, **model_kw):
@@ -158,7 +158,7 @@ def test_training_state_round_trip(tmp_path):
 
 
 def test_export_run_drops_local_paths(tiny_run, tmp_path):
-    from koa_core.export import export_run
+    from koa_core.train.export import export_run
 
     run, root = tiny_run
     out = export_run(run, tmp_path / "pub.safetensors", dataset="synthetic phantom v1",
@@ -199,7 +199,7 @@ def _file_size_limit(nbytes):
 
 def _model(seed):
     from koa_core.config import ModelConfig
-    from koa_core.models import build_model
+    from koa_core.model.network import build_model
 
     torch.manual_seed(seed)
     return build_model(ModelConfig(pretrained="none"))
@@ -212,7 +212,7 @@ def _side():
 
 
 def test_a_write_cut_short_leaves_the_previous_checkpoint_intact(tmp_path):
-    from koa_core.checkpoint import load_checkpoint, save_checkpoint
+    from koa_core.model.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "best.safetensors"
     save_checkpoint(path, _model(0), _side())
@@ -233,7 +233,7 @@ def test_a_full_disk_while_writing_the_sidecar_leaves_the_previous_pair(tmp_path
     import errno
     from pathlib import Path
 
-    from koa_core.checkpoint import load_checkpoint, save_checkpoint
+    from koa_core.model.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "best.safetensors"
     save_checkpoint(path, _model(0), _side())
@@ -257,7 +257,7 @@ def test_a_full_disk_while_writing_the_sidecar_leaves_the_previous_pair(tmp_path
 def test_a_torn_pair_is_refused_at_load(tmp_path):
     import shutil
 
-    from koa_core.checkpoint import load_checkpoint, save_checkpoint
+    from koa_core.model.checkpoint import load_checkpoint, save_checkpoint
 
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     save_checkpoint(a, _model(0), _side())
@@ -268,7 +268,7 @@ def test_a_torn_pair_is_refused_at_load(tmp_path):
 
 
 def test_training_state_round_trips_nested_lists_and_dicts(tmp_path):
-    from koa_core.checkpoint import load_state, save_state
+    from koa_core.model.checkpoint import load_state, save_state
 
     state = {"a": [torch.ones(2), {"b": torch.zeros(1), "c": [1, 2.5, None, "x"]}],
              "d": (torch.arange(3),), "e": True}
@@ -288,7 +288,7 @@ def test_training_state_round_trips_nested_lists_and_dicts(tmp_path):
 
 
 def test_update_sidecar_merges_keys_and_leaves_the_weights_alone(tmp_path):
-    from koa_core.checkpoint import update_sidecar
+    from koa_core.model.checkpoint import update_sidecar
 
     model, path = _saved(tmp_path)
     weights, before = path.read_bytes(), read_sidecar(path)
@@ -303,7 +303,7 @@ def test_update_sidecar_merges_keys_and_leaves_the_weights_alone(tmp_path):
 
 
 def test_update_sidecar_refuses_a_torn_pair(tmp_path):
-    from koa_core.checkpoint import update_sidecar
+    from koa_core.model.checkpoint import update_sidecar
 
     _, path = _saved(tmp_path)
     text = path.with_suffix(".json").read_text()
@@ -316,7 +316,7 @@ def test_update_sidecar_refuses_a_torn_pair(tmp_path):
 
 
 def test_a_checkpoint_under_a_file_is_refused_in_one_line(tmp_path):
-    from koa_core.checkpoint import save_checkpoint
+    from koa_core.model.checkpoint import save_checkpoint
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -334,7 +334,7 @@ def test_a_new_checkpoint_names_its_format_in_a_readable_sidecar(tmp_path):
     update."""
     from safetensors import safe_open
 
-    from koa_core.checkpoint import update_sidecar
+    from koa_core.model.checkpoint import update_sidecar
 
     path = save_checkpoint(tmp_path / "a" / "b" / "ckpt.safetensors", _model(0),
                            {**_side(), "source": tmp_path / "run"})
@@ -352,7 +352,7 @@ def test_a_new_checkpoint_names_its_format_in_a_readable_sidecar(tmp_path):
 
 
 def test_a_sidecar_from_before_the_digest_can_be_updated(tmp_path):
-    from koa_core.checkpoint import update_sidecar
+    from koa_core.model.checkpoint import update_sidecar
 
     _, path = _saved(tmp_path)
     side = read_sidecar(path)

@@ -188,7 +188,7 @@ def test_data_check_phantom(capsys, phantom_root, tree_hash, isolated_cache):
     assert err == ""
     assert tree_hash(phantom_root) == before
     assert f"dataset: {phantom_root} (split layout, 60 images)" in out
-    from koa_core.data import discover
+    from koa_core.data.index import discover
 
     counts = discover(phantom_root).counts()
     rows = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines()
@@ -211,7 +211,7 @@ def test_data_stats_json(capsys, phantom_root, tree_hash, isolated_cache):
     assert rc == 0, err
     d = json.loads(out)
     assert tree_hash(phantom_root) == before
-    from koa_core.data import discover
+    from koa_core.data.index import discover
 
     idx = discover(phantom_root)
     assert d["images"] == 60 and d["layout"] == "split" and d["root"] == str(phantom_root)

@@ -395,7 +395,7 @@ def test_the_corn_head_refuses_soft_labels():
 
 
 def test_a_config_changed_in_python_is_checked_by_fit(tmp_path):
-    from koa_core.engine import fit
+    from koa_core.train.engine import fit
 
     cfg = load_config("demo")
     cfg.train.epochs = 0

@@ -1,4 +1,4 @@
-"""Tests for koa_core.data: name parsing, discovery of both layouts, odd folders and files,
+"""Tests for koa_core.data.index: name parsing, discovery of both layouts, odd folders and files,
 leakage, the seeded patient-grouped flat split and its manifest."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from koa_core.data import (
+from koa_core.data.index import (
     SPLITS,
     Record,
     discover,
@@ -173,7 +173,7 @@ def test_non_images_listed_in_skipped(phantom_copy, where, name, fragment):
 def test_symlink_loop_is_kept_and_fails_when_read(phantom_copy):
     """A looping link named like an image stays in the index so that reading reports it."""
     from koa_core.errors import KoaError
-    from koa_core.imaging import read_gray
+    from koa_core.data.imaging import read_gray
 
     target = phantom_copy / "train" / "2" / "loop.png"
     os.symlink(target.with_name("loop2.png"), target)

@@ -1,4 +1,4 @@
-"""The data copy a record names (koa_core.datacopy): its names, and `koa stamp`, which
+"""The data copy a record names (koa_core.experiments.datacopy): its names, and `koa stamp`, which
 names the copy of an old record only when its validation pixels prove it."""
 
 import json
@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from koa_core.cli import main
-from koa_core.datacopy import parse_copy
+from koa_core.experiments.copies import parse_copy
 from koa_core.errors import KoaError
-from koa_core.records import PROVENANCE, check_record, write_record
+from koa_core.experiments.records import PROVENANCE, check_record, write_record
 
 
 @pytest.mark.parametrize("text,name", [
@@ -62,9 +62,9 @@ def _record_made_on(root, tmp_path, name):
     """A record whose provenance holds what koa campaign stored for ``root``: the digest
     of the validation views prepared exactly as the campaign prepares them, and no
     data.copy (written before it existed)."""
-    from koa_core.cache import views_digest
+    from koa_core.data.cache import views_digest
     from koa_core.config import config_to_dict, load_config
-    from koa_core.engine import prepare_data
+    from koa_core.train.engine import prepare_data
 
     cfg = load_config("demo", [f"data.root={root}", "data.image_size=32",
                                f"data.cache_dir={tmp_path / 'cache'}", "train.seed=1"])

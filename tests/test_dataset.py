@@ -1,4 +1,4 @@
-"""Tests for koa_core.dataset: items, batching, seeded shuffling and augmentation (with
+"""Tests for koa_core.train.dataset: items, batching, seeded shuffling and augmentation (with
 and without worker processes), subsets and class counts."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from koa_core.augment import ClassAugment
-from koa_core.cache import ViewCache
-from koa_core.data import Record, discover
-from koa_core.dataset import (EpochSampler, KneeDataset, class_counts, load_views, make_loader,
-                              stratified_subset)
-from koa_core.preprocess import Preprocessor
+from koa_core.train.augment import ClassAugment
+from koa_core.data.cache import ViewCache
+from koa_core.data.index import Record, discover
+from koa_core.train.dataset import (EpochSampler, KneeDataset, class_counts, load_views,
+                                    make_loader, stratified_subset)
+from koa_core.data.preprocess import Preprocessor
 
 S = 48
 PRE = Preprocessor(size=S)

@@ -1,4 +1,4 @@
-"""Tests for koa_core.dicom (and TIFF input): DICOM radiographs decode to 2-D uint8 by the
+"""Tests for koa_core.data.dicom (and TIFF input): DICOM radiographs decode to 2-D uint8 by the
 documented rule (Modality LUT, VOI transform, scaling, MONOCHROME1 inversion), record what
 the file states, and every bad file is one KoaError line naming it, with no pydicom noise.
 
@@ -29,10 +29,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from koa_core import dicom, imaging
-from koa_core.dicom import is_dicom, read_dicom
+from koa_core.data import dicom
+
+from koa_core.data import raster
+from koa_core.data.dicom import is_dicom, read_dicom
 from koa_core.errors import KoaError
-from koa_core.imaging import read_gray, read_image
+from koa_core.data.imaging import read_gray, read_image
 
 H, W = 24, 40  # deliberately not square: a swapped axis would show
 
@@ -388,10 +390,10 @@ def test_errors_are_one_line_koa_errors(build, tmp_path):
 
 def test_max_pixels_refused_before_decoding(tmp_path, monkeypatch):
     p = _dicom(tmp_path / "big.dcm", STORED)
-    monkeypatch.setattr(imaging, "MAX_PIXELS", H * W - 1)
+    monkeypatch.setattr(raster, "MAX_PIXELS", H * W - 1)
     msg = _one_line_error(p, "larger than")
     assert f"{W}x{H}" in msg
-    monkeypatch.setattr(imaging, "MAX_PIXELS", H * W)  # exactly at the limit is fine
+    monkeypatch.setattr(raster, "MAX_PIXELS", H * W)  # exactly at the limit is fine
     assert read_gray(p).shape == (H, W)
 
 
@@ -446,8 +448,8 @@ def test_cli_predict_dicom_one_line_per_bad_file(tmp_path, capfd, caplog):
 def test_data_check_reads_dicom_by_the_dicom_rule(tmp_path):
     """koa data check decodes a DICOM grade folder entry with the same rule as prediction:
     a good file is usable, a broken one is listed with its one-line reason."""
-    from koa_core.data import discover
-    from koa_core.datacheck import scan
+    from koa_core.data.index import discover
+    from koa_core.data.check import scan
 
     arr = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 3)
     for split in ("train", "val", "test"):

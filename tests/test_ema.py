@@ -1,9 +1,9 @@
-"""Tests for koa_core.ema: the weight average matches its definition and never syncs."""
+"""Tests for koa_core.train.ema: the weight average matches its definition and never syncs."""
 
 import torch
 from torch import nn
 
-from koa_core.ema import WeightEMA
+from koa_core.train.ema import WeightEMA
 
 
 def _net():

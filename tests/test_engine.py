@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from koa_core import engine
+from koa_core import runtime
+from koa_core.model import inference
+from koa_core.train import engine
 from koa_core.config import load_config
 from koa_core.errors import KoaError
 
@@ -191,12 +193,12 @@ def test_resume_without_run(tmp_path):
 @pytest.mark.parametrize("mode,device,expected", [
     ("off", "cpu", None), ("bf16", "cpu", torch.bfloat16), ("bf16", "cuda", torch.bfloat16)])
 def test_amp_dtype(mode, device, expected):
-    assert engine.amp_dtype(mode, torch.device(device)) == expected
+    assert runtime.amp_dtype(mode, torch.device(device)) == expected
 
 
 def test_amp_dtype_bad_mode():
     with pytest.raises(KoaError):
-        engine.amp_dtype("fp8", torch.device("cpu"))
+        runtime.amp_dtype("fp8", torch.device("cpu"))
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -308,8 +310,8 @@ def test_selection_follows_validation_macro_f1(tmp_path, monkeypatch, cache):
 def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state, plain_run, cache):
     """best.safetensors re-evaluated on the validation split gives best.json's confusion
     matrix (whether it was written at once or held in memory until the end)."""
-    from koa_core.checkpoint import load_checkpoint
-    from koa_core.metrics import classification_metrics
+    from koa_core.model.checkpoint import load_checkpoint
+    from koa_core.metrics.classification import classification_metrics
 
     cfg = _cfg(cache, **{"train.max_steps_per_epoch": 1})
     out = tmp_path / "run"
@@ -321,14 +323,14 @@ def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state,
     side = json.loads((out / "best.json").read_text())
     model, _ = load_checkpoint(out / "best.safetensors")
     data = engine.prepare_data(cfg)
-    probs, _ = engine.predict_views(model, data.val.views)
+    probs, _ = inference.predict_views(model, data.val.views)
     m = classification_metrics(data.val.grades, probs.argmax(1), n_boot=0)
     assert m["confusion_matrix"] == side["val_metrics"]["confusion_matrix"]
 
 
 def test_ema_run_validates_selects_and_saves_the_averaged_weights(tmp_path, cache):
     """With train.ema_decay the checkpoint holds the average, not the last step's weights."""
-    from koa_core.checkpoint import load_state
+    from koa_core.model.checkpoint import load_state
 
     out = tmp_path / "run"
     cfg = _cfg(cache, **{"train.epochs": 1, "train.ema_decay": 0.5})
@@ -347,18 +349,18 @@ def test_ema_run_validates_selects_and_saves_the_averaged_weights(tmp_path, cach
 
 def test_predict_views_flip_tta_is_the_mean_over_the_mirror():
     from koa_core.config import ModelConfig
-    from koa_core.models import build_model
+    from koa_core.model.network import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(pretrained="none")).eval()
     views = torch.randint(0, 255, (6, 2, 64, 64), dtype=torch.uint8)
-    p, g = engine.predict_views(model, views, batch_size=4)
-    pm, gm = engine.predict_views(model, views.flip(-1), batch_size=4)
-    pt, gt = engine.predict_views(model, views, batch_size=4, tta="flip")
+    p, g = inference.predict_views(model, views, batch_size=4)
+    pm, gm = inference.predict_views(model, views.flip(-1), batch_size=4)
+    pt, gt = inference.predict_views(model, views, batch_size=4, tta="flip")
     assert abs(pt - (p + pm) / 2).max() < 1e-5 and abs(gt - (g + gm) / 2).max() < 1e-5
     assert abs(p - pm).max() > 1e-4  # the mirror is a different input
     with pytest.raises(KoaError, match="tta"):
-        engine.predict_views(model, views, tta="rot90")
+        inference.predict_views(model, views, tta="rot90")
 
 
 def test_build_loss_scales_alpha_to_mean_one_over_training_labels(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from koa_core.config import ModelConfig
-from koa_core.explain import grad_cam, overlay, save_cam_overlays, stream_layers
-from koa_core.models import build_model
+from koa_core.infer.explain import grad_cam, overlay, save_cam_overlays, stream_layers
+from koa_core.model.network import build_model
 
 
 def _views(size=64):

@@ -1,5 +1,5 @@
-"""Tests for koa_core.gpu_augment: the batched §2.3a augmentation against the albumentations
-path of koa_core.augment (CPU tensors here; a CUDA check runs where CUDA exists).
+"""Tests for koa_core.train.gpu_augment: the batched §2.3a augmentation against the albumentations
+path of koa_core.train.augment (CPU tensors here; a CUDA check runs where CUDA exists).
 
 Residual differences measured when this file was written (CPU, fixed seeds):
 
@@ -30,8 +30,8 @@ import pytest
 import torch
 from scipy import stats
 
-from koa_core.augment import ClassAugment, build_pipelines
-from koa_core.gpu_augment import GpuClassAugment, uniform_draws
+from koa_core.train.augment import ClassAugment, build_pipelines
+from koa_core.train.gpu_augment import GpuClassAugment, uniform_draws
 
 S = 64
 
@@ -293,7 +293,7 @@ def test_image_statistics_match_albumentations(grade):
 def test_augmentation_never_makes_the_host_wait_for_the_device(monkeypatch):
     """No call that needs a device value on the host (nonzero, boolean masking, item,
     tolist, bool/int/float of a tensor): on a GPU each would stall the training step."""
-    from koa_core.gpu_augment import GpuClassAugment
+    from koa_core.train.gpu_augment import GpuClassAugment
 
     aug = GpuClassAugment(64, True, seed=1)
     views = torch.randint(0, 256, (20, 2, 64, 64), dtype=torch.uint8)

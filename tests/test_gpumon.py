@@ -2,7 +2,7 @@ import time
 
 import torch
 
-from koa_core.gpumon import GpuUtilization
+from koa_core.train.gpumon import GpuUtilization
 
 
 def test_cpu_device_reports_none():

@@ -1,4 +1,4 @@
-"""Tests for koa_core.imaging: every supported encoding decodes to 2-D uint8 by the
+"""Tests for koa_core.data.imaging: every supported encoding decodes to 2-D uint8 by the
 documented rule, and every bad input is a one-line KoaError naming the file."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from koa_core import imaging
+from koa_core.data import raster
 from koa_core.errors import KoaError
-from koa_core.imaging import decode_gray, is_image_file, read_gray, to_gray_uint8
+from koa_core.data.imaging import decode_gray, is_image_file, read_gray, to_gray_uint8
 
 H, W = 24, 40  # deliberately not square: a swapped axis would show
 
@@ -263,12 +263,12 @@ def test_decode_gray_names_the_source():
 
 def test_max_pixels_refused(tmp_path, monkeypatch):
     p = _write(tmp_path / "big.png", np.zeros((20, 30), np.uint8))
-    monkeypatch.setattr(imaging, "MAX_PIXELS", 599)
+    monkeypatch.setattr(raster, "MAX_PIXELS", 599)
     with pytest.raises(KoaError, match="larger than") as ei:
         read_gray(p)
     assert str(p) in str(ei.value)
     assert "30x20" in str(ei.value)
-    monkeypatch.setattr(imaging, "MAX_PIXELS", 600)  # exactly at the limit is fine
+    monkeypatch.setattr(raster, "MAX_PIXELS", 600)  # exactly at the limit is fine
     assert read_gray(p).shape == (20, 30)
 
 
@@ -279,7 +279,7 @@ def test_corrupt_png_gives_exactly_the_projects_line(tmp_path):
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDX" + b"0" * 40)
-    code = ("import sys; from koa_core.imaging import read_gray\n"
+    code = ("import sys; from koa_core.data.imaging import read_gray\n"
             "try:\n    read_gray(sys.argv[1])\nexcept Exception as e:\n"
             "    print('koa: error:', e, file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True,

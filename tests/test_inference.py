@@ -5,7 +5,11 @@ import json
 
 import pytest
 
-from koa_core import backends, inference, predict
+from koa_core.infer import backends
+
+from koa_core.infer import evaluate as inference
+
+from koa_core.infer import predict
 from koa_core.errors import KoaError
 
 
@@ -69,17 +73,19 @@ def test_predict_files_good_and_bad(tiny_run, tmp_path):
 
 
 def test_no_default_checkpoint(monkeypatch, tmp_path):
-    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", tmp_path / "none.safetensors")
+    from koa_core.model import checkpoint
+
+    monkeypatch.setattr(checkpoint, "DEFAULT_CHECKPOINT", tmp_path / "none.safetensors")
     with pytest.raises(KoaError, match="koa train"):
-        inference.resolve_checkpoint(None)
+        checkpoint.resolve_checkpoint(None)
 
 
 def test_predict_and_evaluate_agree_at_the_sidecars_size(tiny_run, tmp_path, monkeypatch):
     """The same image gets the same grade and probabilities from koa predict and koa
     evaluate, and both feed the model at the size stored in the checkpoint's sidecar.
     (fp32 forced: on a CPU with native bf16, batch 64 and batch 1 round differently.)"""
-    from koa_core.checkpoint import read_sidecar
-    from koa_core.models import KLNet
+    from koa_core.model.checkpoint import read_sidecar
+    from koa_core.model.network import KLNet
 
     monkeypatch.setattr(backends, "amp_dtype", lambda mode, device: None)
     run, root = tiny_run
@@ -138,7 +144,7 @@ def _probs_csv(path):
 def test_evaluate_ensemble_averages_members_and_tta_is_recorded(tiny_run, tmp_path):
     import torch
 
-    from koa_core.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
+    from koa_core.model.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
 
     run, root = tiny_run
     a = run / "best.safetensors"
@@ -199,9 +205,9 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(
     one knee and a batch of twenty give probabilities that differ by more than 2e-5."""
     import numpy as np
 
-    from koa_core import backends
-    from koa_core.calibration import apply_temperature, fit_temperature
-    from koa_core.checkpoint import load_checkpoint, read_sidecar
+    from koa_core.infer import backends
+    from koa_core.metrics.calibration import apply_temperature, fit_temperature
+    from koa_core.model.checkpoint import load_checkpoint, read_sidecar
     from koa_core.cli import main
 
     run, root = tiny_run
@@ -259,7 +265,7 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(
 
 
 def test_calibrate_refuses_what_it_cannot_calibrate(tiny_run, tmp_path, capsys):
-    from koa_core.checkpoint import update_sidecar
+    from koa_core.model.checkpoint import update_sidecar
     from koa_core.cli import main
 
     run, root = tiny_run
@@ -270,7 +276,7 @@ def test_calibrate_refuses_what_it_cannot_calibrate(tiny_run, tmp_path, capsys):
     assert err == [f"koa: error: {onnx}: calibrate the .safetensors checkpoint (its sidecar "
                    "keeps the temperature, and an ONNX export made from it afterwards "
                    "carries it)"]
-    from koa_core.calibration import sidecar_temperature
+    from koa_core.metrics.calibration import sidecar_temperature
 
     for bad in (-1.0, 0.0, float("nan"), float("inf"), "warm", None):
         with pytest.raises(KoaError, match="calibration.temperature"):

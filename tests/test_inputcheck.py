@@ -1,4 +1,4 @@
-"""Know your input (koa_core.inputcheck): an image unlike the training knees is flagged -
+"""Know your input (koa_core.data.inputcheck): an image unlike the training knees is flagged -
 already CLAHE-enhanced, not a knee-joint crop, inverted, too small, blank - still graded,
 and the flag reaches the CSV row, the report, the batch summary and `koa data check`."""
 
@@ -13,12 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from koa_core.checkpoint import read_sidecar
+from koa_core.model.checkpoint import read_sidecar
 from koa_core.cli import main
 from koa_core.errors import KoaError
-from koa_core.inference import DEFAULT_CHECKPOINT
-from koa_core.inputcheck import InputCheck, check_for, fit_profile, summarize_flags
-from koa_core.preprocess import apply_clahe
+from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
+from koa_core.data.inputcheck import InputCheck, fit_profile, summarize_flags
+from koa_core.infer.profile import check_for
+from koa_core.data.preprocess import apply_clahe
 
 SAMPLE = Path(__file__).resolve().parents[1] / "book" / "sample"
 FILES = sorted(SAMPLE.glob("val/*/*.webp"))
@@ -115,7 +116,7 @@ def test_predict_grades_flagged_files_and_says_so(tmp_path, capsys):
 
 
 def test_report_index_shows_the_flag(tmp_path):
-    from koa_core.knee_report import write_html_index
+    from koa_core.infer.knee_report import write_html_index
 
     page = write_html_index([{"name": "a.png", "grade": 2, "probabilities": [.1, .2, .4, .2, .1],
                               "gate": None, "flags": ["enhanced"]},
@@ -147,7 +148,7 @@ def test_data_check_says_when_a_folder_looks_pre_enhanced(tmp_path, capsys):
 
 def test_input_profile_command_fits_on_training_images_only(tiny_run, tmp_path, capsys,
                                                             monkeypatch):
-    from koa_core import inputcheck
+    from koa_core.infer import profile
 
     run, root = tiny_run
     ckpt = tmp_path / "c.safetensors"
@@ -155,8 +156,8 @@ def test_input_profile_command_fits_on_training_images_only(tiny_run, tmp_path, 
     shutil.copy(run / "best.json", ckpt.with_suffix(".json"))
     weights = ckpt.read_bytes()
     seen = []
-    read = inputcheck.profile_images
-    monkeypatch.setattr(inputcheck, "profile_images",
+    read = profile.profile_images
+    monkeypatch.setattr(profile, "profile_images",
                         lambda paths, *a: (seen.extend(paths), read(paths, *a))[1])
     assert main(["input-profile", "--checkpoint", str(ckpt), "--data", str(root),
                  "--images", "30"]) == 0

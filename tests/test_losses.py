@@ -1,4 +1,4 @@
-"""Tests for koa_core.losses: focal loss, alpha specs, multi-task masking, Table 2 shares."""
+"""Tests for koa_core.train.losses: focal loss, alpha specs, multi-task masking, Table 2 shares."""
 
 import math
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from koa_core.config import PAPER_ALPHA
 from koa_core.errors import KoaError
-from koa_core.losses import (
+from koa_core.train.losses import (
     PAPER_TABLE2_COUNTS,
     PAPER_TABLE2_SHARES_PCT,
     FocalLoss,
@@ -328,7 +328,7 @@ def test_influence_share_errors(counts, alpha, p_correct, match):
 
 # ---------------------------------------------------------------- beyond the paper
 def test_sord_targets_shape_mass_and_ordering():
-    from koa_core.losses import sord_targets
+    from koa_core.train.losses import sord_targets
 
     q = sord_targets(torch.tensor([0, 2, 4]), 5, 2.0)
     assert torch.allclose(q.sum(1), torch.ones(3))
@@ -344,7 +344,7 @@ def test_sord_targets_shape_mass_and_ordering():
 
 @pytest.mark.parametrize("gamma", [0.0, 2.0])
 def test_soft_focal_with_one_hot_targets_equals_focal(gamma):
-    from koa_core.losses import soft_focal_loss
+    from koa_core.train.losses import soft_focal_loss
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(16, 5, generator=g) * 3
@@ -357,7 +357,7 @@ def test_soft_focal_with_one_hot_targets_equals_focal(gamma):
 
 
 def test_soft_focal_matches_float64_reference_for_confident_and_wrong_samples():
-    from koa_core.losses import soft_focal_loss, sord_targets
+    from koa_core.train.losses import soft_focal_loss, sord_targets
 
     logits = torch.tensor([[20.0, 0, 0, 0, 0], [0, 0, 5.0, 0, 0], [-30.0, 0, 0, 0, 0]])
     target = torch.tensor([0, 2, 0])
@@ -370,7 +370,7 @@ def test_soft_focal_matches_float64_reference_for_confident_and_wrong_samples():
 
 
 def test_normalise_alpha_mean_one_over_training_labels_keeps_ratios():
-    from koa_core.losses import normalise_alpha
+    from koa_core.train.losses import normalise_alpha
 
     a = torch.tensor(PAPER_ALPHA)
     n = torch.tensor(PAPER_TABLE2_COUNTS, dtype=torch.float32)
@@ -420,7 +420,7 @@ def test_aux_alpha_weights_auxiliary_samples_by_their_grade_alpha():
 def test_defaults_are_the_papers():
     """γ = 2 (§2.3b) wherever a default is taken."""
     assert FocalLoss().gamma == 2.0 and KLMultiTaskLoss().gamma == 2.0
-    from koa_core.losses import soft_focal_loss
+    from koa_core.train.losses import soft_focal_loss
     q = F.one_hot(torch.tensor([0, 1, 2, 3, 4]), 5).float()
     z = torch.randn(5, 5, generator=torch.Generator().manual_seed(3))
     assert float(soft_focal_loss(z, q)) == pytest.approx(float(soft_focal_loss(z, q, 2.0)))
@@ -449,9 +449,9 @@ def test_focal_loss_module_passes_reduction_and_mask_through():
 
 def test_loss_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match=r"^scale must be > 0, got 0.0$"):
-        from koa_core.losses import sord_targets
+        from koa_core.train.losses import sord_targets
         sord_targets(torch.tensor([1]), 5, 0.0)
-    from koa_core.losses import normalise_alpha, sord_targets
+    from koa_core.train.losses import normalise_alpha, sord_targets
     assert torch.allclose(sord_targets(torch.tensor([2]), 5, 0.5).sum(), torch.tensor(1.0))
     with pytest.raises(KoaError, match=r"^loss.alpha_norm=mean1: alpha gives every training "
                                        r"image weight 0$"):
@@ -522,7 +522,7 @@ def test_the_objective_passes_its_gamma_and_alpha_to_every_term():
     """A gamma other than the default, and SORD at a scale below 1, reach each term as
     documented: the main focal term, the soft-label term weighted by alpha of the true
     grade, and the auxiliary terms."""
-    from koa_core.losses import soft_focal_loss, sord_targets
+    from koa_core.train.losses import soft_focal_loss, sord_targets
 
     g = torch.Generator().manual_seed(4)
     out = {"logits": torch.randn(8, 5, generator=g), "aux_binary": torch.randn(8, 2, generator=g),

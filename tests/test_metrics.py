@@ -1,4 +1,4 @@
-"""Tests for koa_core.metrics: point metrics, bootstrap CIs, report formatting."""
+"""Tests for koa_core.metrics.classification: point metrics, bootstrap CIs, report formatting."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score
 
 from koa_core.errors import KoaError
-from koa_core.metrics import (
+from koa_core.metrics.classification import (
     confusion_scores,
     classification_metrics,
     format_report,
@@ -298,7 +298,7 @@ def test_qwk_weighs_distances_over_all_five_grades_when_some_are_absent():
 
 
 def test_bootstrap_draws_exactly_n_boot_resamples_in_any_chunking(monkeypatch):
-    import koa_core.metrics as metrics
+    import koa_core.metrics.classification as metrics
 
     y = np.arange(40) % 5
     p = (y + (np.arange(40) % 3 == 0)) % 5

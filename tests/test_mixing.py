@@ -1,12 +1,13 @@
-"""Mixup and CutMix on two-view batches (koa_core.mixing; beyond the paper, off by default)."""
+"""Mixup and CutMix on two-view batches (koa_core.train.mixing; beyond the paper, off by
+default)."""
 
 import pytest
 import torch
 
 from koa_core.config import AugmentConfig, load_config
 from koa_core.errors import KoaError
-from koa_core.losses import KLMultiTaskLoss
-from koa_core.mixing import Mixer, mixed_loss
+from koa_core.train.losses import KLMultiTaskLoss
+from koa_core.train.mixing import Mixer, mixed_loss
 
 
 def _views(b=6, size=16, seed=0):
@@ -85,7 +86,7 @@ def test_mixed_loss_is_the_mix_of_the_losses_against_both_grades_on_every_head()
 def test_a_training_run_with_both_levers_records_them(tmp_path):
     import json
 
-    from koa_core import engine
+    from koa_core.train import engine
 
     cfg = load_config(None, [f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=32",
                              "data.phantom_per_class=6", "model.pretrained=none",

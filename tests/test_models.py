@@ -8,7 +8,7 @@ import torchvision
 
 from koa_core.config import ModelConfig
 from koa_core.errors import KoaError
-from koa_core.models import KLNet, build_model, load_pretrained_trunk
+from koa_core.model.network import KLNet, build_model, load_pretrained_trunk
 
 VARIANTS = {
     "proposed": {},
@@ -84,7 +84,7 @@ def test_gate_weights_sum_to_one(amp):
 def test_gated_fusion_mixes_features_in_their_own_dtype(dtype):
     """The gate stays fp32 for users; the fused features keep the streams' dtype (bf16
     features under autocast are not promoted to fp32 by an fp32 gate)."""
-    from koa_core.models import GatedFusion
+    from koa_core.model.network import GatedFusion
 
     torch.manual_seed(0)
     fusion = GatedFusion(dim=8, hidden=4)
@@ -100,7 +100,7 @@ def test_gate_is_the_softmax_of_a_two_layer_relu_mlp():
     """Recomputed from the MLP's weights: Linear, ReLU, Linear, softmax over the pair."""
     import torch.nn.functional as F
 
-    from koa_core.models import GatedFusion
+    from koa_core.model.network import GatedFusion
 
     torch.manual_seed(0)
     fusion = GatedFusion(dim=8, hidden=16)
@@ -115,7 +115,7 @@ def test_gate_is_the_softmax_of_a_two_layer_relu_mlp():
 def test_cross_attention_keeps_the_knees_of_a_batch_apart():
     """Tokens attend within their own knee: changing knee 2 leaves knees 0 and 1 as they
     were (attention over the batch axis, e.g. batch_first lost, would mix them)."""
-    from koa_core.models import CrossAttention
+    from koa_core.model.network import CrossAttention
 
     torch.manual_seed(0)
     att = CrossAttention(dim=16, heads=2).eval()
@@ -336,7 +336,7 @@ def test_pretrained_that_is_not_a_resnet18_is_one_clear_error(tmp_path):
 def test_cross_attention_is_a_residual_per_position_in_the_maps_layout():
     """out = LayerNorm(t + MHA(t, other, other)) token by token, tokens being the map's
     positions in row-major order; recomputed here from the block's own parts."""
-    from koa_core.models import CrossAttention
+    from koa_core.model.network import CrossAttention
 
     torch.manual_seed(0)
     block = CrossAttention(dim=16, heads=4).eval()
@@ -357,7 +357,7 @@ def test_cross_attention_is_a_residual_per_position_in_the_maps_layout():
 
 def test_normalise_is_imagenet_standardisation_of_each_view():
     from koa_core.config import ModelConfig
-    from koa_core.models import build_model
+    from koa_core.model.network import build_model
 
     m = build_model(ModelConfig(pretrained="none", streams="raw"))
     x = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)

@@ -114,7 +114,7 @@ _NO_NETWORK = textwrap.dedent("""
     socket.create_connection = refuse
     socket.getaddrinfo = refuse
     assert "NO_ALBUMENTATIONS_UPDATE" not in os.environ
-    import koa_core, koa_core.augment
+    import koa_core, koa_core.train.augment
     print("CALLS", len(calls), *calls)
     print("ENV", os.environ.get("NO_ALBUMENTATIONS_UPDATE"))
     # control: albumentations' own update probe, called explicitly, is seen by the harness

@@ -1,4 +1,4 @@
-"""Tests of the synthetic knee phantom (koa_core.phantom)."""
+"""Tests of the synthetic knee phantom (koa_core.data.phantom)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from koa_core.errors import KoaError
-from koa_core.phantom import SPLITS, render_knee, save_grid, write_phantom
+from koa_core.data.phantom import SPLITS, render_knee, save_grid, write_phantom
 
 NAME = re.compile(r"^1\d{6}[LR]\.png$")
 

@@ -1,4 +1,4 @@
-"""`koa predict` on folders and batches (koa_core.predict): inputs walked in sorted order,
+"""`koa predict` on folders and batches (koa_core.infer.predict): inputs walked in sorted order,
 one CSV row per file that never stops at a bad file, DICOM photometry and spacing in the
 rows, Grad-CAM at the input's own resolution, per-knee reports with an index, a valid
 partial CSV after an interruption, and one-line user errors.
@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from test_dicom import _dicom
 
-from koa_core import backends
+from koa_core.infer import backends
 from koa_core.cli import main
-from koa_core.imaging import read_image
-from koa_core.inputcheck import summarize_flags
-from koa_core.predict import CSV_FIELDS, cam_on_input, collect_inputs
-from koa_core.preprocess import crop_box
+from koa_core.data.imaging import read_image
+from koa_core.data.inputcheck import summarize_flags
+from koa_core.infer.predict import CSV_FIELDS, cam_on_input, collect_inputs
+from koa_core.data.preprocess import crop_box
 
 PNG_ERROR = "not a readable PNG, JPEG, WebP or TIFF image (truncated or corrupt?)"
 
@@ -315,7 +315,7 @@ def test_sigterm_leaves_a_valid_partial_csv(tiny_run, tmp_path, monkeypatch, cap
     """SIGTERM (here sent by the process to itself once two rows are written, as a job
     scheduler would) ends `koa predict --out` with one line, status 130, a CSV of whole
     rows, and the previous SIGTERM handler restored."""
-    from koa_core import predict
+    from koa_core.infer import predict
 
     _, phantom = tiny_run
     pngs = _phantom_pngs(phantom)

@@ -1,4 +1,4 @@
-"""Tests for koa_core.preprocess: central crop by pixel density, resize, CLAHE, and the
+"""Tests for koa_core.data.preprocess: central crop by pixel density, resize, CLAHE, and the
 two-view Preprocessor (plus a property test over encodings and shapes)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from koa_core.config import Config, load_config
 from koa_core.errors import KoaError
-from koa_core.imaging import decode_gray
-from koa_core.preprocess import (
+from koa_core.data.imaging import decode_gray
+from koa_core.data.preprocess import (
     PREPROCESS_VERSION,
     Preprocessor,
     apply_clahe,
@@ -36,7 +36,7 @@ def test_central_crop_identity_on_square(side):
 
 
 def test_central_crop_identity_on_phantom_knee():
-    from koa_core.phantom import render_knee
+    from koa_core.data.phantom import render_knee
 
     img = render_knee(2, np.random.default_rng(0), 224)
     np.testing.assert_array_equal(central_crop(img), img)

@@ -19,8 +19,8 @@ def test_pretrain_writes_a_trunk_that_model_pretrained_loads(phantom_copy, tmp_p
     import shutil
 
     from koa_core.config import ModelConfig
-    from koa_core.models import _trunk, build_model
-    from koa_core.pretrain import trunk_state_dict
+    from koa_core.model.network import _trunk, build_model
+    from koa_core.train.pretrain import trunk_state_dict
 
     shutil.move(phantom_copy / "test", tmp_path / "held-out-test")
     before = tree_hash(phantom_copy)
@@ -50,7 +50,7 @@ def test_pretrain_writes_a_trunk_that_model_pretrained_loads(phantom_copy, tmp_p
 
 
 def test_pretrain_settings_are_checked(phantom_root, tmp_path):
-    from koa_core.pretrain import PretrainConfig, pretrain
+    from koa_core.train.pretrain import PretrainConfig, pretrain
 
     for cfg, match in ((PretrainConfig(batch_size=1), "at least 2"),
                        (PretrainConfig(image_size=16), "at least 32"),

@@ -52,7 +52,7 @@ def untouched(real_root):
 
 @pytest.fixture(scope="module")
 def index(real_root, untouched):
-    from koa_core.data import discover
+    from koa_core.data.index import discover
 
     return discover(real_root)
 
@@ -73,10 +73,10 @@ def test_no_leaks_and_every_name_parses(index):
 def test_subset_views_and_loader(index, real_root, tmp_path_factory):
     import torch
 
-    from koa_core.augment import ClassAugment
-    from koa_core.cache import ViewCache
-    from koa_core.dataset import KneeDataset, class_counts, make_loader, stratified_subset
-    from koa_core.preprocess import Preprocessor
+    from koa_core.train.augment import ClassAugment
+    from koa_core.data.cache import ViewCache
+    from koa_core.train.dataset import KneeDataset, class_counts, make_loader, stratified_subset
+    from koa_core.data.preprocess import Preprocessor
 
     sub = stratified_subset(index.split("train"), 64, seed=0)
     assert abs(len(sub) - 64) <= 3
@@ -100,7 +100,7 @@ def test_subset_views_and_loader(index, real_root, tmp_path_factory):
     cache.get(sub, pre, root=str(real_root))
     assert cache.last_status == "hit"
     # 224x224 crops: the preprocessing is the identity on the raw view
-    from koa_core.imaging import read_gray
+    from koa_core.data.imaging import read_gray
 
     np.testing.assert_array_equal(views[0, 0], read_gray(sub[0].path))
     assert not Path(cache_dir).resolve().is_relative_to(real_root.resolve())

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from koa_core import recipe
+from koa_core.experiments import recipe
 from koa_core.errors import KoaError
-from koa_core.records import read_record
+from koa_core.experiments.records import read_record
 from test_records import make_record
 
 
@@ -66,7 +66,7 @@ def test_median_decoding_is_corns_own():
     import torch
     from coral_pytorch.dataset import corn_label_from_logits
 
-    from koa_core.ordinal import corn_log_probs
+    from koa_core.model.ordinal import corn_log_probs
 
     torch.manual_seed(0)
     c = torch.randn(300, 4) * 3

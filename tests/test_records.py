@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-from koa_core.data import Record
+from koa_core.data.index import Record
 from koa_core.errors import KoaError
-from koa_core.records import (PROVENANCE, check_record, find_records, predictions_table,
+from koa_core.experiments.records import (PROVENANCE, check_record, find_records, predictions_table,
                               read_record, write_record)
 
 
@@ -186,7 +186,7 @@ def test_a_new_record_must_name_its_data_copy(tmp_path):
 
 
 def test_a_record_lacking_its_data_copy_fails_the_check_but_stays_readable(tmp_path):
-    from koa_core.records import record_copy
+    from koa_core.experiments.records import record_copy
 
     y = [0, 1, 2, 3, 4] * 2
     rec = make_record(tmp_path, y, y)
@@ -200,7 +200,7 @@ def test_a_record_lacking_its_data_copy_fails_the_check_but_stays_readable(tmp_p
 
 
 def test_stamp_copy_adds_the_copy_and_keeps_the_record_whole(tmp_path):
-    from koa_core.records import stamp_copy
+    from koa_core.experiments.records import stamp_copy
 
     y = [0, 1, 2, 3, 4] * 2
     rec = make_record(tmp_path, y, y)

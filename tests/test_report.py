@@ -13,11 +13,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from koa_core import report  # noqa: E402
+from koa_core import report
 from koa_core.config import PAPER_ALPHA, config_to_dict, load_config  # noqa: E402
-from koa_core.data import discover  # noqa: E402
+from koa_core.data.index import discover  # noqa: E402
 from koa_core.errors import KoaError  # noqa: E402
-from koa_core.phantom import render_knee  # noqa: E402
+from koa_core.data.phantom import render_knee  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -139,7 +139,7 @@ def test_share_figure_and_sample_grid(index):
 
 
 def test_leakage_table(index):
-    from koa_core.datacheck import scan
+    from koa_core.data.check import scan
 
     t = report.leakage_table(scan(index, workers=2))
     assert t.loc["patients in more than one split", "value"] == 0
@@ -200,7 +200,7 @@ def test_clahe_figure(knees):
 
 # ---------------------------------------------------------------- loss
 def test_influence_table_matches_the_library():
-    from koa_core.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
+    from koa_core.train.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
 
     t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA,
                                paper=PAPER_TABLE2_SHARES_PCT)
@@ -352,7 +352,7 @@ def test_run_ablation_table(tiny_run, monkeypatch, tmp_path):
 
 
 def _metrics(n_boot: int = 50) -> dict:
-    from koa_core.metrics import classification_metrics
+    from koa_core.metrics.classification import classification_metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, 80)
@@ -468,7 +468,7 @@ def stats(index, tmp_path_factory) -> tuple[dict, Path]:
     """``koa data stats --json`` of the phantom, as the CLI writes it (with provenance)."""
     import json
 
-    from koa_core.datacheck import scan
+    from koa_core.data.check import scan
 
     d = scan(index, workers=2).to_dict()
     d["provenance"] = {"command": f"koa data stats {index.root} --json",
@@ -501,7 +501,7 @@ def test_first_split_takes_the_split_that_exists(index, val_only):
 
 
 def test_stats_tables_equal_the_index_tables(index, stats):
-    from koa_core.datacheck import scan
+    from koa_core.data.check import scan
 
     st = stats[0]
     assert report.split_counts(st) == report.split_counts(index)
@@ -593,7 +593,7 @@ def test_clahe_verdict_quotes_the_ratios(knees):
 
 
 def test_influence_text_and_table2_verdict():
-    from koa_core.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
+    from koa_core.train.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
 
     t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA, paper=PAPER_TABLE2_SHARES_PCT)
     text = report.influence_text(t, "the paper's counts")
@@ -612,8 +612,8 @@ def test_pick_cases_top5_is_the_least_likely():
 
 
 def test_stream_cams_equal_explain_grad_cam(tiny_run):
-    from koa_core.checkpoint import load_checkpoint
-    from koa_core.explain import grad_cam
+    from koa_core.model.checkpoint import load_checkpoint
+    from koa_core.infer.explain import grad_cam
 
     run, root = tiny_run
     pred = report.predict_split(run / "best.safetensors", root, "test")
@@ -691,7 +691,7 @@ def test_crop_text(index, val_only):
 
 
 def test_table2_reasons_and_conjecture_text():
-    from koa_core.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
+    from koa_core.train.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
 
     t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA, paper=PAPER_TABLE2_SHARES_PCT)
     text = report.table2_reasons(t)

@@ -8,7 +8,7 @@ import pytest
 
 from koa_core import report
 from koa_core.errors import KoaError
-from koa_core.records import PROVENANCE
+from koa_core.experiments.records import PROVENANCE
 from test_records import make_record
 
 Y = np.repeat(np.arange(5), [40, 20, 25, 12, 5])

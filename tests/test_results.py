@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from koa_core.ablation import ablation_table
-from koa_core.campaign import select_run
-from koa_core.checkpoint import read_sidecar
-from koa_core.inference import DEFAULT_CHECKPOINT
-from koa_core.records import check_record, find_records, read_record
+from koa_core.experiments.ablation import ablation_table
+from koa_core.experiments.campaign import select_run
+from koa_core.model.checkpoint import read_sidecar
+from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
+from koa_core.experiments.records import check_record, find_records, read_record
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 RECORDS = find_records(RESULTS)

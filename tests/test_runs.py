@@ -1,4 +1,4 @@
-"""koa_core.runs / `koa runs`: the selected epoch's figures and throughput of run folders."""
+"""koa_core.train.runs / `koa runs`: the selected epoch's figures and throughput of run folders."""
 
 import csv
 import json
@@ -8,7 +8,7 @@ import pytest
 
 from koa_core.cli import main
 from koa_core.errors import KoaError
-from koa_core.runs import format_runs, summarize_run
+from koa_core.train.runs import format_runs, summarize_run
 
 
 def test_summary_matches_history_and_sidecar(tiny_run):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from koa_core import scorecard
+from koa_core.experiments import scorecard
 
 
 def _group(y, rate, seeds=(1, 2, 3), seed=0, gate=None):

@@ -1,10 +1,10 @@
-"""Selection on validation and early stopping (koa_core.selection)."""
+"""Selection on validation and early stopping (koa_core.train.selection)."""
 
 import math
 
 import pytest
 
-from koa_core.selection import Selection
+from koa_core.train.selection import Selection
 
 
 def test_scripted_scores_select_the_best_epoch_and_stop_after_patience():

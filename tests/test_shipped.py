@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from koa_core.checkpoint import load_checkpoint, read_sidecar
-from koa_core.inference import DEFAULT_CHECKPOINT, preprocessor_from_sidecar
+from koa_core.model.checkpoint import load_checkpoint, read_sidecar
+from koa_core.infer.evaluate import preprocessor_from_sidecar
+from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from test_realdata import REAL
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "gpu"
@@ -32,10 +33,10 @@ def test_shipped_checkpoint_predicts_what_its_record_says():
     49 of them; the full split's figures are results/gpu/shipped-val-cpu.json."""
     if not (REAL / "val").is_dir():
         pytest.skip(f"real KL dataset not found at {REAL}")
-    from koa_core.data import Record
-    from koa_core.dataset import stratified_subset
-    from koa_core.engine import predict_views
-    from koa_core.records import read_record
+    from koa_core.data.index import Record
+    from koa_core.train.dataset import stratified_subset
+    from koa_core.model.inference import predict_views
+    from koa_core.experiments.records import read_record
 
     name = json.loads((RESULTS / "selection.json").read_text())["name"]
     assert name in read_sidecar(DEFAULT_CHECKPOINT)["note"]
@@ -64,8 +65,8 @@ def test_shipped_checkpoint_grades_an_original_knee_as_its_enhanced_twin(tmp_pat
     transform left behind, original pixels fed to a model that never saw one."""
     import cv2
 
-    from koa_core import backends
-    from koa_core.checkpoint import update_sidecar
+    from koa_core.infer import backends
+    from koa_core.model.checkpoint import update_sidecar
     from koa_core.cli import main
 
     monkeypatch.setattr(backends, "amp_dtype", lambda mode, device: None)  # fp32 everywhere

@@ -17,39 +17,39 @@ set-up), :mod:`.data` (§2.1), :mod:`.clahe` (§2.2), :mod:`.loss` (§2.3b),
 Notebooks use them through this package: ``from koa_core import report``.
 """
 
-from .paper import (
+from koa_core.report.paper import (
     ABLATIONS, KL, PAPER_FIG1_COUNTS, PAPER_TABLE1, PAPER_TABLE3, PAPER_TABLE4, PAPER_TABLE5,
     PAPER_TABLE7, PUBLISHED,
 )
-from .common import ensure_phantom, parameter_table, resolve_root, setup
-from .data import (
+from koa_core.report.common import ensure_phantom, parameter_table, resolve_root, setup
+from koa_core.report.data import (
     counts_match_text, counts_table, crop_example, crop_text, first_split,
     imbalance_text, leakage_table, leakage_verdict, load_stats, majority_table,
     paper_count_slips, paper_counts_table, sample_grid, sample_images, sample_note,
     sample_table, share_figure, source_name, split_counts, stats_provenance,
 )
-from .clahe import clahe_figure, clahe_measures, clahe_table, clahe_verdict
-from .loss import (
+from koa_core.report.clahe import clahe_figure, clahe_measures, clahe_table, clahe_verdict
+from koa_core.report.loss import (
     conjecture_text, focal_figure, influence_table, influence_text, table2_reasons,
     table2_verdict,
 )
-from .training import (
+from koa_core.report.training import (
     ablation_figure, config_table, learning_curves, proposed_checkpoint, proposed_run,
     read_history, run_ablation, run_status, run_summary, train_or_reuse,
 )
-from .evaluation import (
+from koa_core.report.evaluation import (
     ci_table, comparison_table, confusion_figure, gate_figure, gate_table, kl4_table,
     paper_correct_counts, paper_report_table, predict_split, report_table,
 )
-from .cams import (
+from koa_core.report.cams import (
     cam_cases, cam_conflict_text, cam_figure, cam_share_table, cases_text, checkpoint_note,
     pick_cases, stream_cams,
 )
-from .beyond import (
+from koa_core.report.beyond import (
     calibration_table, goals_table, levers_figure, levers_frame, levers_summary,
     post_hoc_frame, reliability_figure, train_recipe,
 )
-from .published import (
+from koa_core.report.published import (
     data_caveats, load_records, provenance_table, record_frame, record_history, record_metrics,
     record_summary, records_note, scorecard_markdown, scorecard_table, selected_record_name,
     table5_claims, table5_figure, table5_table,

@@ -1,26 +1,24 @@
-"""Beyond the paper: the from-scratch recipe's levers (:mod:`koa_core.recipe`) and the
-calibration of the grade probabilities (:mod:`koa_core.calibration`), as tables, figures
+"""Beyond the paper: the from-scratch recipe's levers (:mod:`koa_core.experiments.recipe`) and the
+calibration of the grade probabilities (:mod:`koa_core.metrics.calibration`), as tables, figures
 and sentences computed from the numbers beside them.
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pandas as pd
+from koa_core.experiments.campaign import run_campaign
 
 __all__ = ["calibration_table", "goals_table", "levers_figure", "levers_frame",
            "levers_summary", "post_hoc_frame", "reliability_figure", "train_recipe"]
 
 
 def train_recipe(plans, data_root, runs_dir, sets=()) -> Path:
-    """Run each plan spec (``PLAN`` or ``PLAN:RUN,RUN``) with :func:`koa_core.campaign.
+    """Run each plan spec (``PLAN`` or ``PLAN:RUN,RUN``) with :func:`koa_core.experiments.campaign.
     run_campaign` into one records folder under ``runs_dir``; finished runs are reused.
     Returns the records folder."""
-    from ..campaign import run_campaign
-
-    import shlex
-
     base = Path(runs_dir) / "recipe"
     phantom = not data_root or "phantom" in Path(data_root).name
     copy = "phantom" if phantom else "original"  # the book's root: the public download

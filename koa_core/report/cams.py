@@ -4,12 +4,16 @@ predicted grade against the other classes.
 
 from __future__ import annotations
 
+import cv2
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .clahe import _joint_box
+from koa_core.report.clahe import _joint_box
+from koa_core.infer.evaluate import preprocessor_from_sidecar
+from koa_core.infer.explain import overlay, stream_layers
+from koa_core.model.checkpoint import load_checkpoint, read_sidecar
 
 
 def pick_cases(pred: pd.DataFrame, n_correct: int = 2, n_wrong: int = 2) -> pd.DataFrame:
@@ -52,8 +56,6 @@ OTHER_CLASSES = {"top2": "top2", "top5": "top5", "true": "grade"}  # other -> co
 
 def _scale(cam: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     """pytorch-grad-cam's ``scale_cam_image`` for one map: min-max to [0, 1], then resize."""
-    import cv2
-
     cam = cam - cam.min()
     cam = cam / (1e-7 + cam.max())
     return np.float32(cv2.resize(np.float32(cam), size) if size else cam)
@@ -65,14 +67,12 @@ def stream_cams(model, views: np.ndarray, targets: list[dict[str, int]]
     ONE forward pass over all images (``views``: (N, 2, H, W) uint8; ``targets``: per image,
     name -> class, the same names for every image). Returns per image {(stream, name): map}.
 
-    The maps are those of :func:`koa_core.explain.grad_cam` (pytorch-grad-cam's GradCAM:
+    The maps are those of :func:`koa_core.infer.explain.grad_cam` (pytorch-grad-cam's GradCAM:
     ReLU of the activations weighted by their spatially averaged gradients, scaled to
     [0, 1] and resized to the image), but the gradients are taken only down to each
     stream's hook, not through the trunk, and the images are independent in eval mode, so
     one pass serves every map: several times faster on a CPU."""
     import torch
-
-    from ..explain import stream_layers
 
     layers = stream_layers(model)
     acts: dict[str, torch.Tensor] = {}
@@ -109,9 +109,6 @@ def cam_cases(checkpoint: str | Path, cases: pd.DataFrame, other: str = "top5") 
     ``"top5"`` (the least likely of the five classes, as in the paper's Fig. 7),
     ``"top2"`` (the runner-up) or ``"true"`` (the true grade). Cases come from
     :func:`pick_cases`; the maps come from one forward pass (:func:`stream_cams`)."""
-    from ..checkpoint import load_checkpoint
-    from ..inference import preprocessor_from_sidecar
-
     if other not in OTHER_CLASSES:
         raise ValueError(f"other must be one of {', '.join(OTHER_CLASSES)} (got {other!r})")
     if not len(cases):
@@ -141,8 +138,6 @@ def cam_figure(results: list[dict]):
     """One row per case: the raw view, then each stream's Grad-CAM for each target class;
     titles give the class and the map's joint focus (1 = uniform, above 1 = on the joint)."""
     import matplotlib.pyplot as plt
-
-    from ..explain import overlay
 
     keys = list(results[0]["maps"])
     fig, axes = plt.subplots(len(results), 1 + len(keys), squeeze=False,
@@ -209,8 +204,6 @@ def checkpoint_note(checkpoint: str | Path, split: str = "val") -> str:
     """Markdown: the caveats of explaining a checkpoint, from its sidecar: how it was
     selected (a validation metric: knees of the validation split helped choose it), on what
     data it was trained, whether from scratch, and where."""
-    from ..checkpoint import read_sidecar
-
     side = read_sidecar(checkpoint)
     m, data = side.get("val_metrics") or {}, side.get("data") or {}
     pretrained = ((side.get("config") or {}).get("model") or {}).get("pretrained")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import pandas as pd
+from koa_core.data.preprocess import apply_clahe
 
 
 def _joint_box(img: np.ndarray) -> tuple[slice, slice]:
@@ -36,8 +37,6 @@ def clahe_measures(img: np.ndarray, clip: float | None, tiles: int = 8,
     high-pass residual (image minus a Gaussian blur, sigma 1.5) over the smoothest 20 % of
     the raw image (``flat``), where any added texture is amplified noise.
     """
-    from ..preprocess import apply_clahe
-
     out = img if clip is None else apply_clahe(img, clip, tiles)
     flat = _flat_mask(img) if flat is None else flat
     f = out.astype(np.float32) / 255.0
@@ -71,8 +70,6 @@ def clahe_figure(images: Sequence[np.ndarray], clips: Sequence[float] = (1.0, 2.
                  labels: Sequence[str] | None = None, tiles: int = 8):
     """Rows of images, columns raw then CLAHE at each clip limit (Figs. 2-3 side by side)."""
     import matplotlib.pyplot as plt
-
-    from ..preprocess import apply_clahe
 
     cols = [("raw", None)] + [(f"CLAHE clip {c:g}", c) for c in clips]
     fig, axes = plt.subplots(len(images), len(cols), squeeze=False,

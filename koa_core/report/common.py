@@ -4,12 +4,14 @@ parameter table every page starts with.
 
 from __future__ import annotations
 
+import shutil
 import random
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from koa_core.data.phantom import write_phantom
 
 
 def setup(seed: int = 0, threads: int = 0) -> None:
@@ -33,11 +35,8 @@ def setup(seed: int = 0, threads: int = 0) -> None:
 def ensure_phantom(folder: str | Path, per_class: int = 60, seed: int = 0, size: int = 224,
                    proportions: str = "paper") -> Path:
     """The synthetic phantom in ``folder`` (written once; a ``.complete`` file marks it)."""
-    from ..phantom import write_phantom
-
     folder = Path(folder)
     if not (folder / ".complete").exists():
-        import shutil
         shutil.rmtree(folder, ignore_errors=True)
         write_phantom(folder, per_class=per_class, seed=seed, size=size,
                       proportions=proportions)

@@ -14,9 +14,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .. import GRADE_NAMES
-from ..errors import KoaError
-from .paper import KL, PAPER_FIG1_COUNTS, PAPER_TABLE1
+from koa_core import GRADE_NAMES
+from koa_core.errors import KoaError
+from koa_core.report.paper import KL, PAPER_FIG1_COUNTS, PAPER_TABLE1
+from koa_core.data.imaging import read_gray
+from koa_core.data.preprocess import central_crop
+from koa_core.train.dataset import stratified_subset
 
 
 def _counts_frame(counts: dict[str, Sequence[int]]) -> pd.DataFrame:
@@ -31,7 +34,7 @@ def _counts_frame(counts: dict[str, Sequence[int]]) -> pd.DataFrame:
 
 
 def counts_table(source) -> pd.DataFrame:
-    """Images per grade and split of a :class:`~koa_core.data.DatasetIndex` (or of a
+    """Images per grade and split of a :class:`~koa_core.data.index.DatasetIndex` (or of a
     ``koa data stats --json`` summary, see :func:`load_stats`), with shares and the
     imbalance ratio KL0 : KLk."""
     return _counts_frame(split_counts(source))
@@ -78,8 +81,6 @@ def sample_grid(index, per_grade: int = 4, split: str | None = None, seed: int =
     ``split`` None: the first of train, val, test that holds images."""
     import matplotlib.pyplot as plt
 
-    from ..imaging import read_gray
-
     split = split or first_split(index)
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(5, per_grade, figsize=(1.5 * per_grade + 0.4, 7.6),
@@ -97,7 +98,7 @@ def sample_grid(index, per_grade: int = 4, split: str | None = None, seed: int =
 
 
 def leakage_table(report) -> pd.DataFrame:
-    """The patient/leakage facts of a :class:`~koa_core.datacheck.ScanReport` (or of a
+    """The patient/leakage facts of a :class:`~koa_core.data.check.ScanReport` (or of a
     ``koa data stats --json`` summary, which also lists the source formats), one per row."""
     if isinstance(report, dict):
         return pd.DataFrame(_stats_leakage_rows(report),
@@ -119,10 +120,8 @@ def leakage_table(report) -> pd.DataFrame:
 
 def crop_example(img: np.ndarray, pad: int = 40, extra_width: float = 0.35):
     """Figure: the image inside black padding and a wider field (a raw radiograph's look),
-    and what :func:`~koa_core.preprocess.central_crop` keeps of it."""
+    and what :func:`~koa_core.data.preprocess.central_crop` keeps of it."""
     import matplotlib.pyplot as plt
-
-    from ..preprocess import central_crop
 
     w = img.shape[1]
     side = int(extra_width * w)
@@ -140,10 +139,6 @@ def sample_images(index, n: int = 40, split: str | None = None, seed: int = 0
     """``n`` decoded, centrally cropped images of a split (grade-stratified, seeded) at their
     own size, and their grades; ``split`` None: the first of train, val, test that holds
     images (all of them when ``n`` is at least their number)."""
-    from ..dataset import stratified_subset
-    from ..imaging import read_gray
-    from ..preprocess import central_crop
-
     recs = stratified_subset(index.split(split or first_split(index)), n, seed=seed)
     return [central_crop(read_gray(r.path)) for r in recs], [r.grade for r in recs]
 
@@ -333,11 +328,7 @@ def counts_match_text(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
 
 def crop_text(index, n: int = 40, split: str | None = None, seed: int = 0) -> str:
     """Markdown: of the images :func:`sample_images` takes (same ``n``, ``split``, ``seed``),
-    how many :func:`~koa_core.preprocess.central_crop` leaves exactly as they are."""
-    from ..dataset import stratified_subset
-    from ..imaging import read_gray
-    from ..preprocess import central_crop
-
+    how many :func:`~koa_core.data.preprocess.central_crop` leaves exactly as they are."""
     recs = stratified_subset(index.split(split or first_split(index)), n, seed=seed)
     same, sizes = 0, set()
     for r in recs:

@@ -11,19 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .paper import KL, PAPER_TABLE3, PAPER_TABLE4, PAPER_TABLE7, PUBLISHED
+from koa_core.report.paper import KL, PAPER_TABLE3, PAPER_TABLE4, PAPER_TABLE7, PUBLISHED
+from koa_core.data.cache import ViewCache
+from koa_core.data.index import discover
+from koa_core.infer.evaluate import preprocessor_from_sidecar
+from koa_core.model.checkpoint import load_checkpoint
+from koa_core.model.inference import predict_views
 
 
 def predict_split(checkpoint: str | Path, data_root: str | Path, split: str = "val",
                   cache_dir: str | None = None) -> pd.DataFrame:
     """One row per image of a split: path, grade, patient, pred, p0..p4 and the gate w_raw
     (NaN for single-stream models)."""
-    from ..cache import ViewCache
-    from ..checkpoint import load_checkpoint
-    from ..data import discover
-    from ..engine import predict_views
-    from ..inference import preprocessor_from_sidecar
-
     model, side = load_checkpoint(checkpoint)
     recs = discover(data_root).split(split)
     views = ViewCache(cache_dir).get(recs, preprocessor_from_sidecar(side), root=str(data_root))
@@ -75,7 +74,7 @@ def _report_frame(per_class, accuracy, n, macro, weighted) -> pd.DataFrame:
 
 def report_table(metrics: dict) -> pd.DataFrame:
     """The layout of the paper's Tables 3-4, from the dict of
-    :func:`~koa_core.metrics.classification_metrics`."""
+    :func:`~koa_core.metrics.classification.classification_metrics`."""
     pc = metrics["per_class"]
     per = [(pc[str(g)]["precision"], pc[str(g)]["recall"], pc[str(g)]["f1"],
             pc[str(g)]["support"]) for g in range(5)]

@@ -9,21 +9,20 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import PAPER_ALPHA
-from .paper import KL
+from koa_core.config import PAPER_ALPHA
+from koa_core.report.paper import KL
+from koa_core.train.losses import effective_influence_share, focal_loss, resolve_alpha
 
 
 def influence_table(counts: Sequence[int], alpha=PAPER_ALPHA, gamma: float = 2.0,
                     paper: Sequence[float] | None = None) -> pd.DataFrame:
-    """Table 2 recomputed with :func:`~koa_core.losses.effective_influence_share`.
+    """Table 2 recomputed with :func:`~koa_core.train.losses.effective_influence_share`.
 
     Columns: count, share before (%), alpha, share after alpha (%), share after alpha and
     the focal factor with each grade's typical p = its class prior (%), and the paper's
     column when given.
     """
     import torch
-
-    from ..losses import effective_influence_share, resolve_alpha
 
     counts = [int(c) for c in counts]
     prior = [c / sum(counts) for c in counts]
@@ -41,12 +40,10 @@ def influence_table(counts: Sequence[int], alpha=PAPER_ALPHA, gamma: float = 2.0
 
 
 def focal_figure(gammas: Sequence[float] = (0, 1, 2, 3, 5)):
-    """Loss against p of the true grade, computed with :func:`~koa_core.losses.focal_loss`
+    """Loss against p of the true grade, computed with :func:`~koa_core.train.losses.focal_loss`
     (gamma = 0 is cross-entropy), and the focal factor (1-p)^gamma scaling each sample."""
     import matplotlib.pyplot as plt
     import torch
-
-    from ..losses import focal_loss
 
     p = np.linspace(0.01, 0.99, 197)
     logits = torch.tensor(np.log(np.stack([p, 1 - p], axis=1)), dtype=torch.float32)

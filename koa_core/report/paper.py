@@ -4,7 +4,7 @@ class totals of Fig. 1, and published results on the same public dataset.
 
 from __future__ import annotations
 
-from ..ablation import PAPER_TABLE5 as _TABLE5_BY_CONFIG
+from koa_core.experiments.ablation import PAPER_TABLE5 as _TABLE5_BY_CONFIG
 
 KL = [f"KL{g}" for g in range(5)]
 
@@ -33,7 +33,7 @@ PAPER_TABLE4 = {"per_class": [(0.7607, 0.8607, 0.8076, 639), (0.7675, 0.5912, 0.
 
 
 # Table 5: (configuration, bundled config, test accuracy %).
-# Table 5's accuracies live once, in koa_core.ablation (which computes our Table 5).
+# Table 5's accuracies live once, in koa_core.experiments.ablation (which computes our Table 5).
 ABLATIONS = [(name, f"ablation-{key}", _TABLE5_BY_CONFIG[key]) for name, key in (
     ("Single-stream (CLAHE only)", "clahe"), ("Single-stream (Raw only)", "raw"),
     ("Dual-stream (Raw + CLAHE, no attention)", "dual-noattn"),

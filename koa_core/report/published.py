@@ -1,7 +1,7 @@
 """The published book's helpers: chapters that read committed result records (§3).
 
-Expensive runs (the GPU campaign of :mod:`koa_core.campaign`) are made once and kept as
-records (:mod:`koa_core.records`); these helpers turn records into the same tables and
+Expensive runs (the GPU campaign of :mod:`koa_core.experiments.campaign`) are made once and kept as
+records (:mod:`koa_core.experiments.records`); these helpers turn records into the same tables and
 figures the live chapters make, and say where each number comes from (machine, commit,
 command, data encoding). The landing page's scorecard (:func:`scorecard_markdown`) is
 computed from the records at every build.
@@ -14,6 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from koa_core.data.index import discover
+from koa_core.experiments.ablation import PAPER_TABLE5, ablation_table, load_groups
+from koa_core.experiments.campaign import select_run
+from koa_core.experiments.records import find_records, read_record, record_copy
+from koa_core.experiments.scorecard import NOT_TESTABLE, RULE, claim_rows
+from koa_core.metrics.classification import classification_metrics
+from koa_core.report.clahe import clahe_table
+from koa_core.report.data import sample_images
+from koa_core.report.training import history_frame
 
 
 __all__ = ["data_caveats", "load_records", "provenance_table",
@@ -24,8 +33,6 @@ __all__ = ["data_caveats", "load_records", "provenance_table",
 
 def load_records(records_dir: str | Path) -> dict[str, dict]:
     """Every complete record under ``records_dir`` by name (an incomplete one is refused)."""
-    from ..records import find_records, read_record
-
     return {p.name: read_record(p) for p in find_records(records_dir)}
 
 
@@ -43,8 +50,6 @@ def record_frame(rec: dict) -> pd.DataFrame:
 
 def record_history(rec: dict) -> pd.DataFrame:
     """A record's ``history.csv`` as numbers (one row per epoch)."""
-    from .training import history_frame
-
     return history_frame(rec["history"])
 
 
@@ -77,8 +82,6 @@ def provenance_table(records: dict[str, dict]) -> pd.DataFrame:
 
 def data_caveats(records: dict[str, dict]) -> list[str]:
     """The caveats that apply to results computed from these records."""
-    from ..records import record_copy
-
     enc = sorted({r["provenance"]["data"]["encoding"] for r in records.values()})
     pre = sorted({str((r["config"].get("model") or {}).get("pretrained"))
                   for r in records.values()})
@@ -125,8 +128,6 @@ def records_note(records: dict[str, dict]) -> str:
 
 def table5_table(records_dir: str | Path, n_boot: int = 2000) -> tuple[pd.DataFrame, dict]:
     """Table 5 from records: per configuration, mean ± sd over seeds (validation)."""
-    from ..ablation import ablation_table
-
     t = ablation_table(records_dir, n_boot=n_boot)
     order = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
     names = {"clahe": "Single-stream (CLAHE only)", "raw": "Single-stream (Raw only)",
@@ -151,7 +152,7 @@ def table5_table(records_dir: str | Path, n_boot: int = 2000) -> tuple[pd.DataFr
 
 
 def table5_claims(t: dict) -> pd.DataFrame:
-    """The paired differences of :func:`koa_core.ablation.ablation_table` as a table."""
+    """The paired differences of :func:`koa_core.experiments.ablation.ablation_table` as a table."""
     rows = []
     for c in t["claims"]:
         lo, hi = (100 * v for v in c["accuracy_ci"])
@@ -167,10 +168,7 @@ def table5_claims(t: dict) -> pd.DataFrame:
 
 
 def scorecard_table(records_dir: str | Path, n_boot: int = 2000) -> pd.DataFrame:
-    """The claims of the paper against the records (see :mod:`koa_core.scorecard`)."""
-    from ..ablation import load_groups
-    from ..scorecard import claim_rows
-
+    """The claims of the paper against the records (see :mod:`koa_core.experiments.scorecard`)."""
     groups, meta = load_groups(records_dir)
     rows = claim_rows(groups, n_boot=n_boot,
                       copies={g: m.get("copy") for g, m in meta.items()})
@@ -190,8 +188,6 @@ def scorecard_table(records_dir: str | Path, n_boot: int = 2000) -> pd.DataFrame
 def _clip_row(sample_root: str | Path | None) -> dict | None:
     if not sample_root or not Path(sample_root).exists():
         return None
-    from ..data import discover
-    from . import clahe_table, sample_images
 
     index = discover(sample_root)
     split = next(s for s in ("val", "train", "test") if index.split(s))
@@ -210,8 +206,6 @@ def scorecard_markdown(records_dir: str | Path, shipped_eval: str | Path | None 
                        profile: str = "", n_boot: int = 2000,
                        sample_root: str | Path | None = None) -> str:
     """The landing page's scorecard (Markdown), computed from the records."""
-    from ..scorecard import NOT_TESTABLE, RULE
-
     records = load_records(records_dir) if Path(records_dir).exists() else {}
     lines = ["## Scorecard: the paper's claims on real knees", ""]
     if not records:
@@ -266,16 +260,14 @@ def selected_record_name(records_dir: str | Path) -> str:
     sel = Path(records_dir).parent / "selection.json"
     if sel.exists():
         return json.loads(sel.read_text())["name"]
-    from ..campaign import select_run
 
     return select_run(records_dir)["name"]
 
 
 def record_metrics(rec: dict, n_boot: int = 1000, seed: int = 0) -> dict:
-    """:func:`~koa_core.metrics.classification_metrics` of a record's predictions, with
+    """:func:`~koa_core.metrics.classification.classification_metrics`
+    of a record's predictions, with
     ``n_boot`` bootstrap resamples (the record's own ``selected.json`` holds 1,000)."""
-    from ..metrics import classification_metrics
-
     p = rec["predictions"]
     m = classification_metrics(p["grade"], p["pred"], n_boot=n_boot, seed=seed)
     if p["gate_raw"] is not None:
@@ -288,8 +280,6 @@ def table5_figure(t: dict):
     """Validation accuracy per configuration (each seed a dot, the mean a bar) beside the
     paper's Table 5 test accuracy."""
     import matplotlib.pyplot as plt
-
-    from ..ablation import PAPER_TABLE5
 
     order = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
     names = [g for g in order if g in t["configurations"]]

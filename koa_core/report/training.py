@@ -5,6 +5,7 @@ ablation table.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,15 +13,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..config import config_to_dict, load_config
-from ..errors import KoaError
-from .paper import ABLATIONS, PAPER_TABLE5
+from koa_core.config import config_to_dict, load_config
+from koa_core.errors import KoaError
+from koa_core.report.paper import ABLATIONS, PAPER_TABLE5
+from koa_core.infer.evaluate import evaluate_checkpoint
+from koa_core.train.engine import fit
+from koa_core.train.runs import read_run, summarize_run
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
     """The run's ``history.csv`` (one row per epoch); empty if there is none yet."""
-    from ..runs import read_run
-
     return history_frame(read_run(run_dir)["history"])
 
 
@@ -31,8 +33,6 @@ def history_frame(rows: list[dict]) -> pd.DataFrame:
 
 def run_status(run_dir: str | Path, cfg) -> str:
     """``"empty"``, ``"other"`` (a different config), ``"partial"`` or ``"complete"``."""
-    from ..runs import read_run
-
     run_dir = Path(run_dir)
     saved = read_run(run_dir)["config"]
     if saved is None:
@@ -58,8 +58,6 @@ def train_or_reuse(run_dir: str | Path, profiles: Sequence[str] | str,
     A ``run_dir`` holding another config is never overwritten: the run then goes to
     ``<run_dir>-<hash of the config>`` (same rules). Returns the run folder used.
     """
-    from ..engine import fit
-
     fit_fn = fit_fn or fit
     cfg = load_config(list([profiles] if isinstance(profiles, str) else profiles), list(sets))
     if data_root:
@@ -67,7 +65,6 @@ def train_or_reuse(run_dir: str | Path, profiles: Sequence[str] | str,
     run_dir = Path(run_dir)
     status = run_status(run_dir, cfg)
     if status == "other":
-        import hashlib
         digest = hashlib.sha256(yaml.safe_dump(config_to_dict(cfg)).encode()).hexdigest()[:8]
         run_dir = run_dir.with_name(f"{run_dir.name}-{digest}")
         status = run_status(run_dir, cfg)
@@ -112,8 +109,6 @@ _PAPER_SETTINGS = [
 def config_table(run_dir: str | Path | dict) -> pd.DataFrame:
     """Key settings of a run (its ``config.yaml``, or that config as a dict, e.g. a
     record's) beside what the paper says about each."""
-    from ..runs import read_run
-
     cfg = run_dir if isinstance(run_dir, dict) else read_run(run_dir, need=("config",))["config"]
     rows = []
     for key, paper in _PAPER_SETTINGS:
@@ -124,8 +119,6 @@ def config_table(run_dir: str | Path | dict) -> pd.DataFrame:
 
 def run_summary(run_dir: str | Path) -> pd.DataFrame:
     """Epochs run, the selected epoch and its validation metrics, training time, hardware."""
-    from ..runs import summarize_run
-
     r = summarize_run(run_dir)
     rows = {"epochs run": r["epochs"], "selected epoch (best val macro F1)": r["selected"],
             "val accuracy": round(r["val_accuracy"], 4),
@@ -164,8 +157,6 @@ def run_ablation(runs_dir: str | Path, profiles: Sequence[str], sets: Sequence[s
     ``ablation-no-aux``) may be added, ``labels`` names them. The proposed row reuses
     :func:`proposed_run`'s folder.
     """
-    from ..inference import evaluate_checkpoint
-
     names = {c: n for n, c, _ in ABLATIONS} | dict(labels or {})
     rows = []
     for c in configs or [c for _, c, _ in ABLATIONS]:

@@ -1,0 +1,380 @@
+"""Decoding DICOM radiographs into 8-bit grayscale arrays (extends paper §2.1).
+
+The paper's input (§2.1) were 8-bit grayscale PNG crops. A radiograph straight from a scanner
+or a PACS is a DICOM file instead: 8 to 16 stored bits, a modality rescale, a display window
+chosen at acquisition, sometimes stored "inverted" (MONOCHROME1) or compressed. Such a file is
+brought to the same form as :mod:`koa_core.data.raster` produces, with pydicom (the field's
+library), by this documented rule:
+
+1. read with :func:`pydicom.dcmread`; a file without the ``DICM`` preamble is read again with
+   ``force=True`` and kept only if it then holds an image (older files without the
+   preamble), else it is refused as not a DICOM file;
+2. only single-frame images are accepted (a knee radiograph is one frame; a multi-frame
+   object is a series or a cine loop, and grading one frame of it silently could mislead),
+   with 8 to 16 stored bits (``BitsStored``), no more than :data:`~koa_core.data.raster.MAX_PIXELS`
+   pixels, and photometric interpretation MONOCHROME1, MONOCHROME2, RGB or YBR_*;
+3. the stored values are decoded by pydicom (bits above ``BitsStored`` are masked, signed
+   values sign-extended); a compressed transfer syntax whose decoder plugin is not installed
+   is refused with one line naming the plugin to install;
+4. the Modality LUT is applied: the Modality LUT Sequence, or ``RescaleSlope`` and
+   ``RescaleIntercept`` (:func:`pydicom.pixels.apply_modality_lut`);
+5. the VOI transform is applied when present: the first VOI LUT of the VOI LUT Sequence,
+   or else the first ``WindowCenter``/``WindowWidth`` pair with its ``VOILUTFunction``
+   (pydicom's :func:`~pydicom.pixels.apply_voi` / :func:`~pydicom.pixels.apply_windowing`;
+   the same choice as :func:`~pydicom.pixels.apply_voi_lut`);
+6. the result is scaled linearly to 0..255 and rounded to the nearest integer. With a VOI
+   transform the input range is that transform's output range (what a window maps values
+   far below and far above it to; a LUT's smallest and largest entry), so the window the
+   acquisition chose becomes the displayed range: below it is 0, above it 255. Without
+   one, the range is the image's own minimum..maximum, because the stored bit depth varies
+   from 8 to 16 bits and detectors rarely fill it: the fixed ``x / 257`` rule
+   :mod:`~koa_core.data.raster` uses for 16-bit PNGs would leave a 12-bit radiograph nearly
+   black. A constant image (an empty range) becomes all zeros, with no division by zero;
+7. MONOCHROME1 (the smallest value is displayed white) is inverted, ``255 - x``, so that
+   bone is bright as in MONOCHROME2, the convention of the PNGs the model was trained on;
+8. colour (RGB, or YBR_*, which pydicom converts to RGB) becomes luma with the BT.601
+   weights as in :mod:`~koa_core.data.raster`, then steps 6 (minimum..maximum) applies; the
+   Modality and VOI LUTs are defined for monochrome images only and are not applied.
+
+A Presentation LUT is not applied: in a DX image its INVERSE shape accompanies
+MONOCHROME1 and describes the same inversion as step 7. Every problem is one
+:class:`~koa_core.errors.KoaError` line, ``PATH: what went wrong``; pydicom's own warnings
+and log lines are silenced while a file is read. :func:`decode_dicom` also returns a small,
+JSON-serialisable dict of what was read (see its docstring). pydicom is imported on first
+use, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from koa_core.data import raster
+from koa_core.errors import KoaError
+
+__all__ = ["decode_dicom", "has_dicom_magic", "is_dicom", "read_dicom"]
+
+_MAGIC_OFFSET = 128
+_MAGIC = b"DICM"
+_MONO = ("MONOCHROME1", "MONOCHROME2")
+
+# pip packages that give pydicom a decoder, by transfer syntax UID (pydicom 3 plugins).
+_LIBJPEG = "pylibjpeg pylibjpeg-libjpeg (or python-gdcm)"
+_OPENJPEG = "pylibjpeg pylibjpeg-openjpeg (or python-gdcm)"
+_PLUGINS = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG,  # JPEG Baseline (Pillow decodes it too)
+    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended
+    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless, first-order prediction
+    "1.2.840.10008.1.2.4.80": "pyjpegls (or python-gdcm)",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "pyjpegls (or python-gdcm)",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": _OPENJPEG,  # JPEG 2000 Lossless (Pillow decodes it too)
+    "1.2.840.10008.1.2.4.91": _OPENJPEG,  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE: pydicom decodes it itself
+}
+
+
+def has_dicom_magic(head: bytes) -> bool:
+    """True when the bytes carry the DICOM file preamble: ``DICM`` at offset 128."""
+    return head[_MAGIC_OFFSET:_MAGIC_OFFSET + 4] == _MAGIC
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True for a ``.dcm``/``.dicom`` name (any case) or a file with the DICM preamble.
+
+    Files from scanners often have no suffix, hence the look at the content. Never raises:
+    a missing, unreadable or short file without a DICOM suffix is simply not DICOM.
+    """
+    p = Path(path)
+    if p.suffix.lower() in raster.DICOM_SUFFIXES:
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(_MAGIC_OFFSET + 4)
+    except (OSError, ValueError):
+        return False
+    return has_dicom_magic(head)
+
+
+class _Quiet:
+    """Silence pydicom's warnings and log records while a file is read.
+
+    Re-entrant across threads (the view cache decodes in a thread pool): the first reader
+    saves the warning filters and the ``pydicom`` logger's level, the last one restores
+    them, so concurrent readers cannot leave the process's filters changed.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                cm = warnings.catch_warnings()
+                cm.__enter__()
+                warnings.simplefilter("ignore")
+                log = logging.getLogger("pydicom")
+                self._saved = (cm, log.level)
+                log.setLevel(logging.CRITICAL + 1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                cm, level = self._saved
+                self._saved = None
+                logging.getLogger("pydicom").setLevel(level)
+                cm.__exit__(None, None, None)
+        return False
+
+
+_quiet = _Quiet()
+
+
+def read_dicom(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read a DICOM file as (8-bit grayscale array, meta) by the module's rule."""
+    path = Path(path)
+    return decode_dicom(raster.read_bytes(path), str(path))
+
+
+def decode_dicom(data: bytes, name: str = "image") -> tuple[np.ndarray, dict]:
+    """Decode DICOM file bytes to (2-D uint8 array, meta) by the module's rule.
+
+    ``meta`` is JSON-serialisable and holds only what the file states: ``photometric``
+    (e.g. ``"MONOCHROME1"``), ``pixel_spacing_mm`` ([row, column] in mm) with
+    ``pixel_spacing_source`` (``"PixelSpacing"``, else ``"ImagerPixelSpacing"``: the
+    detector plane), ``bits_stored``, ``window`` ([centre, width], when a window was
+    applied) or ``voi_lut: True`` (when a VOI LUT was), ``modality`` and ``transfer_syntax``
+    (the UID's name).
+    """
+    if not data:
+        raise KoaError(f"{name}: empty file")
+    with _quiet, np.errstate(all="ignore"):
+        try:
+            return _decode(data, name)
+        except KoaError:
+            raise
+        except Exception as exc:  # a malformed element pydicom chokes on: still one line
+            raise KoaError(f"{name}: not a readable DICOM image ({type(exc).__name__}: "
+                           f"{_first_line(exc)})") from None
+
+
+def _decode(data: bytes, name: str) -> tuple[np.ndarray, dict]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        ds = _read_forced(data)
+        if ds is None:
+            raise KoaError(f"{name}: not a DICOM file") from None
+    except Exception:  # pydicom raises many kinds on a damaged header
+        raise KoaError(f"{name}: not a readable DICOM file (truncated or corrupt?)") from None
+
+    if "PixelData" not in ds:
+        other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
+        if other:
+            raise KoaError(f"{name}: floating-point pixel data ({other}) is not supported "
+                           "(8- to 16-bit stored values expected)")
+        raise KoaError(f"{name}: no pixel data (not an image, or a truncated file)")
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) in (None, "")]
+    if missing:
+        raise KoaError(f"{name}: incomplete image header (no {', '.join(missing)})")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if rows * cols == 0:
+        raise KoaError(f"{name}: empty image ({cols}x{rows} pixels)")
+    if rows * cols > raster.MAX_PIXELS:
+        raise KoaError(f"{name}: {cols}x{rows} pixels is larger than the "
+                       f"{raster.MAX_PIXELS:,}-pixel limit")
+    frames = _int(ds.get("NumberOfFrames"), 1)
+    if frames > 1:
+        raise KoaError(f"{name}: {frames} frames (a single-frame radiograph expected)")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    colour = photometric == "RGB" or photometric.startswith("YBR")
+    if photometric not in _MONO and not colour:
+        raise KoaError(f"{name}: photometric interpretation {photometric} is not supported "
+                       "(MONOCHROME1, MONOCHROME2, RGB or YBR expected)")
+    bits_stored = _int(ds.get("BitsStored"), int(ds.BitsAllocated))
+    if not 8 <= bits_stored <= 16:
+        raise KoaError(f"{name}: {bits_stored}-bit stored values (8 to 16 bits expected)")
+
+    tsyntax = _transfer_syntax(ds)
+    _check_decodable(ds, tsyntax, name, rows * cols * _int(ds.get("SamplesPerPixel"), 1))
+    try:
+        arr = ds.pixel_array
+    except Exception:
+        raise KoaError(f"{name}: pixel data ({tsyntax.name}) could not be decoded "
+                       "(truncated or corrupt?)") from None
+
+    meta: dict = {"photometric": photometric}
+    if colour:
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise KoaError(f"{name}: {photometric} pixel data of shape {arr.shape} "
+                           "(rows x columns x 3 expected)")
+        rgb = arr.astype(np.float64)
+        values = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+        lo, hi = float(values.min()), float(values.max())
+    else:
+        if arr.ndim != 2:
+            raise KoaError(f"{name}: pixel data of shape {arr.shape} (rows x columns expected)")
+        values, lo, hi = _grayscale_pipeline(arr, ds, meta, name)
+    img = _to_uint8(values, lo, hi)
+    if photometric == "MONOCHROME1":
+        img = 255 - img
+    meta.update(_describe(ds, bits_stored, tsyntax))
+    return np.ascontiguousarray(img), meta
+
+
+def _read_forced(data: bytes):
+    """A file without the preamble: read with ``force=True``; None unless it is an image."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "PixelData" in ds and "Rows" in ds and "Columns" in ds:
+            return ds
+    except Exception:
+        pass
+    return None
+
+
+def _int(value, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _transfer_syntax(ds):
+    """The file's transfer syntax; for a file without one, the encoding it was read with."""
+    from pydicom import uid as uids
+    from pydicom.dataset import FileMetaDataset
+
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    if ds.file_meta.get("TransferSyntaxUID"):
+        return uids.UID(str(ds.file_meta.TransferSyntaxUID))
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if little is False:
+        uid = uids.ExplicitVRBigEndian
+    elif implicit is False:
+        uid = uids.ExplicitVRLittleEndian
+    else:
+        uid = uids.ImplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = uid  # pydicom needs it to decode the pixel data
+    return uid
+
+
+def _check_decodable(ds, tsyntax, name: str, samples: int) -> None:
+    """One clear line for pixel data pydicom cannot decode here, before trying."""
+    if not tsyntax.is_compressed:
+        need = samples * ((int(ds.BitsAllocated) + 7) // 8)
+        have = len(ds.PixelData)
+        if have < need:
+            raise KoaError(f"{name}: pixel data is truncated ({have:,} of {need:,} bytes)")
+        return
+    from pydicom.pixels import get_decoder
+
+    what = f"pixel data is {tsyntax.name} ({tsyntax})"
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise KoaError(f"{name}: {what}, which pydicom cannot decode") from None
+    if decoder.is_available:
+        return
+    plugin = _PLUGINS.get(str(tsyntax))
+    if plugin is None:  # a syntax newer than this table: pydicom's own list of plugins
+        plugin = "; ".join(decoder.missing_dependencies) or "a pydicom decoder plugin"
+        raise KoaError(f"{name}: {what}, which needs a decoder plugin: {plugin}")
+    raise KoaError(f"{name}: {what}, which needs a decoder plugin: pip install {plugin}")
+
+
+def _grayscale_pipeline(arr: np.ndarray, ds, meta: dict, name: str):
+    """Steps 4-5: Modality LUT, then the VOI transform; returns (values, lo, hi)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+    try:
+        values = apply_modality_lut(arr, ds)
+    except Exception as exc:
+        raise KoaError(f"{name}: cannot apply the Modality LUT ({_first_line(exc)})") from None
+    voi_seq = ds.get("VOILUTSequence")
+    has_lut = bool(voi_seq) and all(k in voi_seq[0] for k in ("LUTDescriptor", "LUTData"))
+    has_window = ds.get("WindowCenter") not in (None, "") and \
+        ds.get("WindowWidth") not in (None, "")
+    try:
+        if has_lut:
+            first_map, entries = int(voi_seq[0].LUTDescriptor[1]), \
+                int(voi_seq[0].LUTDescriptor[0]) or 2 ** 16
+            table = apply_voi(np.arange(first_map, first_map + entries), ds, 0)
+            lo, hi = float(table.min()), float(table.max())
+            values = apply_voi(values, ds, 0)
+            meta["voi_lut"] = True
+        elif has_window:
+            lo, hi = (float(v) for v in apply_windowing(np.array([-np.inf, np.inf]), ds, 0))
+            values = apply_windowing(values, ds, 0)
+            meta["window"] = [_first(ds.WindowCenter), _first(ds.WindowWidth)]
+        else:
+            values = np.asarray(values, dtype=np.float64)
+            lo, hi = float(values.min()), float(values.max())
+    except KoaError:
+        raise
+    except Exception as exc:
+        what = "VOI LUT" if has_lut else "window"
+        raise KoaError(f"{name}: cannot apply the {what} ({_first_line(exc)})") from None
+    return values, lo, hi
+
+
+def _to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Step 6: lo..hi -> 0..255, rounded; an empty range gives zeros."""
+    span = hi - lo
+    if not np.isfinite(span) or span == 0:
+        return np.zeros(values.shape, np.uint8)
+    scaled = (np.asarray(values, dtype=np.float64) - lo) * (255.0 / span)
+    return np.round(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def _first(value) -> float:
+    """The first value of a possibly multi-valued DS element, as a float."""
+    try:
+        value = value[0]  # MultiValue; a single DSfloat is not subscriptable
+    except (TypeError, IndexError):
+        pass
+    return float(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _describe(ds, bits_stored: int, tsyntax) -> dict:
+    """The JSON-serialisable facts of the file that a prediction records."""
+    meta: dict = {}
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            spacing = [float(v) for v in ds.get(key) or ()]
+        except (TypeError, ValueError):
+            continue
+        if len(spacing) == 2:
+            meta["pixel_spacing_mm"] = spacing
+            meta["pixel_spacing_source"] = key
+            break
+    meta["bits_stored"] = bits_stored
+    modality = str(ds.get("Modality") or "").strip()
+    if modality:
+        meta["modality"] = modality
+    meta["transfer_syntax"] = tsyntax.name
+    return meta

@@ -1,0 +1,224 @@
+"""Know your input: does an image look like the knees a checkpoint was trained on? (ours)
+
+The paper grades 224x224 knee-joint crops of one public dataset (§2.1); the network answers
+whatever it is given. This module is a cheap check (about a millisecond an image) of one
+decoded image against a profile of the checkpoint's training images, kept in its sidecar
+under ``input_profile`` (:func:`fit_profile`; ``koa input-profile`` and the choice of
+profile are :mod:`koa_core.infer.profile`). The image is judged
+as read, before the checkpoint's input transform, on the paper's square crop resized to
+224 pixels. A flagged image is still graded: the flags go beside its grade.
+
+Flags:
+
+* ``enhanced``: it looks CLAHE-enhanced already. Six local-contrast and histogram measures
+  (:data:`FEATURES`: mean and spread of the 8x8 tiles' statistics, the mean absolute
+  Laplacian, how far one CLAHE pass at clip 5.0 moves it, histogram entropy, global spread)
+  are combined by a logistic regression (scikit-learn) fitted on training crops against
+  their CLAHE twins (clip 5.0, 8x8 tiles: how the enhanced copies in circulation were made);
+  the threshold is the 99.5th percentile of the training crops' own scores, so about 0.5 %
+  of knees like the training ones are flagged by construction.
+* ``not-a-knee-crop``: the 32x32 thumbnail of the crop correlates with the training crops'
+  mean thumbnail (knees both ways round; a second template of their CLAHE twins, whose
+  large-scale shading CLAHE flattens) less than all but 0.5 % of them - a full radiograph,
+  both knees, a photograph, another joint - or its aspect ratio lies outside the training
+  range widened by a quarter. ``enhanced`` is judged only on images whose thumbnail
+  correlates (either way round) at least half as well and whose aspect passes: that score
+  was fitted on knees only, and a photograph scores high on it.
+* ``inverted``: the thumbnail correlates negatively with both templates as strongly as
+  nine in ten training knees correlate positively: bone dark on bright, e.g. a negative
+  or a MONOCHROME1 image read without its photometry. About 1 % of the public dataset's
+  own crops are stored so (the profile counts them: ``inverted_in_training``).
+* ``small``: a side shorter than half the training images' shortest side (upsampled: the
+  joint's fine detail is not there).
+* ``low-contrast``: the crop's intensity spread below half the training crops' 0.1 %
+  quantile: blank, saturated or washed out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from koa_core.errors import KoaError
+from koa_core.data.preprocess import apply_clahe, central_crop, resize_square
+from koa_core.data.imaging import read_gray
+
+__all__ = ["FEATURES", "FLAG_WORDS", "InputCheck", "describe", "fit_profile", "image_features",
+           "profile_images", "summarize_flags"]
+
+PROFILE_VERSION = 1
+SIZE = 224  # the crop side the measures are taken at, whatever the model's input size
+THUMB = 32
+FEATURES = ("tile_std", "tile_mean_spread", "laplacian", "clahe5_change", "entropy", "std")
+FLAG_WORDS = {
+    "enhanced": "looks CLAHE-enhanced already",
+    "not-a-knee-crop": "does not look like a knee-joint crop",
+    "inverted": "looks inverted (bone dark)",
+    "small": "smaller than the training crops",
+    "low-contrast": "almost no contrast",
+}
+_QUANTILE = 0.995  # share of training crops each learned threshold lets through
+_TWIN_CLIP = 5.0
+
+
+def _crop224(img: np.ndarray) -> np.ndarray:
+    return resize_square(central_crop(img), SIZE)
+
+
+def image_features(img: np.ndarray) -> np.ndarray:
+    """The :data:`FEATURES` of one decoded 8-bit image (its 224-pixel crop), as logs."""
+    x = _crop224(img)
+    t = x.reshape(8, SIZE // 8, 8, SIZE // 8).astype(np.float32)
+    hist = np.bincount(x.ravel(), minlength=256) / x.size
+    nz = hist[hist > 0]
+    raw = [t.std(axis=(1, 3)).mean(), t.mean(axis=(1, 3)).std(),
+           np.abs(cv2.Laplacian(x, cv2.CV_32F)).mean(),
+           np.abs(apply_clahe(x, _TWIN_CLIP, 8).astype(np.float32) - x).mean(),
+           -(nz * np.log2(nz)).sum(), x.std()]
+    return np.log(np.maximum(np.array(raw, np.float64), 1e-3))
+
+
+def _thumb(img: np.ndarray) -> np.ndarray:
+    t = cv2.resize(_crop224(img), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    t = t.astype(np.float64)
+    return (t - t.mean()) / (t.std() + 1e-6)
+
+
+def _corr(thumb: np.ndarray, template: np.ndarray) -> float:
+    return float((thumb * template).mean())
+
+
+def _template(thumbs: np.ndarray) -> np.ndarray:
+    t = (thumbs + thumbs[:, :, ::-1]).mean(0)  # left and right knees alike
+    return (t - t.mean()) / t.std()
+
+
+def _fit_template(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean knee thumbnail and each thumbnail's correlation with it. A second pass
+    leaves out the inverted knees (about 1 % of the public dataset's crops are stored
+    bone-dark), which would otherwise pull the mean towards flat grey."""
+    template = _template(thumbs)
+    corrs = np.array([_corr(t, template) for t in thumbs])
+    template = _template(thumbs[corrs > 0])
+    return template, np.array([_corr(t, template) for t in thumbs])
+
+
+def _fit_enhanced(images: Sequence[np.ndarray]) -> dict:
+    """The 'enhanced' score: a logistic regression of training crops against their twins."""
+    from sklearn.linear_model import LogisticRegression
+
+    feats = np.array([image_features(im) for im in images])
+    twins = np.array([image_features(apply_clahe(im, _TWIN_CLIP, 8)) for im in images])
+    mean, scale = feats.mean(0), feats.std(0) + 1e-9
+    X = (np.vstack([feats, twins]) - mean) / scale
+    y = np.r_[np.zeros(len(feats)), np.ones(len(twins))]
+    clf = LogisticRegression(C=10.0, max_iter=5000).fit(X, y)
+    scores = clf.decision_function((feats - mean) / scale)
+    return {"features": list(FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
+            "coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0]),
+            "threshold": float(np.quantile(scores, _QUANTILE)),
+            "twins": f"CLAHE clip {_TWIN_CLIP:g}, 8x8 tiles"}
+
+
+def _fit_knee(images: Sequence[np.ndarray]) -> dict:
+    """The knee templates (originals, CLAHE twins) and their correlation thresholds."""
+    fits = [_fit_template(np.array([_thumb(im) for im in group]))
+            for group in (images, [apply_clahe(im, _TWIN_CLIP, 8) for im in images])]
+    return {"templates": [np.round(t, 4).ravel().tolist() for t, _ in fits],
+            "min_correlation": min(float(np.quantile(c[c > 0], 1 - _QUANTILE))
+                                   for _, c in fits),
+            "typical_correlation": [float(np.quantile(c[c > 0], 0.1)) for _, c in fits],
+            "inverted_in_training": int((fits[0][1] < 0).sum())}
+
+
+def fit_profile(images: Sequence[np.ndarray], what: str) -> dict:
+    """The ``input_profile`` of a set of decoded training images (``what`` names them)."""
+    if len(images) < 20:
+        raise KoaError(f"an input profile needs at least 20 training images ({len(images)} "
+                       "given)")
+    shapes = np.array([im.shape for im in images], np.float64)
+    aspects = shapes[:, 1] / shapes[:, 0]
+    return {"version": PROFILE_VERSION, "images": len(images), "what": what,
+            "enhanced": _fit_enhanced(images), "knee": _fit_knee(images),
+            "min_side": int(shapes.min()),
+            "aspect": [float(aspects.min()), float(aspects.max())],
+            "min_std": float(np.quantile([_crop224(im).std() for im in images], 0.001))}
+
+
+@dataclass
+class InputCheck:
+    """A fitted profile, ready to judge images (:meth:`flags`)."""
+
+    profile: dict
+    source: str  # where the profile came from, in words
+
+    def __post_init__(self):
+        try:
+            e, k = self.profile["enhanced"], self.profile["knee"]
+            self._mean, self._scale = np.array(e["mean"]), np.array(e["scale"])
+            self._coef, self._b = np.array(e["coef"]), float(e["intercept"])
+            self._t = float(e["threshold"])
+            self._templates = [np.array(t, np.float64).reshape(THUMB, THUMB)
+                               for t in k["templates"]]
+            self._min_corr = float(k["min_correlation"])
+            self._typical = [float(t) for t in k["typical_correlation"]]
+            self._min_side = int(self.profile["min_side"])
+            self._aspect = [float(a) for a in self.profile["aspect"]]
+            self._min_std = float(self.profile["min_std"])
+        except (KeyError, TypeError, ValueError):
+            raise KoaError(f"input profile of {self.source}: unreadable (refit it with koa "
+                           "input-profile)") from None
+
+    def enhanced_score(self, img: np.ndarray) -> float:
+        """The logistic score of 'CLAHE-enhanced already' (flagged above the threshold)."""
+        z = (image_features(img) - self._mean) / self._scale
+        return float(z @ self._coef + self._b)
+
+    def flags(self, img: np.ndarray) -> list[str]:
+        """The :data:`FLAG_WORDS` keys that apply to one decoded 8-bit image."""
+        out = []
+        h, w = img.shape
+        lo, hi = self._aspect
+        thumb = _thumb(img)
+        corrs = [_corr(thumb, t) for t in self._templates]  # as an original or enhanced
+        corr = max(corrs)
+        square_enough = lo / 1.25 <= w / h <= hi * 1.25
+        if any(-c >= t for c, t in zip(corrs, self._typical)):  # its negative: a typical knee
+            out.append("inverted")
+        elif corr < self._min_corr or not square_enough:
+            out.append("not-a-knee-crop")
+        knee_like = square_enough and max(abs(c) for c in corrs) >= self._min_corr / 2
+        if knee_like and self.enhanced_score(img) > self._t:
+            out.append("enhanced")  # the score was fitted on knees: judged on knee-like only
+        if min(h, w) < self._min_side / 2:
+            out.append("small")
+        if _crop224(img).std() < self._min_std / 2:
+            out.append("low-contrast")
+        return out
+
+
+def describe(flags: Sequence[str]) -> str:
+    """Flags in words, for report pictures and messages ('' when none)."""
+    return "; ".join(FLAG_WORDS[f] for f in flags)
+
+
+def summarize_flags(flag_lists: Sequence[Sequence[str]]) -> str:
+    """'3 flagged by the input check (enhanced 2, not-a-knee-crop 1)' or ''."""
+    flagged = sum(1 for f in flag_lists if f)
+    if not flagged:
+        return ""
+    counts = Counter(f for fl in flag_lists for f in fl)
+    kinds = ", ".join(f"{k} {counts[k]}" for k in FLAG_WORDS if counts[k])
+    return f"{flagged} flagged by the input check ({kinds})"
+
+
+def profile_images(paths: Sequence[str | Path], n: int = 1000, seed: int = 0
+                   ) -> list[np.ndarray]:
+    """Up to ``n`` of ``paths`` drawn with ``seed``, decoded (the profile's sample)."""
+    pick = np.random.default_rng(seed).choice(len(paths), min(n, len(paths)), replace=False)
+    return [read_gray(paths[i]) for i in sorted(pick)]

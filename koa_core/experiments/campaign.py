@@ -1,0 +1,319 @@
+"""Campaigns: many training runs in one process, each leaving a record (paper §3.2, Table 5).
+
+``koa campaign PLAN.yaml --data ROOT --runs DIR --records DIR`` trains a plan's
+configurations x seeds one after another on data loaded once, writes each run's record
+(:mod:`.records`) the moment the run ends, and skips runs whose record is already
+complete, so a campaign cut off by a time limit loses only the run in progress and a
+second call carries on. A plan is YAML::
+
+    description: Table 5 from scratch, three seeds
+    profiles: [paper]                 # bundled profiles or YAML files, stacked first
+    set: [model.pretrained=none]      # --set overrides for every run
+    stages:                           # in order; within a stage, seed by seed
+      - name: table5
+        seeds: [1, 2, 3]
+        runs:
+          - {name: clahe, configs: [ablation-clahe]}
+          - {name: proposed, configs: [ablation-proposed], set: [train.lr=0.001]}
+
+A run is named ``NAME-sSEED``; its seed sets ``train.seed`` and ``augment.seed``.
+
+Every record names the copy of the images it trained on (``data.copy``,
+:mod:`koa_core.experiments.datacopy`): ``data_copy`` (``--data-copy``) is required with a data root,
+and the phantom names itself. A records folder holds one copy: a campaign whose copy
+differs from a finished record's there, or meets a record that names none, is refused
+before anything trains.
+"""
+
+from __future__ import annotations
+
+import json
+import copy
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from koa_core.errors import KoaError
+from koa_core.locking import FolderLock
+from koa_core.config import config_from_dict, load_config
+from koa_core.data.cache import views_digest
+from koa_core.experiments.copies import COPY_HELP, PHANTOM, parse_copy
+from koa_core.experiments.records import (PROVENANCE, check_record, find_records,
+                                          predictions_table, read_record, record_copy,
+                                          write_record)
+from koa_core.infer.backends import predict_views
+from koa_core.model.checkpoint import load_checkpoint
+from koa_core.runtime import amp_dtype, code_commit, machine_info, resolve_device
+from koa_core.train.dataset import KneeDataset
+from koa_core.train.engine import DeadlineReached, fit, prepare_data, train_augment
+from koa_core.train.runs import read_run
+
+__all__ = ["PlanRun", "load_plan", "record_run", "resolve_copy", "run_campaign", "select_run"]
+
+
+@dataclass
+class PlanRun:
+    name: str  # NAME-sSEED
+    group: str  # NAME
+    stage: str
+    seed: int
+    configs: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+
+
+def _strings(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise KoaError(f"{where}: expected a list of strings")
+    return [str(v) for v in value]
+
+
+def load_plan(path: str | Path) -> tuple[dict, list[PlanRun]]:
+    """The plan's header and its runs in order; a bundled plan may be named without .yaml."""
+    p = Path(path)
+    if not p.exists():
+        bundled = Path(__file__).resolve().parents[1] / "plans" / f"{path}.yaml"
+        if not bundled.exists():
+            raise KoaError(f"plan not found: {path}")
+        p = bundled
+    try:
+        plan = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise KoaError(f"{p}: not a readable YAML plan ({str(exc).splitlines()[0]})") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("stages"), list):
+        raise KoaError(f"{p}: a plan needs a list of stages")
+    base_cfgs = _strings(plan.get("profiles"), f"{p}: profiles")
+    base_sets = _strings(plan.get("set"), f"{p}: set")
+    runs: list[PlanRun] = []
+    for i, stage in enumerate(plan["stages"]):
+        where = f"{p}: stage {i + 1}"
+        if not isinstance(stage, dict) or not isinstance(stage.get("runs"), list):
+            raise KoaError(f"{where}: needs a list of runs")
+        seeds = stage.get("seeds", [42])
+        if not isinstance(seeds, list) or not seeds or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise KoaError(f"{where}: seeds must be a list of integers")
+        for seed in seeds:
+            for r in stage["runs"]:
+                if not isinstance(r, dict) or not str(r.get("name", "")).strip():
+                    raise KoaError(f"{where}: every run needs a name")
+                name = str(r["name"]).strip()
+                if not name.replace("-", "").replace("_", "").isalnum():
+                    raise KoaError(f"{where}: run name {name!r}: letters, digits, - and _")
+                runs.append(PlanRun(
+                    name=f"{name}-s{seed}", group=name, stage=str(stage.get("name", i + 1)),
+                    seed=seed, configs=base_cfgs + _strings(r.get("configs"), where),
+                    sets=base_sets + _strings(r.get("set"), where)
+                    + [f"train.seed={seed}", f"augment.seed={seed}"]))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise KoaError(f"{p}: a run name repeats within a seed")
+    return plan, runs
+
+
+def _data_key(cfg) -> tuple:
+    return (repr(cfg.data), repr(cfg.preprocess), cfg.augment.enabled, cfg.train.seed
+            if cfg.data.subset else None)
+
+
+def _with_augment(data, cfg):
+    """``data`` with a training set augmented by the run's own seed (views shared)."""
+    out = copy.copy(data)
+    out.train = KneeDataset(data.train.records, data.train.views, train_augment(cfg))
+    return out
+
+
+def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: str | Path,
+                 records_dir: str | Path, time_limit: float | None = None,
+                 data_encoding: str = "as stored", data_name: str | None = None,
+                 only: list[str] | None = None, progress: bool = False,
+                 command: str | None = None, echo=print,
+                 overrides: list[str] | None = None, data_copy: str | None = None) -> dict:
+    """Train the plan's runs that lack a complete record; returns what was done.
+    ``overrides``: ``section.key=value`` settings applied to every run after the plan's.
+    ``data_copy``: the copy of the images under the data root (:mod:`.datacopy`);
+    required unless every run trains on the phantom."""
+
+    t_begin = time.monotonic()
+    deadline = t_begin + time_limit if time_limit else None
+    plan, runs = load_plan(plan_path)
+    if only:
+        unknown = set(only) - {r.group for r in runs} - {r.name for r in runs}
+        if unknown:
+            raise KoaError(f"--only: no run named {', '.join(sorted(unknown))} in the plan")
+        runs = [r for r in runs if r.group in only or r.name in only]
+    runs_dir, records_dir = Path(runs_dir), Path(records_dir)
+    cfgs = {}
+    for r in runs:  # every config resolves before any data is read
+        sets = list(r.sets) + list(overrides or []) \
+            + ([f"data.root={data_root}"] if data_root else [])
+        cfgs[r.name] = load_config(r.configs, sets)
+    data_copy = resolve_copy(data_copy, all(c.data.root is None for c in cfgs.values()))
+    with FolderLock(runs_dir, "running a campaign"), \
+            FolderLock(records_dir, "writing records"):
+        _check_copies(records_dir, runs, data_copy)
+        return _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin,
+                    data_encoding, data_name, progress, command, echo, data_copy)
+
+
+def resolve_copy(data_copy: str | None, phantom: bool) -> str:
+    """The canonical copy name for records: given (checked), or the phantom's own."""
+    if data_copy is None:
+        if phantom:
+            return PHANTOM
+        raise KoaError(f"--data-copy is required with a data root: {COPY_HELP}; every "
+                       "record names it")
+    data_copy = parse_copy(data_copy)
+    if phantom and data_copy != PHANTOM:
+        raise KoaError(f"--data-copy {data_copy}: these runs train on the synthetic phantom "
+                       "(no data root), whose copy is 'phantom'")
+    return data_copy
+
+
+def _check_copies(records_dir: Path, runs: list[PlanRun], data_copy: str) -> None:
+    """Refuse, before anything trains, a records folder whose finished records name
+    another copy, or none (records from before ``data.copy``: ``koa stamp`` them)."""
+    for r in runs:
+        rec = records_dir / r.name
+        if not (rec / PROVENANCE).exists() or check_record(rec, require_copy=False):
+            continue  # absent or incomplete: trained again
+        copy = record_copy(json.loads((rec / PROVENANCE).read_text()))
+        if copy is None:
+            raise KoaError(f"{rec}: a finished record that names no data copy; name it with "
+                           f"`koa stamp {records_dir} --data ROOT` (checked against its "
+                           "validation views) before this campaign adds to the folder")
+        if copy != data_copy:
+            raise KoaError(f"{rec}: trained on the {copy} copy, this campaign on the "
+                           f"{data_copy} copy; one records folder holds one copy: use "
+                           "another --records folder")
+
+
+def _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin, data_encoding,
+         data_name, progress, command, echo, data_copy) -> dict:
+    command = command or shlex.join(sys.argv)
+    commit = code_commit()
+    done, skipped, stopped = [], [], None
+    loaded: dict[tuple, object] = {}
+    epoch_s: dict[str, float] = {}  # per architecture: median seconds per epoch so far
+    for r in runs:
+        rec_dir = records_dir / r.name
+        if not check_record(rec_dir):
+            skipped.append(r.name)
+            continue
+        cfg = cfgs[r.name]
+        arch = repr(cfg.model)
+        if deadline is not None and arch in epoch_s \
+                and time.monotonic() + epoch_s[arch] * cfg.train.epochs > deadline:
+            # a shorter run later in the plan may still fit
+            stopped = f"{r.name} would not finish within the time limit"
+            continue
+        key = _data_key(cfg)
+        if key not in loaded:
+            loaded.clear()  # one dataset in memory at a time
+            t0 = time.perf_counter()
+            loaded[key] = prepare_data(cfg, progress=progress)
+            echo(f"data: {loaded[key].counts} prepared in {time.perf_counter() - t0:.1f} s")
+        data = _with_augment(loaded[key], cfg)
+        run_dir = runs_dir / r.name
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
+        echo(f"run {r.name} ({r.stage}): {' '.join(r.configs)}")
+        t0 = time.perf_counter()
+        try:
+            summary = fit(cfg, run_dir, progress=progress, data=data, keep_state=False,
+                          deadline=deadline)
+        except DeadlineReached as exc:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            stopped = f"{r.name} stopped: {exc}"
+            break
+        wall = time.perf_counter() - t0
+        hist = summary["history"]
+        epoch_s[arch] = float(np.median([h["epoch_s"] for h in hist[1:] or hist]))
+        record_run(run_dir, rec_dir, data, command=command, commit=commit,
+                   data_encoding=data_encoding, data_name=data_name, wall_s=wall,
+                   data_copy=data_copy,
+                   extra={"name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
+                          "plan": Path(plan_path).name, "feed": summary["feed"]})
+        done.append(r.name)
+        best = max(h[f"val_{cfg.train.select_metric}"] for h in hist)
+        rate = np.median([h["train_img_s"] for h in hist[1:] or hist])
+        echo(f"  {r.name}: {summary['epochs_run']} epochs in {wall:.0f} s, "
+             f"{rate:.0f} img/s, best val {cfg.train.select_metric} {best:.3f}")
+    return {"done": done, "skipped": skipped, "stopped": stopped,
+            "remaining": [r.name for r in runs if r.name not in done and r.name not in skipped],
+            "seconds": time.monotonic() - t_begin}
+
+
+def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit: str | None = None,
+               data_encoding: str = "as stored", data_name: str | None = None,
+               wall_s: float | None = None, extra: dict | None = None,
+               data_copy: str | None = None) -> Path:
+    """Write the record of a finished run folder: its selected checkpoint's predictions on
+    ``data.val`` (prepared with the run's config) and the provenance. ``data_copy``
+    (required) names the copy of the images (:mod:`koa_core.experiments.datacopy`). ``wall_s``
+    defaults to the sum of the history's epoch times; images/s is the median over epochs
+    2+."""
+    import torch
+
+    if data_copy is None:
+        raise KoaError(f"record {Path(into).name}: name the data copy ({COPY_HELP})")
+    data_copy = parse_copy(data_copy)
+
+    run = read_run(run_dir, need=("config", "history", "best"))
+    cfg = config_from_dict(run["config"], origin=str(run_dir))
+    hist = run["history"]
+    rates = [float(h["train_img_s"]) for h in hist[1:] or hist]
+    device = resolve_device()
+    model, _ = load_checkpoint(Path(run_dir) / "best.safetensors", device)
+    model = model.to(memory_format=torch.channels_last)
+    dtype = amp_dtype(cfg.train.amp, device)
+    views = data.val.views
+    probs, gates = predict_views(model, views, 512, device, dtype, channels_last=True)
+    # flip TTA = the mean with the mirror's prediction: only the mirror needs a forward pass
+    mirror = views.flip(-1) if isinstance(views, torch.Tensor) else views[..., ::-1]
+    probs_flip = (probs + predict_views(model, mirror, 512, device, dtype,
+                                        channels_last=True)[0]) / 2
+    prov = {
+        "name": Path(into).name, **(extra or {}), "commit": commit or code_commit(),
+        "command": command, "machine": machine_info(device),
+        "data": {"name": data_name or Path(data.root).name, "copy": data_copy,
+                 "train_counts": data.counts["train"], "val_counts": data.counts["val"],
+                 "encoding": data_encoding, "val_views_blake2b": views_digest(data.val.views)},
+        "epochs_run": len(hist),
+        "wall_s": round(wall_s if wall_s is not None
+                        else sum(float(h["epoch_s"]) for h in hist), 2),
+        "train_img_s": round(float(np.median(rates)), 1),
+    }
+    return write_record(into, run_dir, predictions_table(data.val.records, probs, gates,
+                                                         data.root, probs_flip), prov)
+
+
+def select_run(records_dir: str | Path, min_recall: float = 0.3,
+               metric: str = "macro_f1") -> dict:
+    """The shipped-checkpoint rule: the best validation ``metric`` among records whose
+    every grade has validation recall >= ``min_recall``. Returns the record's name and
+    figures, and how many records were eligible."""
+    best, eligible, total = None, 0, 0
+    for path in find_records(records_dir):
+        rec = read_record(path)
+        m = rec["selected"]["val_metrics"]
+        total += 1
+        recalls = [m["per_class"][str(g)]["recall"] for g in range(5)]
+        if min(recalls) < min_recall:
+            continue
+        eligible += 1
+        if best is None or m[metric] > best["metrics"][metric]:
+            best = {"name": rec["name"], "metrics": m, "min_recall": min(recalls)}
+    if best is None:
+        raise KoaError(f"{records_dir}: none of {total} records has every grade's validation "
+                       f"recall >= {min_recall}")
+    return {**best, "eligible": eligible, "records": total, "rule":
+            f"best validation {metric} among runs whose every grade has recall >= {min_recall}"}

@@ -1,0 +1,9 @@
+"""Model: the dual-stream network, its heads and its checkpoints (paper §2.4).
+
+:mod:`.network` (ResNet-18 streams, cross-attention, gated fusion), :mod:`.ordinal` (the
+CORN head), :mod:`.checkpoint` (safetensors + sidecar, never unpickled) and
+:mod:`.inference` (the forward pass that turns views into probabilities and gates).
+
+Rule (tests/test_layout.py): imports nothing of koa_core but ``config``, ``errors`` and
+``runtime``.
+"""

@@ -1,0 +1,304 @@
+"""The book runner: jupytext -> papermill -> ``jupyter-book build`` (``koa book``).
+
+The chapters are jupytext percent-format sources in ``notebooks/*.py``. A build:
+
+1. loads a parameter profile (``book/profiles/<name>.yaml``) and applies ``--set
+   key=value`` overrides (values parsed as YAML);
+2. finds the data: the ``demo`` profile writes the synthetic phantom (imbalanced like the
+   paper's data) under the build folder once, the ``paper`` profile needs ``--data ROOT``;
+3. converts every chapter to a notebook and executes it with papermill (kernel
+   ``python3``, working directory the build folder), writing the executed notebook into
+   ``book/notebooks/``; papermill's injected-parameters cell is tagged ``remove-input``
+   (each chapter shows the values it was built with in a table, folders by name only);
+4. runs ``jupyter-book build`` on the repository with notebook execution off (nothing runs
+   twice) and warnings as errors (``-W -n --keep-going``).
+
+Chapters share trained runs through ``runs_dir`` (see :func:`koa_core.report.train_or_reuse`),
+so the book trains each configuration once, and a second build reuses everything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from koa_core.errors import KoaError
+from koa_core.config import load_config
+from koa_core.experiments.campaign import load_plan
+from koa_core.report.common import ensure_phantom
+from koa_core.report.published import scorecard_markdown
+
+__all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
+           "validate_parameters",
+           "resolve_parameters", "convert", "execute", "build_html", "run_book",
+           "write_scorecard"]
+
+INJECTED_TAG = "injected-parameters"
+HIDE_TAG = "remove-input"  # the values (absolute paths) are shown by each chapter itself
+
+
+def find_book_root(start: str | Path | None = None) -> Path:
+    """The folder holding ``_config.yml``, ``_toc.yml`` and ``notebooks/`` (``start``, its
+    parents, then the source checkout this package lives in)."""
+    here = Path(start or Path.cwd()).resolve()
+    for cand in [here, *here.parents, Path(__file__).resolve().parents[2]]:
+        if all((cand / n).exists() for n in ("_config.yml", "_toc.yml", "notebooks")):
+            return cand
+    raise KoaError(f"{here}: no book here (expected _config.yml, _toc.yml and notebooks/); "
+                   "run koa book from the project's folder or pass --root")
+
+
+def load_profile(name: str, root: str | Path) -> dict:
+    """A profile from ``ROOT/book/profiles/NAME.yaml`` (or a YAML path): a mapping with
+    ``parameters`` (notebook parameters) and optionally ``phantom`` and ``needs_data``."""
+    p = Path(name)
+    if not p.suffix:
+        p = Path(root) / "book" / "profiles" / f"{name}.yaml"
+    if not p.is_file():
+        known = sorted(q.stem for q in (Path(root) / "book" / "profiles").glob("*.yaml"))
+        raise KoaError(f"book profile {name!r} not found (known: {', '.join(known)})")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("parameters"), dict):
+        raise KoaError(f"{p}: a book profile needs a 'parameters' mapping")
+    return data
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """``["n_boot=200", "train_sets=[train.epochs=3]"]`` -> ``{"n_boot": 200, ...}``
+    (values are YAML scalars or lists; anything else stays the text given)."""
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key.strip()):
+            raise KoaError(f"--set {item!r}: expected name=value, e.g. n_boot=200")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        # No parameter is a mapping: "a: b" is a string with a colon, not {"a": "b"}.
+        out[key.strip()] = text if isinstance(value, dict) else value
+    return out
+
+
+def _cells(py: str | Path):
+    import jupytext
+
+    return jupytext.read(str(py)).cells
+
+
+def chapter_parameters(py: str | Path) -> set[str]:
+    """Names assigned in the chapter's cell tagged ``parameters``."""
+    cells = [c for c in _cells(py) if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise KoaError(f"{py}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    return set(re.findall(r"^([A-Za-z_]\w*)\s*(?::[^=]*)?=", cells[0].source, re.M))
+
+
+_TEXT = ("data_root", "runs_dir", "checkpoint", "sample_root", "records_dir", "recipe_dir",
+         "stats_json", "shipped_eval", "data_label")
+_COUNTS = {"seed": 0, "threads": 0, "n_boot": 1, "clahe_images": 1}  # name: least value
+
+
+def _names(key: str, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
+                                              for v in value):
+        raise KoaError(f"book parameter {key}: expected a list of names, got {value!r}")
+    return value
+
+
+def validate_parameters(params: dict) -> None:
+    """Check every book parameter before any chapter runs: text parameters are text, counts
+    are integers at least their bound (``n_boot`` and ``clahe_images`` >= 1: a chapter
+    needs one resample and one image; ``seed``, ``threads`` >= 0, 0 threads meaning
+    torch's default), and the training settings resolve to a valid configuration
+    (:func:`koa_core.config.load_config` checks every field), as does each ablation
+    configuration and recipe plan. One ``KoaError`` line names the parameter."""
+    for key in _TEXT:
+        if key in params and params[key] is not None and not isinstance(params[key], str):
+            raise KoaError(f"book parameter {key}: expected text, got {params[key]!r}")
+    for key, least in _COUNTS.items():
+        if key not in params:
+            continue
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise KoaError(f"book parameter {key}: expected an integer >= {least}, "
+                           f"got {value!r}")
+    sets = {}
+    for key in ("train_sets", "recipe_sets"):
+        if key in params:
+            value = params[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v
+                                                      for v in value):
+                raise KoaError(f"book parameter {key}: expected a list of SECTION.KEY=VALUE "
+                               f"settings, got {value!r}")
+            sets[key] = value
+    if "train_profile" in params:
+        profile = _names("train_profile", params["train_profile"])
+        try:
+            load_config(profile, sets.get("train_sets"))
+        except KoaError as exc:
+            raise KoaError(f"book parameter train_profile/train_sets: {exc}") from None
+    for name in _names("ablation_configs", params.get("ablation_configs", [])):
+        try:
+            load_config([name])
+        except KoaError as exc:
+            raise KoaError(f"book parameter ablation_configs: {exc}") from None
+    for name in _names("recipe_plans", params.get("recipe_plans", [])):
+        try:
+            load_plan(name.split(":")[0])  # "plan" or "plan:run,run"
+        except KoaError as exc:
+            raise KoaError(f"book parameter recipe_plans: {exc}") from None
+    if sets.get("recipe_sets"):
+        try:
+            load_config(["demo"], sets["recipe_sets"])
+        except KoaError as exc:
+            raise KoaError(f"book parameter recipe_sets: {exc}") from None
+
+
+def resolve_parameters(profile: dict, sets: dict, data: str | None, build_dir: Path,
+                       root: Path | None = None) -> dict:
+    """The parameters every chapter gets: the profile's, then ``--set`` ones, then the
+    data root (given, or the phantom written under ``build_dir``) and absolute folders
+    (``runs_dir`` defaults to ``build_dir/runs/<profile name>``). Parameters the profile
+    lists under ``paths`` are made absolute against the book's ``root`` (the published
+    profile's committed records and sample); one that does not exist is an error."""
+    params = {**profile["parameters"], **sets}
+    for key in profile.get("paths") or []:
+        value = params.get(key)
+        if value and root is not None:
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else Path(root) / path
+            if not path.exists():
+                raise KoaError(f"book parameter {key}: {value} not found")
+            params[key] = str(path.resolve())
+    unknown = set(sets) - set(profile["parameters"])
+    if unknown:
+        raise KoaError(f"--set: unknown book parameter(s) {', '.join(sorted(unknown))} "
+                       f"(known: {', '.join(sorted(profile['parameters']))})")
+    validate_parameters(params)
+    if data:
+        params["data_root"] = str(Path(data).expanduser().resolve())
+    elif profile.get("needs_data"):
+        raise KoaError("this book profile needs a dataset: pass --data ROOT "
+                       "(ROOT/{train,val,test}/{0..4}/*.png)")
+    elif not params.get("data_root"):
+        ph = {"per_class": 60, "seed": 0, "size": 224, "proportions": "paper",
+              **(profile.get("phantom") or {})}
+        name = "phantom-{proportions}-n{per_class}-seed{seed}-{size}px".format(**ph)
+        params["data_root"] = str(ensure_phantom(build_dir / "data" / name, **ph))
+    runs = params.get("runs_dir") or build_dir / "runs" / profile.get("name", "book")
+    params["runs_dir"] = str(Path(runs).expanduser().resolve())
+    return params
+
+
+def convert(py: str | Path, ipynb: str | Path) -> Path:
+    """jupytext: percent-format ``.py`` -> ``.ipynb`` (with the python3 kernelspec)."""
+    import jupytext
+
+    nb = jupytext.read(str(py))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.metadata.pop("jupytext", None)
+    Path(ipynb).parent.mkdir(parents=True, exist_ok=True)
+    jupytext.write(nb, str(ipynb), fmt="ipynb")
+    return Path(ipynb)
+
+
+def _hide_injected(path: Path, root: Path | None = None) -> None:
+    """Tag papermill's injected cell ``remove-input``; with ``root``, also write the paths
+    under it, in that cell and in papermill's metadata, relative to it (the saved notebook
+    is offered for download and should not carry the build machine's folders)."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    prefix = f"{Path(root).resolve()}/" if root else None
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if INJECTED_TAG in tags and HIDE_TAG not in tags:
+            cell.metadata["tags"] = [*tags, HIDE_TAG]
+        if INJECTED_TAG in tags and prefix:
+            cell.source = cell.source.replace(prefix, "")
+    meta = nb.metadata.get("papermill", {})
+    if prefix:
+        for key, value in list(meta.items()):
+            if isinstance(value, str):
+                meta[key] = value.replace(prefix, "")
+        meta["parameters"] = {k: v.replace(prefix, "") if isinstance(v, str) else v
+                              for k, v in (meta.get("parameters") or {}).items()}
+    nbformat.write(nb, str(path))
+
+
+def execute(ipynb: str | Path, out: str | Path, params: dict, cwd: str | Path,
+            timeout: int | None = None, relative_to: str | Path | None = None) -> Path:
+    """Execute with papermill, passing only the parameters the notebook declares; the saved
+    notebook shows paths under ``relative_to`` relative to it."""
+    import papermill
+
+    declared = set(papermill.inspect_notebook(str(ipynb)))
+    try:
+        papermill.execute_notebook(str(ipynb), str(out), kernel_name="python3",
+                                   parameters={k: v for k, v in params.items() if k in declared},
+                                   progress_bar=False, cwd=str(cwd), execution_timeout=timeout)
+    except papermill.PapermillExecutionError as exc:
+        raise KoaError(f"{Path(ipynb).stem}: cell {exc.exec_count} failed: {exc.ename}: "
+                       f"{exc.evalue} (executed notebook with the traceback: {out})") from None
+    _hide_injected(Path(out), relative_to)
+    return Path(out)
+
+
+def write_scorecard(root: Path, params: dict, profile: str) -> Path:
+    """``book/scorecard.md``, included by the landing page: the paper's claims against the
+    records in ``records_dir`` (the committed GPU campaign unless the profile names
+    others), computed at every build (:mod:`koa_core.experiments.scorecard`)."""
+    records = params.get("records_dir") or str(root / "results" / "gpu" / "runs")
+    path = root / "book" / "scorecard.md"
+    path.write_text(scorecard_markdown(records, params.get("shipped_eval") or None,
+                                       profile=profile,
+                                       sample_root=params.get("sample_root") or None))
+    return path
+
+
+def build_html(root: str | Path, strict: bool = True) -> Path:
+    """``jupyter-book build ROOT [-W -n --keep-going]``; returns ``ROOT/_build/html``."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book"),
+           "build", str(root)] + (["-W", "-n", "--keep-going"] if strict else [])
+    if subprocess.run(cmd, cwd=str(root), check=False).returncode:
+        raise KoaError("jupyter-book build failed (warnings count as errors); see above")
+    return Path(root) / "_build" / "html"
+
+
+def run_book(profile: str = "demo", data: str | None = None, sets: list[str] | None = None,
+             root: str | Path | None = None, only: list[str] | None = None,
+             html: bool = True, log=print) -> dict:
+    """Execute every chapter (or those whose name contains one of ``only``) and build the
+    HTML. Returns {"html": path or None, "seconds": {chapter: s}, "parameters": dict}."""
+    root = find_book_root(root)
+    prof = {"name": Path(profile).stem, **load_profile(profile, root)}
+    build_dir = root / "_build"
+    params = resolve_parameters(prof, parse_sets(sets), data, build_dir, root)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    write_scorecard(root, params, prof["name"])
+    os.environ.setdefault("KOA_CACHE_DIR", str(build_dir / "cache"))
+    chapters = sorted((root / "notebooks").glob("*.py"))
+    if only:
+        chapters = [c for c in chapters if any(o in c.stem for o in only)]
+    out_dir, seconds = root / "book" / "notebooks", {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for py in chapters:
+        t0 = time.perf_counter()
+        log(f"koa book: {py.stem} ...")
+        src = convert(py, build_dir / "notebooks-src" / f"{py.stem}.ipynb")
+        execute(src, out_dir / f"{py.stem}.ipynb", params, cwd=build_dir,
+                timeout=prof.get("cell_timeout"), relative_to=root)
+        seconds[py.stem] = round(time.perf_counter() - t0, 1)
+        log(f"koa book: {py.stem} done in {seconds[py.stem]:.0f} s")
+    path = build_html(root) if html else None
+    return {"html": str(path) if path else None, "seconds": seconds, "parameters": params}

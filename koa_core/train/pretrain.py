@@ -1,0 +1,202 @@
+"""Self-supervised pretraining of the shared trunk (beyond the paper; stands in for §2.4a's
+ImageNet initialisation where those weights cannot be had).
+
+``koa pretrain --data ROOT --out trunk.safetensors`` trains the ResNet-18 trunk the model
+shares between its streams with SimCLR (lightly's projection head and NT-Xent loss) on
+the **train and validation** knees only - never the test split - and writes it as a
+torchvision ``resnet18`` state dict, so ``--set model.pretrained=trunk.safetensors`` starts
+any configuration from it exactly as from ImageNet weights.
+
+The positive pair of a knee is its two views, each augmented on the fly (batched on the
+device with kornia): the raw view and the CLAHE view, so the trunk learns what the two
+streams share, which is what the cross-attention and the gate then combine. Each
+augmentation is a random resized crop (scale 0.5-1), a left-right flip, a rotation of up
+to 15 degrees, brightness and contrast jitter and a light Gaussian blur. The labels are
+never read. A sidecar ``.json`` beside the weights records the method, the settings, the
+loss of every epoch and the provenance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from koa_core.errors import KoaError
+from koa_core.data.cache import ViewCache
+from koa_core.data.index import discover
+from koa_core.data.preprocess import Preprocessor
+from koa_core.locking import FolderLock
+from koa_core.model.checkpoint import read_sidecar, write_pair
+from koa_core.model.network import FEATURES, _IMAGENET_MEAN, _IMAGENET_STD, _trunk
+from koa_core.runtime import (amp_dtype, autocast, provenance, require, resolve_device,
+                              seed_everything)
+
+__all__ = ["PretrainConfig", "pretrain", "trunk_state_dict"]
+
+_NAMES = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.1  # NT-Xent (SimCLR) temperature
+    projection_dim: int = 128
+    image_size: int = 224
+    seed: int = 0
+    max_steps_per_epoch: int | None = None  # for rehearsals
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "projection_dim", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise KoaError(f"pretrain {name}: expected an integer >= 1, got {value!r}")
+        if self.batch_size < 2:
+            raise KoaError("pretrain batch_size: a contrastive batch needs at least 2 knees")
+        if self.image_size < 32:
+            raise KoaError(f"pretrain image_size: at least 32 px (ResNet-18 downsamples 32x), "
+                           f"got {self.image_size}")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise KoaError(f"pretrain {name}: expected a number > 0, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise KoaError(f"pretrain weight_decay: expected >= 0, got {self.weight_decay!r}")
+
+
+class _SimCLR(nn.Module):
+    """Trunk (the model's own, see :func:`koa_core.model.network._trunk`) + pooled projection."""
+
+    def __init__(self, projection_dim: int):
+        super().__init__()
+        heads = require("lightly.models.modules", "koa pretrain", extra="ssl")
+        self.trunk = _trunk()
+        self.head = heads.SimCLRProjectionHead(FEATURES, FEATURES, projection_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.trunk(x).mean(dim=(2, 3))
+        return self.head(f)
+
+
+def _augment(size: int):
+    import kornia.augmentation as K
+
+    return nn.Sequential(
+        K.RandomResizedCrop((size, size), scale=(0.5, 1.0)),
+        K.RandomHorizontalFlip(),
+        K.RandomRotation(15.0),
+        K.ColorJitter(brightness=0.3, contrast=0.3, p=0.8),
+        K.RandomGaussianBlur((5, 5), (0.1, 1.5), p=0.3),
+    )
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
+def trunk_state_dict(trunk: nn.Sequential) -> dict[str, torch.Tensor]:
+    """The trunk's weights under torchvision ``resnet18`` names (conv1..., layer4...)."""
+    out = {}
+    for k, v in trunk.state_dict().items():
+        index, _, rest = k.partition(".")
+        out[f"{_NAMES[int(index)]}.{rest}"] = v.detach().cpu().contiguous()
+    return out
+
+
+def _views(root: str, size: int, progress: bool) -> tuple[np.ndarray, dict]:
+    index = discover(root)
+    records = index.split("train") + index.split("val")  # never the test split
+    if len(records) < 2:
+        raise KoaError(f"{root}: pretraining needs train/val images (found {len(records)})")
+    views = ViewCache().get(records, Preprocessor(size=size), root=str(root), progress=progress)
+    return views, {"train": len(index.split("train")), "val": len(index.split("val"))}
+
+
+def pretrain(root: str | Path, out: str | Path, cfg: PretrainConfig | None = None,
+             device: str | torch.device | None = None, progress: bool = False,
+             command: str | None = None) -> dict:
+    """Pretrain the trunk on ROOT's train+val knees; write ``out`` and its sidecar."""
+    NTXentLoss = require("lightly.loss", "koa pretrain", extra="ssl").NTXentLoss
+
+    cfg = cfg or PretrainConfig()
+    cfg.check()
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise KoaError(f"{out}: the trunk is written as .safetensors")
+    if not out.parent.is_dir():
+        raise KoaError(f"{out.parent}: no such folder")
+    dev = torch.device(device) if device else resolve_device()
+    dtype = amp_dtype("auto", dev)
+    seed_everything(cfg.seed)
+    views, counts = _views(str(root), cfg.image_size, progress)
+    n = len(views)
+    if n < 2:
+        raise KoaError("pretraining needs at least 2 knees")
+    batch = min(cfg.batch_size, n)
+    steps = n // batch
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    model = _SimCLR(cfg.projection_dim).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    augment = _augment(cfg.image_size).to(dev)
+    loss_fn = NTXentLoss(temperature=cfg.temperature)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = max(1, cfg.epochs * steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    t_start = time.perf_counter()
+    with FolderLock(out.parent, "pretraining a trunk"):
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            order = torch.randperm(n, generator=gen)
+            losses = []
+            t0 = time.perf_counter()
+            for step in range(steps):
+                idx = np.sort(order[step * batch:(step + 1) * batch].numpy())
+                x = torch.from_numpy(np.asarray(views[idx])).to(dev).float().div_(255.0)
+                a = augment(x[:, 0:1])  # raw view
+                b = augment(x[:, 1:2])  # CLAHE view: the positive of the same knee
+                with autocast(dev, dtype):
+                    za = model(_normalise(a))
+                    zb = model(_normalise(b))
+                loss = loss_fn(za.float(), zb.float())
+                if not torch.isfinite(loss):
+                    raise KoaError(f"pretraining diverged at epoch {epoch} (loss {loss.item()}); "
+                                   "lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.detach())
+            mean = float(torch.stack(losses).mean()) if losses else float("nan")
+            seconds = time.perf_counter() - t0
+            history.append({"epoch": epoch, "loss": round(mean, 5),
+                            "seconds": round(seconds, 2),
+                            "img_s": round(steps * batch / seconds, 1) if seconds else None})
+            if progress:
+                print(f"pretrain epoch {epoch}/{cfg.epochs}: NT-Xent {mean:.4f} "
+                      f"({seconds:.1f} s)", flush=True)
+        side = {"format": "koa_core-trunk-1", "method": "SimCLR (lightly NTXentLoss, "
+                "SimCLRProjectionHead); positives: the raw and CLAHE views of one knee",
+                "config": asdict(cfg), "data": {"root": Path(root).name, "counts": counts,
+                                                "splits": ["train", "val"]},
+                "steps_per_epoch": steps, "batch_size": batch, "history": history,
+                "seconds": round(time.perf_counter() - t_start, 1),
+                "precision": "bf16 autocast" if dtype is not None else "fp32",
+                **provenance(command, dev)}
+        write_pair(out, trunk_state_dict(model.trunk), side,
+                   metadata={"format": "koa_core-trunk-1"})
+    return read_sidecar(out)  # what was written, with the weights' SHA-256

@@ -1,0 +1,189 @@
+"""The package's shape (README "Where things are"): rooms by pipeline stage, the rules a
+newcomer reads off the tree, checked on the import graph of every module - at module level
+and inside functions - so that a misplaced import fails here, by name."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "koa_core"
+ROOMS = ("data", "model", "train", "metrics", "infer", "experiments", "report")
+CORE = {"koa_core", "errors", "config", "runtime", "locking"}  # the ground floor
+# what each room may import (besides itself); None: anything but what `NEVER` names
+ALLOWED = {
+    "data": {"koa_core", "errors", "config"},
+    "metrics": {"koa_core", "errors", "config"},
+    "model": {"koa_core", "errors", "config", "runtime"},
+    "errors": set(),
+    "config": {"errors"},
+    "runtime": {"errors"},
+    "locking": {"errors"},
+}
+NEVER = {
+    "train": {"infer", "experiments", "report", "cli", "bench"},
+    "infer": {"train", "experiments", "report", "cli", "bench"},
+    "experiments": {"report", "cli", "bench"},
+    "report": {"cli", "bench"},
+    "bench": {"cli", "report", "experiments"},
+}
+# the only third-party packages imported inside functions: heavy ones a command may not
+# need (plots, reports, decoders) and optional extras (koa_core.runtime.require)
+LAZY_OK = {"matplotlib", "seaborn", "sklearn", "scipy", "pandas", "pydicom", "onnx",
+           "onnxruntime", "onnxscript", "lightly", "pytorch_grad_cam", "papermill",
+           "jupytext", "nbformat", "IPython", "tqdm", "torch", "torchvision", "kornia",
+           "albumentations", "PIL", "tabulate", "yaml", "importlib"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def room(module: str) -> str:
+    """``koa_core.data.cache`` -> ``data``; ``koa_core.errors`` -> ``errors``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "koa_core"
+
+
+def imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported module, line, inside a function) for every import of ``path``; for
+    ``from koa_core.pkg import mod`` the submodule ``koa_core.pkg.mod`` where it is one."""
+    tree = ast.parse(path.read_text())
+    local = {id(n) for f in ast.walk(tree)
+             if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            out += [(a.name, n.lineno, id(n) in local) for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            assert n.level == 0, f"{path}:{n.lineno}: relative import (absolute only)"
+            mod = n.module or ""
+            subs = [f"{mod}.{a.name}" for a in n.names
+                    if (PKG.parent / f"{mod}.{a.name}".replace(".", "/")).with_suffix(".py")
+                    .exists() or (PKG.parent / f"{mod}.{a.name}".replace(".", "/")).is_dir()]
+            out += [(s, n.lineno, id(n) in local) for s in subs] or \
+                [(mod, n.lineno, id(n) in local)]
+    return out
+
+
+def graph() -> dict[str, list[tuple[str, int, bool]]]:
+    return {module_name(p): imports(p) for p in sorted(PKG.rglob("*.py"))}
+
+
+def violations(g: dict[str, list[tuple[str, int, bool]]]) -> list[str]:
+    """Every import that breaks a room's rule, as 'module:line imports target (why)'."""
+    out = []
+    for mod, deps in g.items():
+        here = room(mod)
+        for target, line, _ in deps:
+            if not target.startswith("koa_core"):
+                continue
+            there = room(target)
+            if there == here:
+                continue
+            if here in ALLOWED and there not in ALLOWED[here]:
+                out.append(f"{mod}:{line} imports {target} ({here}/ may import only "
+                           f"{', '.join(sorted(ALLOWED[here])) or 'nothing of koa_core'})")
+            if there in NEVER.get(here, ()):
+                out.append(f"{mod}:{line} imports {target} ({here}/ never imports {there})")
+            if there in ("cli",) and here != "cli":
+                out.append(f"{mod}:{line} imports {target} (nothing imports the CLI)")
+    return out
+
+
+def cycles(g: dict[str, list[tuple[str, int, bool]]]) -> list[list[str]]:
+    """Import circles between modules (a package's __init__ importing its own modules is
+    not one: the modules are what the package is made of)."""
+    edges = {m: {t for t, _, _ in deps if t in g and t != m and not m.startswith(t + ".")
+                 and not (t.startswith(m + ".") and (PKG.parent / m.replace(".", "/")).is_dir())}
+             for m, deps in g.items()}
+    index, low, stack, on, found = {}, {}, [], set(), []
+    sys.setrecursionlimit(10_000)
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_module_lives_in_a_room():
+    flat = sorted(p.stem for p in PKG.glob("*.py"))
+    assert flat == sorted(["__init__", "bench", "cli", "config", "errors", "locking", "runtime"])
+    for r in ROOMS:
+        init = PKG / r / "__init__.py"
+        assert init.exists(), r
+        if r != "report":  # the report package's docstring names its chapters instead
+            assert "Rule (tests/test_layout.py)" in init.read_text(), r
+
+
+def test_the_rooms_keep_their_rules():
+    assert violations(graph()) == []
+
+
+def test_no_import_circle():
+    assert cycles(graph()) == []
+
+
+def test_function_local_imports_are_heavy_or_optional_packages():
+    """The project's own modules are imported at the top of a module, where the graph shows
+    them (the CLI alone imports its commands lazily, for a fast --help); inside functions
+    only heavy or optional third-party packages."""
+    bad = []
+    for mod, deps in graph().items():
+        for target, line, local in deps:
+            if not local:
+                continue
+            top = target.split(".")[0]
+            if top == "koa_core" and mod != "koa_core.cli":
+                bad.append(f"{mod}:{line} imports {target} inside a function")
+            elif top != "koa_core" and top not in LAZY_OK and top not in sys.stdlib_module_names:
+                bad.append(f"{mod}:{line} imports {target} inside a function")
+    assert bad == []
+
+
+@pytest.mark.parametrize("mod, target, why", [
+    ("koa_core.data.cache", "koa_core.train.dataset", "data/ may import only"),
+    ("koa_core.model.network", "koa_core.data.preprocess", "model/ may import only"),
+    ("koa_core.train.engine", "koa_core.infer.backends", "train/ never imports infer"),
+    ("koa_core.infer.predict", "koa_core.train.feed", "infer/ never imports train"),
+    ("koa_core.metrics.calibration", "koa_core.model.checkpoint", "metrics/ may import only"),
+    ("koa_core.experiments.records", "koa_core.report.published", "never imports report"),
+    ("koa_core.infer.evaluate", "koa_core.cli", "nothing imports the CLI"),
+])
+def test_a_broken_rule_is_named(mod, target, why):
+    """The checker is not vacuous: one import added against each rule is reported."""
+    g = graph()
+    g[mod] = g[mod] + [(target, 1, False)]
+    assert any(v.startswith(f"{mod}:1 imports {target}") and why in v for v in violations(g))
+
+
+def test_a_circle_is_found():
+    g = graph()
+    g["koa_core.data.index"] = g["koa_core.data.index"] + [("koa_core.data.cache", 1, False)]
+    assert ["koa_core.data.cache", "koa_core.data.index"] in cycles(g)
