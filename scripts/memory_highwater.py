@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--save", default=None)
     args = ap.parse_args()
 
-    from koa_core.phantom import write_phantom
+    from koa_core.data.phantom import write_phantom
     from koa_core.runtime import code_commit, machine_info
 
     import torch
