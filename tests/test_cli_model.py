@@ -78,7 +78,7 @@ def test_user_error_in_a_real_process_has_no_traceback(tmp_path):
 
 def test_predict_bad_image_exit_1(tiny_run, tmp_path, capfd):
     """In process, with the file descriptors captured (a library writing to fd 2 directly
-    would show); a real predict process is tested in tests/test_predict.py."""
+    would show); a real predict process is tested in tests/infer/test_predict.py."""
     run, root = tiny_run
     good = sorted((root / "val").rglob("*.png"))[0]
     bad = tmp_path / "empty.png"

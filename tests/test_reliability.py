@@ -201,7 +201,7 @@ def test_sigterm_mid_epoch_keeps_the_last_epoch_resumable(tmp_path, monkeypatch,
     assert _rows(out) == 1
     assert (out / "best.safetensors").read_bytes() == seen["best"]
     assert not list(out.glob(".*.tmp"))  # no half-written files
-    # what --resume continues from (resuming itself: tests/test_engine.py)
+    # what --resume continues from (resuming itself: tests/train/test_engine.py)
     assert load_state(out / "last_state.safetensors")["epoch"] == 1
     assert load_run_config(out).train.epochs == 2
 

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.realdata
 
 REAL = Path(os.environ.get("KOA_REAL_DATA") or
-            Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kl224")
+            Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kl224")
 
 TRAIN = {0: 2286, 1: 1046, 2: 1516, 3: 757, 4: 173}
 VAL = {0: 328, 1: 153, 2: 212, 3: 106, 4: 27}

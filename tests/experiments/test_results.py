@@ -15,7 +15,7 @@ from koa_core.model.checkpoint import read_sidecar
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from koa_core.experiments.records import check_record, find_records, read_record
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 RECORDS = find_records(RESULTS)
 GPU = RESULTS / "gpu"
 

@@ -4,7 +4,7 @@ rows, Grad-CAM at the input's own resolution, per-knee reports with an index, a 
 partial CSV after an interruption, and one-line user errors.
 
 Everything runs on the session's tiny 64-pixel model (``tiny_run``); Grad-CAM of that model
-is cheap. The DICOM files are built here with pydicom (as in tests/test_dicom.py).
+is cheap. The DICOM files are built here with pydicom (as in tests/data/test_dicom.py).
 """
 
 from __future__ import annotations

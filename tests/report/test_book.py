@@ -16,7 +16,7 @@ import yaml
 from koa_core.report import book
 from koa_core.errors import KoaError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHAPTERS = sorted((REPO / "notebooks").glob("*.py"))
 SKELETON = ["Overview", "Prerequisites", "Imports", "Parameters", "Summary", "References"]
 
@@ -218,7 +218,7 @@ def test_text_speaks_of_the_project_only(py):
 @pytest.mark.parametrize("page", [*CHAPTERS, REPO / "book" / "intro.md"], ids=lambda p: p.stem)
 def test_tex_math_is_balanced(page):
     """Math is MyST dollar math, typeset offline by the book's own MathJax
-    (tests/test_mathjax.py): an odd number of ``$`` on a page would swallow its text."""
+    (tests/report/test_mathjax.py): an odd number of ``$`` on a page would swallow its text."""
     assert page.read_text().count("$") % 2 == 0
 
 

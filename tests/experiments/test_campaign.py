@@ -125,7 +125,7 @@ def test_campaign_set_overrides_every_run(tmp_path, capsys):
     p = read_record(tmp_path / "rec" / "raw-s1")["predictions"]
     assert p["probs_flip"] is not None and p["probs_flip"].shape == p["probs"].shape
     # computed from a forward pass of the mirror (the mean with it is the flip TTA:
-    # tests/test_engine.py), so they differ from the plain ones
+    # tests/train/test_engine.py), so they differ from the plain ones
     assert abs(p["probs_flip"] - p["probs"]).max() > 1e-4
 
 

@@ -13,7 +13,7 @@ from koa_core.infer.evaluate import preprocessor_from_sidecar
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from test_realdata import REAL
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "gpu"
+RESULTS = Path(__file__).resolve().parents[2] / "results" / "gpu"
 
 
 def test_shipped_checkpoint_loads_strictly_and_runs():
@@ -53,7 +53,7 @@ def test_shipped_checkpoint_predicts_what_its_record_says():
     assert (probs.argmax(1) == expected).sum() >= len(keep) - 1
 
 
-SAMPLE = Path(__file__).resolve().parents[1] / "book" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "book" / "sample"
 
 
 def test_shipped_checkpoint_grades_an_original_knee_as_its_enhanced_twin(tmp_path, capsys,

@@ -21,7 +21,7 @@ from koa_core.data.inputcheck import InputCheck, fit_profile, summarize_flags
 from koa_core.infer.profile import check_for
 from koa_core.data.preprocess import apply_clahe
 
-SAMPLE = Path(__file__).resolve().parents[1] / "book" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "book" / "sample"
 FILES = sorted(SAMPLE.glob("val/*/*.webp"))
 
 
