@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from koa_core import __version__
+from koa_core.config import ENGINES, TTA_CHOICES
 from koa_core.errors import KoaError
 
 __all__ = ["build_parser", "main"]
@@ -276,7 +277,7 @@ def add_model_commands(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--allow-leakage", action="store_true")
-    p.add_argument("--tta", choices=["none", "flip"], default=None,
+    p.add_argument("--tta", choices=list(TTA_CHOICES), default=None,
                    help="test-time augmentation: flip = mean of each knee and its mirror")
     p.add_argument("--ensemble", action="append", default=[], metavar="CHECKPOINT",
                    help="average the probabilities with this checkpoint's (repeatable); "
@@ -366,7 +367,7 @@ def _cmd_input_profile(args) -> int:
 
 def _add_engine(p) -> None:
     p.add_argument("--engine", default=os.environ.get("KOA_ENGINE", "auto"),
-                   choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"],
+                   choices=list(ENGINES),
                    help="what runs the network: auto (default, or $KOA_ENGINE) is torch on a "
                    "GPU or a CPU with native bf16 and ONNX Runtime fp32 elsewhere (an export "
                    "of the checkpoint made once and cached); int8 needs a file from "
@@ -717,13 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_command(sub)
     add_campaign_commands(sub)
     add_book_command(sub)
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
     return parser
-
-
-# Other modules append their add_* functions here (train, evaluate, predict, bench, book).
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:

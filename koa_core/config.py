@@ -191,6 +191,12 @@ def _heads(v):
     return None if ok else "a divisor of 512 (the trunk's feature width): 1, 2, 4, 8, ... 512"
 
 
+# The choices every part of the package checks against: one owner each.
+STREAMS = ("dual", "raw", "clahe")  # model.streams (Table 5's rows)
+FUSIONS = ("gated", "mean")  # model.fusion
+ENGINES = ("auto", "torch", "onnxruntime", "onnxruntime-int8")  # what runs the network
+TTA_CHOICES = ("none", "flip")  # test-time augmentation
+
 # Below 32 px ResNet-18's last stage has no pixel left (it downsamples 32x); the CLAHE tile
 # grid also needs at least one pixel per tile.
 MIN_IMAGE_SIZE = 32
@@ -207,8 +213,8 @@ RULES = {
     "augment": {"enabled": _bool, "class_specific": _bool, "seed": _int_at_least(0),
                 "mixup": _number(0, 100), "cutmix": _number(0, 100),
                 "mix_prob": _number(0, 1, hi_open=False)},
-    "model": {"streams": _choice("dual", "raw", "clahe"), "cross_attention": _bool,
-              "fusion": _choice("gated", "mean"), "attention_heads": _heads,
+    "model": {"streams": _choice(*STREAMS), "cross_attention": _bool,
+              "fusion": _choice(*FUSIONS), "attention_heads": _heads,
               "dropout": _number(0, 1), "aux_heads": _bool, "pretrained": _string,
               "num_classes": _choice(5), "head": _choice("softmax", "corn")},
     "loss": {"gamma": _number(0, 100), "alpha": _alpha,

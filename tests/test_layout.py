@@ -12,13 +12,14 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "koa_core"
 ROOMS = ("data", "model", "train", "metrics", "infer", "experiments", "report")
-CORE = {"koa_core", "errors", "config", "runtime", "locking"}  # the ground floor
+CORE = {"koa_core", "errors", "config", "files", "runtime", "locking"}  # the ground floor
 # what each room may import (besides itself); None: anything but what `NEVER` names
 ALLOWED = {
-    "data": {"koa_core", "errors", "config"},
-    "metrics": {"koa_core", "errors", "config"},
-    "model": {"koa_core", "errors", "config", "runtime"},
+    "data": {"koa_core", "errors", "config", "files"},
+    "metrics": {"koa_core", "errors", "config", "files"},
+    "model": {"koa_core", "errors", "config", "files", "runtime"},
     "errors": set(),
+    "files": {"errors"},
     "config": {"errors"},
     "runtime": {"errors"},
     "locking": {"errors"},
@@ -134,7 +135,8 @@ def cycles(g: dict[str, list[tuple[str, int, bool]]]) -> list[list[str]]:
 
 def test_every_module_lives_in_a_room():
     flat = sorted(p.stem for p in PKG.glob("*.py"))
-    assert flat == sorted(["__init__", "bench", "cli", "config", "errors", "locking", "runtime"])
+    assert flat == sorted(["__init__", "bench", "cli", "config", "errors", "files", "locking",
+                           "runtime"])
     for r in ROOMS:
         init = PKG / r / "__init__.py"
         assert init.exists(), r
@@ -187,3 +189,14 @@ def test_a_circle_is_found():
     g = graph()
     g["koa_core.data.index"] = g["koa_core.data.index"] + [("koa_core.data.cache", 1, False)]
     assert ["koa_core.data.cache", "koa_core.data.index"] in cycles(g)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name with a leading underscore belongs to its module; what others need is public."""
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("koa_core"):
+                bad += [f"{module_name(path)}:{n.lineno} imports {n.module}.{a.name}"
+                        for a in n.names if a.name.startswith("_") and a.name != "__version__"]
+    assert bad == []

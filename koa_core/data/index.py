@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from koa_core.errors import KoaError
+from koa_core.files import atomic_open
 from koa_core.data.imaging import is_image_file
 
 __all__ = [
@@ -242,15 +243,13 @@ def write_manifest(records: list[Record], out: str | Path, root: str | Path) -> 
     if out.resolve().is_relative_to(root):
         raise KoaError(f"{out}: refusing to write a manifest inside the data root {root}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(out, newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(asdict(records[0])))
         w.writeheader()
         for r in records:
             row = asdict(r)
             row["path"] = os.path.relpath(Path(r.path).resolve(), root)
             w.writerow(row)
-    os.replace(tmp, out)
     return out
 
 

@@ -42,7 +42,7 @@ CLAIMS = [
 ]
 
 
-def _boot_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+def boot_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
     """Accuracy, macro F1, QWK and MAE for each bootstrap row of knee indices ``idx``
     (B, n)."""
     yi, pi = y[idx], pred[idx]
@@ -72,8 +72,8 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], n_boot: int = 2000
     boot = [0.0] * len(names)
     point = [0.0] * len(names)
     for s in seeds:
-        sa, sb = _boot_scores(y, a[s]["pred"], idx), _boot_scores(y, b[s]["pred"], idx)
-        fa, fb = _boot_scores(y, a[s]["pred"], full), _boot_scores(y, b[s]["pred"], full)
+        sa, sb = boot_scores(y, a[s]["pred"], idx), boot_scores(y, b[s]["pred"], idx)
+        fa, fb = boot_scores(y, a[s]["pred"], full), boot_scores(y, b[s]["pred"], full)
         for i in range(len(names)):
             boot[i] = boot[i] + (sa[i] - sb[i])
             point[i] += float(fa[i][0] - fb[i][0])
@@ -85,7 +85,7 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], n_boot: int = 2000
     return out
 
 
-def _verdict(ci: list[float]) -> str:
+def difference_verdict(ci: list[float]) -> str:
     """The rule for a claimed improvement, given the interval of our difference."""
     if ci[0] > 0:
         return "reproduced"
@@ -156,8 +156,8 @@ def ablation_table(records_dir: str | Path, n_boot: int = 2000) -> dict:
                     else d["accuracy_ci"][0] * 100 <= paper <= d["accuracy_ci"][1] * 100)
         claims.append({"better": better, "worse": worse, "claim": what,
                        "paper_accuracy_points": paper, **d,
-                       "verdict": _verdict(d["accuracy_ci"]),
-                       "verdict_macro_f1": _verdict(d["macro_f1_ci"]),
+                       "verdict": difference_verdict(d["accuracy_ci"]),
+                       "verdict_macro_f1": difference_verdict(d["macro_f1_ci"]),
                        "paper_inside_interval": paper_in})
     return {"configurations": rows, "claims": claims, "n_boot": n_boot}
 

@@ -27,7 +27,6 @@ trust a record; :func:`read_record` is the one reader of records.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,8 @@ import numpy as np
 
 from koa_core.experiments.copies import parse_copy
 from koa_core.errors import KoaError
+from koa_core.files import atomic_write_text
+from koa_core.model.checkpoint import sha256_file
 from koa_core.metrics.classification import classification_metrics
 from koa_core.locking import FolderLock
 from koa_core.train.runs import CONFIG, HISTORY, read_run
@@ -53,16 +54,6 @@ PROVENANCE_KEYS = ("format", "name", "commit", "command", "machine", "data", "wa
 PRED_FIELDS = ["path", "patient", "knee", "grade", "pred", "p0", "p1", "p2", "p3", "p4",
                "gate_raw", "gate_clahe"]
 TTA_FIELDS = [f"t{g}" for g in range(5)]  # optional: probabilities with test-time flip
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def predictions_table(records, probs: np.ndarray, gates: np.ndarray | None,
@@ -129,7 +120,7 @@ def _write_record(into, run_dir, rows, provenance, n_boot) -> Path:
     (tmp / "selected.json").write_text(json.dumps(selected, indent=1) + "\n")
     prov = {"format": RECORD_FORMAT, **provenance,
             "created": provenance.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "files": {name: _sha256(tmp / name) for name in RECORD_FILES}}
+            "files": {name: sha256_file(tmp / name) for name in RECORD_FILES}}
     missing = [k for k in PROVENANCE_KEYS if prov.get(k) in (None, "")]
     if not missing and not (prov["data"] or {}).get("copy"):
         missing = ["data.copy (which copy of the images the run saw)"]
@@ -141,7 +132,7 @@ def _write_record(into, run_dir, rows, provenance, n_boot) -> Path:
     except KoaError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise KoaError(f"record {into.name}: {exc}") from None
-    _atomic_text(tmp / PROVENANCE, json.dumps(prov, indent=1, default=str) + "\n")
+    atomic_write_text(tmp / PROVENANCE, json.dumps(prov, indent=1, default=str) + "\n")
     # the complete new record takes the old one's place; the old one is removed after
     old = into.with_name(f".{into.name}.{os.getpid()}.old")
     if into.exists():
@@ -184,7 +175,7 @@ def check_record(path: str | Path, require_copy: bool = True) -> list[str]:
         f = rec / name
         if not f.exists():
             problems.append(f"{f}: missing")
-        elif (prov.get("files") or {}).get(name) != _sha256(f):
+        elif (prov.get("files") or {}).get(name) != sha256_file(f):
             problems.append(f"{f}: does not match the hash in {PROVENANCE}")
     if problems:
         return problems
@@ -275,7 +266,7 @@ def stamp_copy(path: str | Path, copy: str, evidence: str) -> Path:
         rest = {k: v for k, v in data.items() if k not in ("name", "copy", "copy_evidence")}
         prov["data"] = {**({"name": data["name"]} if "name" in data else {}),
                         "copy": copy, "copy_evidence": evidence, **rest}
-        _atomic_text(prov_path, json.dumps(prov, indent=1, default=str) + "\n")
+        atomic_write_text(prov_path, json.dumps(prov, indent=1, default=str) + "\n")
     return prov_path
 
 

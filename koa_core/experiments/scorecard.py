@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from koa_core.experiments.ablation import (CLAIMS, PAPER_TABLE5, _boot_scores, _verdict,
+from koa_core.experiments.ablation import (CLAIMS, PAPER_TABLE5, boot_scores, difference_verdict,
                                           paired_difference)
 
 __all__ = ["NOT_TESTABLE", "RULE", "STREAM_CLAIMS", "claim_rows", "config_interval",
@@ -63,7 +63,7 @@ def config_interval(by_seed: dict[int, dict], metric: str, n_boot: int = 2000,
             b, p = _kl4_recall(y, pred, idx), _kl4_recall(y, pred, full)
         else:
             k = 0 if metric == "accuracy" else 1
-            b, p = _boot_scores(y, pred, idx)[k], _boot_scores(y, pred, full)[k]
+            b, p = boot_scores(y, pred, idx)[k], boot_scores(y, pred, full)[k]
         boot, point = boot + b, point + float(p[0])
     boot = boot / len(seeds)
     return point / len(seeds), np.percentile(boot, [2.5, 97.5]).tolist()
@@ -152,7 +152,7 @@ def _claim_rows(groups, n_boot):
         rows.append({"claim": f"{what} ({better} - {worse}, accuracy points)",
                      "paper": paper, "ours": 100 * d["accuracy"], "ci_low": lo, "ci_high": hi,
                      "kind": "difference", "seeds": len(d["seeds"]),
-                     "verdict": _verdict([lo, hi]),
+                     "verdict": difference_verdict([lo, hi]),
                      "paper_inside": None if paper is None else lo <= paper <= hi,
                      "groups": [better, worse]})
     if "proposed" in groups and any(v.get("gate_raw") is not None
@@ -162,6 +162,6 @@ def _claim_rows(groups, n_boot):
                      "than for KL0-2 (subtle boundaries): w_raw(KL3-4) - w_raw(KL0-2)",
                      "paper": None, "ours": gd["value"], "ci_low": gd["ci"][0],
                      "ci_high": gd["ci"][1], "kind": "difference", "seeds": len(gd["seeds"]),
-                     "verdict": _verdict(gd["ci"]), "paper_inside": None,
+                     "verdict": difference_verdict(gd["ci"]), "paper_inside": None,
                      "groups": ["gate"]})
     return rows

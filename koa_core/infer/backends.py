@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from koa_core.config import ENGINES
 from koa_core.errors import KoaError
 from koa_core.infer.onnx import (META_QUANT, META_SIDECAR, calibration_views, export_onnx,
                                  onnx_cache_path, quantize_int8)
@@ -38,7 +39,6 @@ from koa_core.runtime import amp_dtype, cpu_has_bf16, require, resolve_device
 __all__ = ["ENGINES", "OrtBackend", "TorchBackend", "calibration_views", "export_onnx",
            "load_backend", "onnx_cache_path", "quantize_int8", "resolve_engine"]
 
-ENGINES = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 
 
 class _Calibrated:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,10 @@ from koa_core.data.index import discover
 from koa_core.infer.backends import load_backend
 from koa_core.runtime import provenance
 from koa_core.errors import KoaError
+from koa_core.files import check_writable
 from koa_core.metrics.classification import classification_metrics
 from koa_core.data.preprocess import Preprocessor
+from koa_core.model.inference import check_tta
 from koa_core.metrics.calibration import apply_temperature, calibration_report, ece, nll
 from koa_core.model.checkpoint import resolve_checkpoint, update_sidecar
 
@@ -60,8 +61,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
     ``calibrated``: apply each checkpoint's fitted temperature (``koa calibrate``), if any.
     A single checkpoint's grades are the same either way; an ensemble averages the scaled
     probabilities, so its grades may differ."""
-    if tta not in (None, "none", "flip"):
-        raise KoaError(f"--tta: {tta!r} is not one of none, flip")
+    check_tta(tta)
     ckpt = resolve_checkpoint(checkpoint)
     members = [load_backend(c, engine, device, cache_dir)
                for c in [ckpt] + [resolve_checkpoint(e) for e in ensemble or []]]
@@ -70,9 +70,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
     side = members[0].sidecar
     for target in (out, predictions):
         if target is not None:
-            parent = Path(target).parent
-            if not parent.exists() or not os.access(parent, os.W_OK):
-                raise KoaError(f"{target}: cannot write there (folder missing or read-only)")
+            check_writable(target)
     records = _split_records(root, split, allow_leakage)
     all_probs, all_gates = [], []
     for member in members:

@@ -39,6 +39,7 @@ import numpy as np
 
 from koa_core import GRADE_NAMES
 from koa_core.errors import KoaError
+from koa_core.files import check_writable
 from koa_core.data.imaging import is_image_file, read_image
 from koa_core.data.preprocess import Preprocessor, apply_clahe, crop_box
 from koa_core.data.dicom import is_dicom
@@ -240,8 +241,7 @@ def _make_dir(path: str | Path | None, what: str) -> Path | None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise KoaError(f"{path}: cannot create the {what} folder ({exc.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise KoaError(f"{path}: cannot write the {what} there (read-only)")
+    check_writable(path, what)
     return path
 
 
@@ -302,8 +302,7 @@ def write_predictions(preds: Iterator[Prediction], out: str | Path, total: int |
     from tqdm.auto import tqdm
 
     out = Path(out)
-    if not out.parent.exists() or not os.access(out.parent, os.W_OK):
-        raise KoaError(f"{out}: cannot write there (folder missing or read-only)")
+    check_writable(out)
     counts = {"graded": 0, "failed": 0}
     with open(out, "w", newline="") as fh, tqdm(total=total, unit="img", disable=not progress,
                                                   desc="grading", leave=False) as bar:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from koa_core import GRADE_NAMES, __version__
 from koa_core.errors import KoaError
+from koa_core.files import temp_path
 from koa_core.config import config_from_dict
 from koa_core.model.network import KLNet
 
@@ -65,8 +66,7 @@ def sidecar_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+_tmp = temp_path  # the pair's two files go through the shared temporary names
 
 
 def _write_failed(path: Path, tmp: Path, exc: OSError) -> KoaError:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from koa_core.config import TTA_CHOICES
 from koa_core.errors import KoaError
 from koa_core.runtime import autocast
 
 __all__ = ["TTA_CHOICES", "check_tta", "predict_views", "to_model_layout"]
 
-TTA_CHOICES = ("none", "flip")
 
 
 def to_model_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

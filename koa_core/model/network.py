@@ -36,14 +36,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from koa_core.config import ModelConfig
+from koa_core.config import FUSIONS, STREAMS, ModelConfig
 from koa_core.errors import KoaError
 from koa_core.model.ordinal import corn_log_probs
 
-__all__ = ["CrossAttention", "GatedFusion", "KLNet", "build_model", "load_pretrained_trunk"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CrossAttention", "GatedFusion", "KLNet", "build_model",
+           "load_pretrained_trunk", "resnet_trunk"]
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURES = 512  # ResNet-18 last-stage width
 
 
@@ -92,7 +93,7 @@ class GatedFusion(nn.Module):
         return wf[:, :1] * p_raw + wf[:, 1:] * p_clahe, w
 
 
-def _trunk() -> nn.Sequential:
+def resnet_trunk() -> nn.Sequential:
     r = torchvision.models.resnet18(weights=None)
     return nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3,
                          r.layer4)
@@ -150,12 +151,12 @@ class KLNet(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None):
         super().__init__()
         cfg = cfg or ModelConfig()
-        if cfg.streams not in ("dual", "raw", "clahe"):
+        if cfg.streams not in STREAMS:
             raise KoaError(f"model.streams must be dual, raw or clahe (got {cfg.streams!r})")
-        if cfg.fusion not in ("gated", "mean"):
+        if cfg.fusion not in FUSIONS:
             raise KoaError(f"model.fusion must be gated or mean (got {cfg.fusion!r})")
         self.cfg = cfg
-        self.trunk = _trunk()
+        self.trunk = resnet_trunk()
         self.tap_raw = nn.Identity()
         self.tap_clahe = nn.Identity()
         dual = cfg.streams == "dual"
@@ -169,9 +170,9 @@ class KLNet(nn.Module):
         self.head = nn.Linear(FEATURES, cfg.num_classes - (cfg.head == "corn"))
         self.aux_binary = nn.Linear(FEATURES, 2) if cfg.aux_heads else None
         self.aux_early = nn.Linear(FEATURES, 3) if cfg.aux_heads else None
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1),
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
                              persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1),
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
                              persistent=False)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:

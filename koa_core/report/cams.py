@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from koa_core.report.clahe import _joint_box
+from koa_core.report.clahe import joint_box
 from koa_core.infer.evaluate import preprocessor_from_sidecar
 from koa_core.infer.explain import overlay, stream_layers
 from koa_core.model.checkpoint import load_checkpoint, read_sidecar
@@ -129,7 +129,7 @@ def _joint_focus(cam: np.ndarray) -> float:
     empty map (Grad-CAM keeps only positive evidence, and there may be none)."""
     if cam.sum() <= 0:
         return float("nan")  # an empty map: no positive evidence for the class
-    rows, cols = _joint_box(cam)
+    rows, cols = joint_box(cam)
     band = cam[rows, cols]
     return float(band.sum() / cam.sum() / (band.size / cam.size))
 

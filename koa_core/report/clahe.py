@@ -12,7 +12,7 @@ import pandas as pd
 from koa_core.data.preprocess import apply_clahe
 
 
-def _joint_box(img: np.ndarray) -> tuple[slice, slice]:
+def joint_box(img: np.ndarray) -> tuple[slice, slice]:
     h, w = img.shape
     return slice(int(0.35 * h), int(0.65 * h)), slice(int(0.15 * w), int(0.85 * w))
 
@@ -40,7 +40,7 @@ def clahe_measures(img: np.ndarray, clip: float | None, tiles: int = 8,
     out = img if clip is None else apply_clahe(img, clip, tiles)
     flat = _flat_mask(img) if flat is None else flat
     f = out.astype(np.float32) / 255.0
-    rows, cols = _joint_box(f)
+    rows, cols = joint_box(f)
     grad = _gradient(f)
     resid = f - cv2.GaussianBlur(f, (0, 0), 1.5)
     return {"rms_contrast": float(f.std()), "joint_edge": float(grad[rows, cols].mean()),

@@ -52,6 +52,7 @@ from koa_core.config import Config, config_from_dict, config_to_dict, validate
 from koa_core.data.index import discover
 from koa_core.train.dataset import KneeDataset, class_counts, stratified_subset
 from koa_core.errors import KoaError
+from koa_core.files import atomic_open
 from koa_core.train.feed import device_views, make_feed
 from koa_core.train.gpumon import GpuUtilization
 from koa_core.locking import FolderLock, writes_the_folder
@@ -436,12 +437,10 @@ def _in_main_thread() -> bool:
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)
 
 
 def _sidecar(cfg: Config, data: TrainData, metrics: dict, epoch: int, device, world) -> dict:

@@ -33,7 +33,7 @@ from koa_core.data.index import discover
 from koa_core.data.preprocess import Preprocessor
 from koa_core.locking import FolderLock
 from koa_core.model.checkpoint import read_sidecar, write_pair
-from koa_core.model.network import FEATURES, _IMAGENET_MEAN, _IMAGENET_STD, _trunk
+from koa_core.model.network import FEATURES, IMAGENET_MEAN, IMAGENET_STD, resnet_trunk
 from koa_core.runtime import (amp_dtype, autocast, provenance, require, resolve_device,
                               seed_everything)
 
@@ -73,12 +73,13 @@ class PretrainConfig:
 
 
 class _SimCLR(nn.Module):
-    """Trunk (the model's own, see :func:`koa_core.model.network._trunk`) + pooled projection."""
+    """Trunk (the model's own, :func:`koa_core.model.network.resnet_trunk`) + pooled
+    projection."""
 
     def __init__(self, projection_dim: int):
         super().__init__()
         heads = require("lightly.models.modules", "koa pretrain", extra="ssl")
-        self.trunk = _trunk()
+        self.trunk = resnet_trunk()
         self.head = heads.SimCLRProjectionHead(FEATURES, FEATURES, projection_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,8 +100,8 @@ def _augment(size: int):
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x.expand(-1, 3, -1, -1) - mean) / std
 
 

@@ -15,7 +15,7 @@ def test_bootstrap_macro_f1_matches_sklearn():
     for _ in range(20):
         y = rng.integers(0, 5, 60)
         p = np.where(rng.random(60) < 0.5, y, rng.integers(0, 4, 60))
-        _, f1, _, _ = ablation._boot_scores(y, p, np.arange(60)[None])
+        _, f1, _, _ = ablation.boot_scores(y, p, np.arange(60)[None])
         assert f1[0] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
 
 
@@ -43,7 +43,7 @@ def test_paired_difference_verdicts(a_rate, b_rate, verdict):
         np.mean([(a[s]["pred"] == y).mean() - (b[s]["pred"] == y).mean() for s in (1, 2, 3)]))
     if verdict == "inconclusive":  # same accuracy: an interval around 0 of a few points
         assert lo < 0 < hi and hi - lo < 0.2
-    assert ablation._verdict(d["accuracy_ci"]) == verdict
+    assert ablation.difference_verdict(d["accuracy_ci"]) == verdict
 
 
 def test_pairing_refuses_different_knees():
@@ -109,7 +109,7 @@ def test_bootstrap_qwk_and_mae_match_scikit_learn_on_the_full_sample():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 5, 300)
     pred = np.clip(y + rng.integers(-2, 3, 300), 0, 4)
-    acc, f1, qwk, mae = ablation._boot_scores(y, pred, np.arange(300)[None])
+    acc, f1, qwk, mae = ablation.boot_scores(y, pred, np.arange(300)[None])
     assert qwk[0] == pytest.approx(cohen_kappa_score(y, pred, weights="quadratic"), abs=1e-12)
     assert mae[0] == pytest.approx(mean_absolute_error(y, pred))
     a = {1: {"grade": y, "pred": pred, "path": list(range(300))}}

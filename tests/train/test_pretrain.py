@@ -19,7 +19,7 @@ def test_pretrain_writes_a_trunk_that_model_pretrained_loads(phantom_copy, tmp_p
     import shutil
 
     from koa_core.config import ModelConfig
-    from koa_core.model.network import _trunk, build_model
+    from koa_core.model.network import resnet_trunk, build_model
     from koa_core.train.pretrain import trunk_state_dict
 
     shutil.move(phantom_copy / "test", tmp_path / "held-out-test")
@@ -39,7 +39,7 @@ def test_pretrain_writes_a_trunk_that_model_pretrained_loads(phantom_copy, tmp_p
     state = load_file(str(out))
     assert "conv1.weight" in state and "layer4.1.bn2.running_var" in state
     torch.manual_seed(0)
-    fresh = trunk_state_dict(_trunk())
+    fresh = trunk_state_dict(resnet_trunk())
     assert set(state) == set(fresh)
     model = build_model(ModelConfig(pretrained=str(out)))
     loaded = trunk_state_dict(model.trunk)
