@@ -188,70 +188,47 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from koa_core.infer.backends import load_backend
-    from koa_core.model.checkpoint import resolve_checkpoint
-    from koa_core.infer.predict import (collect_inputs, iter_predictions, write_predictions,
-                                        write_report_index)
+    from koa_core.infer.predict import BatchOptions, grade_batch
 
-    inputs = collect_inputs(args.images)
-    if not inputs.files:
-        raise KoaError(f"no image files found in {', '.join(args.images)} (PNG, JPEG, WebP, "
-                       "TIFF or DICOM)")
-    backend = load_backend(resolve_checkpoint(args.checkpoint), args.engine)
-    backend.calibrated = not args.uncalibrated
-    preds = iter_predictions(inputs.files, backend, cam_dir=args.cam, report_dir=args.report,
-                             batch_size=args.batch_size)
-    kept = []  # small per-file entries, for --json and the report's index only
-    flag_lists = []  # the input check's flags of every graded file, for the summary
+    to_csv = bool(args.out)
+    opts = BatchOptions(checkpoint=args.checkpoint, engine=args.engine,
+                        calibrated=not args.uncalibrated, cam_dir=args.cam,
+                        report_dir=args.report, out=args.out, batch_size=args.batch_size,
+                        keep=args.json,
+                        progress=to_csv and (args.progress or (sys.stderr.isatty()
+                                                               and not args.quiet)))
 
-    def keep(p):
-        flag_lists.append(p.input_flags or [])
-        if args.json or args.report:
-            kept.append(p)
+    def echo(p):  # a line per file as it is graded: errors only when rows go to a CSV
+        if p.error and (to_csv or not args.json):
+            print(p.line(), file=sys.stderr, flush=True)
+        elif not (to_csv or args.json):
+            print(p.line(), flush=True)
 
-    def echo(p):
-        keep(p)
-        if p.error:
-            print(p.line(), file=sys.stderr)
+    try:
+        with _sigterm_as_interrupt():
+            result = grade_batch(args.images, opts, echo)
+    except KeyboardInterrupt:
+        where = f"; the rows of the files graded so far are in {args.out}" if to_csv else ""
+        print(f"koa: error: interrupted{where}", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps([p.to_dict() for p in result.kept], indent=2))
+    if to_csv or result.skipped:
+        print(result.summary(args.out), file=sys.stderr)
+    return 1 if result.failed else 0
 
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a job scheduler's stop) ends a command like Ctrl-C; the old handler after."""
     def handler(signum, frame):
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, handler)
     try:
-        if args.out:
-            progress = args.progress or (sys.stderr.isatty() and not args.quiet)
-            counts = write_predictions(preds, args.out, total=len(inputs.files),
-                                       progress=progress, echo=echo)
-            failed = counts["failed"]
-        else:
-            failed = 0
-            for p in preds:
-                keep(p)
-                failed += bool(p.error)
-                if not args.json:
-                    print(p.line(), file=sys.stderr if p.error else sys.stdout, flush=True)
-    except KeyboardInterrupt:
-        where = (f"; the rows of the files graded so far are in {args.out}" if args.out
-                 else "")
-        print(f"koa: error: interrupted{where}", file=sys.stderr)
-        return 130
+        yield
     finally:
         signal.signal(signal.SIGTERM, old)
-    if args.report:
-        write_report_index(kept, args.report)
-    if args.json:
-        print(json.dumps([p.to_dict() for p in kept], indent=2))
-    from koa_core.data.inputcheck import summarize_flags
-
-    flagged = summarize_flags(flag_lists)
-    if args.out or inputs.skipped:
-        graded = len(inputs.files) - failed
-        print(f"graded {graded} of {len(inputs.files)} file(s), {failed} failed"
-              + (f"; {flagged}" if flagged else "")
-              + (f"; skipped {inputs.skipped} file(s) that are not images" if inputs.skipped
-                 else "") + (f"; rows in {args.out}" if args.out else ""), file=sys.stderr)
-    return 1 if failed else 0
 
 
 def add_model_commands(sub) -> None:

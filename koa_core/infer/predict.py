@@ -29,7 +29,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ from koa_core.files import check_writable
 from koa_core.data.imaging import is_image_file, read_image
 from koa_core.data.preprocess import Preprocessor, apply_clahe, crop_box
 from koa_core.data.dicom import is_dicom
-from koa_core.data.inputcheck import describe
+from koa_core.data.inputcheck import describe, summarize_flags
 from koa_core.infer.profile import check_for
 from koa_core.infer.backends import load_backend
 from koa_core.infer.evaluate import preprocessor_from_sidecar
@@ -51,8 +51,8 @@ from koa_core.infer.explain import grad_cam, overlay, stream_layers
 from koa_core.infer.knee_report import KneeReport, render_report, write_html_index
 from koa_core.model.checkpoint import resolve_checkpoint
 
-__all__ = ["CSV_FIELDS", "Prediction", "collect_inputs", "iter_predictions", "predict_files",
-           "write_predictions"]
+__all__ = ["CSV_FIELDS", "BatchOptions", "BatchResult", "Prediction", "collect_inputs",
+           "grade_batch", "iter_predictions", "predict_files", "write_predictions"]
 
 CSV_FIELDS = ["path", "grade", "p0", "p1", "p2", "p3", "p4", "gate_raw", "gate_clahe",
               "precision", "engine", "temperature", "width", "height", "photometric",
@@ -319,17 +319,85 @@ def write_predictions(preds: Iterator[Prediction], out: str | Path, total: int |
     return counts
 
 
+@dataclass
+class BatchOptions:
+    """How a batch is graded: ``koa predict``'s options (its defaults, but the engine)."""
+
+    checkpoint: str | Path | None = None  # None: the shipped checkpoint
+    engine: str = "torch"
+    device: str | None = None
+    calibrated: bool = True  # apply the temperature koa calibrate fitted, if any
+    cam_dir: str | Path | None = None
+    report_dir: str | Path | None = None
+    out: str | Path | None = None  # the CSV, a flushed row per file
+    batch_size: int = 16
+    keep: bool = False  # keep every Prediction in the result (JSON, report index)
+    progress: bool = False  # a progress bar while the CSV is written
+
+
+@dataclass
+class BatchResult:
+    """What a batch came to: counts, the input check's flags and the kept predictions."""
+
+    files: int
+    skipped: int  # files in walked folders that are not images
+    failed: int = 0
+    flags: list[list[str]] = field(default_factory=list)
+    kept: list[Prediction] = field(default_factory=list)
+
+    def summary(self, out: str | Path | None = None) -> str:
+        """The batch's closing line: 'graded 9 of 10 file(s), 1 failed; ...'."""
+        flagged = summarize_flags(self.flags)
+        return (f"graded {self.files - self.failed} of {self.files} file(s), {self.failed} failed"
+                + (f"; {flagged}" if flagged else "")
+                + (f"; skipped {self.skipped} file(s) that are not images" if self.skipped
+                   else "") + (f"; rows in {out}" if out else ""))
+
+
+def grade_batch(paths: list[str], opts: BatchOptions | None = None,
+                echo: Callable[[Prediction], None] | None = None) -> BatchResult:
+    """Grade files and folders (the one front door of ``koa predict`` and
+    :func:`predict_files`): each file's Prediction goes to ``echo`` as soon as it is graded
+    and, with ``opts.out``, into the CSV; a bad file gets an error entry and the rest go on.
+    An interrupt (KeyboardInterrupt) leaves the rows written so far and propagates."""
+    opts = opts or BatchOptions()
+    inputs = collect_inputs(paths)
+    if not inputs.files:
+        raise KoaError(f"no image files found in {', '.join(map(str, paths))} (PNG, JPEG, "
+                       "WebP, TIFF or DICOM)")
+    backend = load_backend(resolve_checkpoint(opts.checkpoint), opts.engine, opts.device)
+    backend.calibrated = opts.calibrated
+    preds = iter_predictions(inputs.files, backend, cam_dir=opts.cam_dir,
+                             report_dir=opts.report_dir, batch_size=opts.batch_size)
+    result = BatchResult(len(inputs.files), inputs.skipped)
+
+    def seen(p: Prediction) -> None:
+        result.failed += bool(p.error)
+        result.flags.append(p.input_flags or [])
+        if opts.keep or opts.report_dir:
+            result.kept.append(p)
+        if echo is not None:
+            echo(p)
+
+    if opts.out:
+        write_predictions(preds, opts.out, total=len(inputs.files), progress=opts.progress,
+                          echo=seen)
+    else:
+        for p in preds:
+            seen(p)
+    if opts.report_dir:
+        write_report_index(result.kept, opts.report_dir)
+    return result
+
+
 def predict_files(paths: list[str], checkpoint: str | Path | None = None,
                   cam_dir: str | Path | None = None, device: str | None = None,
                   engine: str = "torch", report_dir: str | Path | None = None
                   ) -> list[Prediction]:
     """Grade files and folders; unreadable files get an error entry and the rest go on."""
-    backend = load_backend(resolve_checkpoint(checkpoint), engine, device)
-    files = collect_inputs(paths).files
-    preds = list(iter_predictions(files, backend, cam_dir, report_dir))
-    if report_dir is not None:
-        write_report_index(preds, report_dir)
-    return preds
+    opts = BatchOptions(checkpoint=checkpoint, engine=engine, device=device, cam_dir=cam_dir,
+                        report_dir=report_dir, keep=True)
+    return grade_batch(paths, opts).kept
 
 
 def write_report_index(preds: list[Prediction], report_dir: str | Path) -> Path:
