@@ -177,7 +177,7 @@ def test_sigterm_mid_epoch_keeps_the_last_epoch_resumable(tmp_path, monkeypatch,
     seen = {}
 
     def epoch(*args, **kw):
-        if args[9] == 2:  # the epoch number
+        if args[1] == 2:  # the epoch number (_train_epoch(run, epoch))
             seen["best"] = (out / "best.safetensors").read_bytes()
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.5)  # the handler runs at the next bytecode boundary
@@ -216,7 +216,7 @@ def test_sigint_stops_training_even_when_inherited_as_ignored(tmp_path, monkeypa
     real = engine._train_epoch
 
     def epoch(*args, **kw):
-        if args[9] == 2:  # the epoch number
+        if args[1] == 2:  # the epoch number (_train_epoch(run, epoch))
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.5)  # the handler runs at the next bytecode boundary
         return real(*args, **kw)

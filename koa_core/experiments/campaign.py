@@ -161,8 +161,11 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
     with FolderLock(runs_dir, "running a campaign"), \
             FolderLock(records_dir, "writing records"):
         _check_copies(records_dir, runs, data_copy)
-        return _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin,
-                    data_encoding, data_name, progress, command, echo, data_copy)
+        camp = _Campaign(plan_path, runs_dir, records_dir, deadline, t_begin, progress, echo,
+                         command or shlex.join(sys.argv), code_commit(),
+                         {"data_encoding": data_encoding, "data_name": data_name,
+                          "data_copy": data_copy})
+        return _run(camp, runs, cfgs)
 
 
 def resolve_copy(data_copy: str | None, phantom: bool) -> str:
@@ -197,59 +200,76 @@ def _check_copies(records_dir: Path, runs: list[PlanRun], data_copy: str) -> Non
                            "another --records folder")
 
 
-def _run(plan_path, runs, cfgs, runs_dir, records_dir, deadline, t_begin, data_encoding,
-         data_name, progress, command, echo, data_copy) -> dict:
-    command = command or shlex.join(sys.argv)
-    commit = code_commit()
+@dataclass
+class _Campaign:
+    """What every run of one campaign shares: where it writes, its clock, its provenance."""
+
+    plan_path: str | Path
+    runs_dir: Path
+    records_dir: Path
+    deadline: float | None
+    t_begin: float
+    progress: bool
+    echo: object
+    command: str
+    commit: str
+    data: dict  # data_encoding, data_name, data_copy for every record
+    loaded: dict = field(default_factory=dict)  # one prepared dataset at a time
+    epoch_s: dict = field(default_factory=dict)  # per architecture: median s per epoch
+
+
+def _run(camp: _Campaign, runs: list[PlanRun], cfgs: dict) -> dict:
     done, skipped, stopped = [], [], None
-    loaded: dict[tuple, object] = {}
-    epoch_s: dict[str, float] = {}  # per architecture: median seconds per epoch so far
     for r in runs:
-        rec_dir = records_dir / r.name
-        if not check_record(rec_dir):
+        if not check_record(camp.records_dir / r.name):
             skipped.append(r.name)
             continue
         cfg = cfgs[r.name]
         arch = repr(cfg.model)
-        if deadline is not None and arch in epoch_s \
-                and time.monotonic() + epoch_s[arch] * cfg.train.epochs > deadline:
+        if camp.deadline is not None and arch in camp.epoch_s \
+                and time.monotonic() + camp.epoch_s[arch] * cfg.train.epochs > camp.deadline:
             # a shorter run later in the plan may still fit
             stopped = f"{r.name} would not finish within the time limit"
             continue
-        key = _data_key(cfg)
-        if key not in loaded:
-            loaded.clear()  # one dataset in memory at a time
-            t0 = time.perf_counter()
-            loaded[key] = prepare_data(cfg, progress=progress)
-            echo(f"data: {loaded[key].counts} prepared in {time.perf_counter() - t0:.1f} s")
-        data = _with_augment(loaded[key], cfg)
-        run_dir = runs_dir / r.name
-        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
-        echo(f"run {r.name} ({r.stage}): {' '.join(r.configs)}")
-        t0 = time.perf_counter()
         try:
-            summary = fit(cfg, run_dir, progress=progress, data=data, keep_state=False,
-                          deadline=deadline)
+            _train_and_record(camp, r, cfg)
         except DeadlineReached as exc:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(camp.runs_dir / r.name, ignore_errors=True)
             stopped = f"{r.name} stopped: {exc}"
             break
-        wall = time.perf_counter() - t0
-        hist = summary["history"]
-        epoch_s[arch] = float(np.median([h["epoch_s"] for h in hist[1:] or hist]))
-        record_run(run_dir, rec_dir, data, command=command, commit=commit,
-                   data_encoding=data_encoding, data_name=data_name, wall_s=wall,
-                   data_copy=data_copy,
-                   extra={"name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
-                          "plan": Path(plan_path).name, "feed": summary["feed"]})
         done.append(r.name)
-        best = max(h[f"val_{cfg.train.select_metric}"] for h in hist)
-        rate = np.median([h["train_img_s"] for h in hist[1:] or hist])
-        echo(f"  {r.name}: {summary['epochs_run']} epochs in {wall:.0f} s, "
-             f"{rate:.0f} img/s, best val {cfg.train.select_metric} {best:.3f}")
     return {"done": done, "skipped": skipped, "stopped": stopped,
             "remaining": [r.name for r in runs if r.name not in done and r.name not in skipped],
-            "seconds": time.monotonic() - t_begin}
+            "seconds": time.monotonic() - camp.t_begin}
+
+
+def _train_and_record(camp: _Campaign, r: PlanRun, cfg) -> None:
+    """Train one run of the plan on the campaign's data and write its record."""
+    key = _data_key(cfg)
+    if key not in camp.loaded:
+        camp.loaded.clear()  # one dataset in memory at a time
+        t0 = time.perf_counter()
+        camp.loaded[key] = prepare_data(cfg, progress=camp.progress)
+        camp.echo(f"data: {camp.loaded[key].counts} prepared in "
+                  f"{time.perf_counter() - t0:.1f} s")
+    data = _with_augment(camp.loaded[key], cfg)
+    run_dir = camp.runs_dir / r.name
+    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
+    camp.echo(f"run {r.name} ({r.stage}): {' '.join(r.configs)}")
+    t0 = time.perf_counter()
+    summary = fit(cfg, run_dir, progress=camp.progress, data=data, keep_state=False,
+                  deadline=camp.deadline)
+    wall = time.perf_counter() - t0
+    hist = summary["history"]
+    camp.epoch_s[repr(cfg.model)] = float(np.median([h["epoch_s"] for h in hist[1:] or hist]))
+    record_run(run_dir, camp.records_dir / r.name, data, command=camp.command,
+               commit=camp.commit, wall_s=wall, **camp.data,
+               extra={"name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
+                      "plan": Path(camp.plan_path).name, "feed": summary["feed"]})
+    best = max(h[f"val_{cfg.train.select_metric}"] for h in hist)
+    rate = np.median([h["train_img_s"] for h in hist[1:] or hist])
+    camp.echo(f"  {r.name}: {summary['epochs_run']} epochs in {wall:.0f} s, "
+              f"{rate:.0f} img/s, best val {cfg.train.select_metric} {best:.3f}")
 
 
 def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit: str | None = None,

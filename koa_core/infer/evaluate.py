@@ -15,6 +15,8 @@ and both again cross-fitted over patients so the figure is not judged on its own
 from __future__ import annotations
 
 import csv
+import dataclasses
+from dataclasses import dataclass
 import json
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from koa_core.data.index import discover
 from koa_core.infer.backends import load_backend
 from koa_core.runtime import provenance
 from koa_core.errors import KoaError
-from koa_core.files import check_writable
+from koa_core.files import atomic_open, atomic_write_text, check_writable
 from koa_core.metrics.classification import classification_metrics
 from koa_core.data.preprocess import Preprocessor
 from koa_core.model.inference import check_tta
@@ -34,6 +36,7 @@ from koa_core.metrics.calibration import apply_temperature, calibration_report, 
 from koa_core.model.checkpoint import resolve_checkpoint, update_sidecar
 
 __all__ = [
+    "EvalOptions",
     "calibrate_checkpoint",
     "evaluate_checkpoint",
     "preprocessor_from_sidecar",
@@ -45,14 +48,28 @@ def preprocessor_from_sidecar(side: dict) -> Preprocessor:
     return Preprocessor.from_sidecar(side)
 
 
+@dataclass
+class EvalOptions:
+    """How :func:`evaluate_checkpoint` evaluates (``koa evaluate``'s options, its defaults)."""
+
+    out: str | Path | None = None  # metrics JSON
+    predictions: str | Path | None = None  # per-image CSV
+    batch_size: int = 64
+    n_boot: int = 1000  # bootstrap resamples of the intervals
+    cache_dir: str | None = None
+    allow_leakage: bool = False
+    device: str | None = None
+    progress: bool = False
+    tta: str | None = None  # "flip": each knee averaged with its mirror
+    ensemble: list[str | Path] | None = None  # more checkpoints averaged with this one
+    engine: str = "torch"
+    calibrated: bool = True  # apply each checkpoint's fitted temperature, if any
+
+
 def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: str = "test",
-                        out: str | Path | None = None, predictions: str | Path | None = None,
-                        batch_size: int = 64, n_boot: int = 1000, cache_dir: str | None = None,
-                        allow_leakage: bool = False, device: str | None = None,
-                        progress: bool = False, tta: str | None = None,
-                        ensemble: list[str | Path] | None = None, engine: str = "torch",
-                        calibrated: bool = True) -> dict:
+                        options: EvalOptions | None = None, **settings) -> dict:
     """Metrics of a checkpoint on one split; optionally writes metrics JSON and a CSV.
+    ``options`` (or its fields as keywords, ``settings``): :class:`EvalOptions`.
 
     ``tta="flip"``: each knee's probabilities averaged with its mirror's. ``ensemble``:
     more checkpoints whose probabilities (and gates, where every member has one) are
@@ -61,33 +78,34 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
     ``calibrated``: apply each checkpoint's fitted temperature (``koa calibrate``), if any.
     A single checkpoint's grades are the same either way; an ensemble averages the scaled
     probabilities, so its grades may differ."""
-    check_tta(tta)
+    o = dataclasses.replace(options or EvalOptions(), **settings)
+    check_tta(o.tta)
     ckpt = resolve_checkpoint(checkpoint)
-    members = [load_backend(c, engine, device, cache_dir)
-               for c in [ckpt] + [resolve_checkpoint(e) for e in ensemble or []]]
+    members = [load_backend(c, o.engine, o.device, o.cache_dir)
+               for c in [ckpt] + [resolve_checkpoint(e) for e in o.ensemble or []]]
     for member in members:
-        member.calibrated = calibrated
+        member.calibrated = o.calibrated
     side = members[0].sidecar
-    for target in (out, predictions):
+    for target in (o.out, o.predictions):
         if target is not None:
             check_writable(target)
-    records = _split_records(root, split, allow_leakage)
+    records = _split_records(root, split, o.allow_leakage)
     all_probs, all_gates = [], []
     for member in members:
-        p, g = _member_predict(member, records, root, cache_dir, progress, batch_size, tta)
+        p, g = _member_predict(member, records, root, o.cache_dir, o.progress, o.batch_size, o.tta)
         all_probs.append(p)
         all_gates.append(g)
     probs = np.mean(all_probs, axis=0)
     gates = (np.mean(all_gates, axis=0) if all(g is not None for g in all_gates) else None)
     y_true = np.array([r.grade for r in records])
     y_pred = probs.argmax(1)
-    metrics = classification_metrics(y_true, y_pred, n_boot=n_boot)
+    metrics = classification_metrics(y_true, y_pred, n_boot=o.n_boot)
     metrics.update({"split": split, "checkpoint": str(ckpt), "data_root": str(root),
                     "model": side.get("config", {}).get("model", {}),
                     "precision": members[0].precision, "engine": members[0].engine,
                     "weights_dtype": side.get("weights_dtype"),
                     "input_transform": preprocessor_from_sidecar(side).describe_input(),
-                    "tta": tta if tta and tta != "none" else None,
+                    "tta": o.tta if o.tta and o.tta != "none" else None,
                     "temperatures": [m.temperature for m in members],
                     "ensemble": ([str(m.checkpoint) for m in members] if len(members) > 1
                                  else None),
@@ -95,10 +113,10 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
     if gates is not None:
         metrics["gate_raw_mean_by_grade"] = {
             str(g): float(gates[y_true == g, 0].mean()) for g in range(5) if (y_true == g).any()}
-    if out is not None:
-        Path(out).write_text(json.dumps(metrics, indent=2) + "\n")
-    if predictions is not None:
-        with open(predictions, "w", newline="") as fh:
+    if o.out is not None:
+        atomic_write_text(o.out, json.dumps(metrics, indent=2) + "\n")
+    if o.predictions is not None:
+        with atomic_open(o.predictions, newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "true_grade", "pred_grade"] + [f"p{g}" for g in range(5)]
                        + (["gate_raw"] if gates is not None else []))

@@ -36,7 +36,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -143,14 +143,16 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, cfg, epoch,
-                 progress, rank, ema=None, raw_model=None):
-    """One pass over ``batches`` (an iterator of ``(x, y)`` on the device, from a
+def _train_epoch(run: _Run, epoch: int) -> dict:
+    """One pass over the epoch's batches (``(x, y)`` on the device, from the run's
     :mod:`~koa_core.train.feed`). Running sums stay on the device; the host syncs every
     ``check_every`` steps (every step on a CPU, where syncing is free) to stop at the first
     non-finite loss and to update the progress bar."""
     from tqdm.auto import tqdm
 
+    model, cfg, device, dtype = run.net, run.cfg, run.device, run.dtype
+    loss_fn, opt, sched, ema = run.loss_fn, run.opt, run.sched, run.ema
+    batches, n_batches = run.feed.epoch(epoch), len(run.feed)
     model.train()
     mixer = Mixer.from_config(cfg.augment)  # None unless augment.mixup/cutmix (not paper)
     keys = ("loss", "main", "aux_binary", "aux_early")
@@ -161,7 +163,7 @@ def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, 
     wait = 0.0
     t0 = time.perf_counter()
     it = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-              disable=not progress or rank != 0)
+              disable=not run.progress or run.rank != 0)
     batches = iter(it)
     with GpuUtilization(device) as util:
         while True:
@@ -184,7 +186,7 @@ def _train_epoch(model, batches, n_batches, loss_fn, opt, sched, device, dtype, 
             opt.step()
             sched.step()
             if ema is not None:
-                ema.update(raw_model)
+                ema.update(run.model)
             with torch.no_grad():
                 b = y.shape[0]
                 # train_accuracy: a mixed knee (mixup/CutMix) counts against its own grade
@@ -289,147 +291,214 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
         return _fit(cfg, out_dir, resume, progress, data, keep_state, deadline)
 
 
-def _fit(cfg: Config, out_dir, resume, progress, data, keep_state, deadline) -> dict:
-    out = Path(out_dir)
+@dataclass
+class _Run:
+    """What one training run holds while it trains: set up by :func:`_setup`, continued by
+    :func:`_restore`, advanced by :func:`_end_of_epoch`."""
+
+    cfg: Config
+    out: Path
+    progress: bool
+    keep_state: bool
+    ddp: bool
+    rank: int
+    world: int
+    device: torch.device
+    data: TrainData | None = None
+    model: torch.nn.Module | None = None  # the network whose weights train
+    evaluated: torch.nn.Module | None = None  # validated, selected, saved (EMA or model)
+    net: torch.nn.Module | None = None  # what the training steps run (DDP, compiled)
+    ema: WeightEMA | None = None
+    dtype: torch.dtype | None = None
+    loss_fn: torch.nn.Module | None = None
+    opt: torch.optim.Optimizer | None = None
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    feed: object = None
+    val_views: object = None
+    sel: Selection | None = None
+    start: int = 1
+    history: list = field(default_factory=list)
+    held: tuple | None = None  # keep_state=False: (epoch, metrics, weights) of the selection
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / "last_state.safetensors"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.safetensors"
+
+
+def _setup(cfg: Config, out_dir, resume: bool, progress: bool, data, keep_state: bool) -> _Run:
+    """Processes, device, checks of the run folder, data, model, loss, optimizer, feed."""
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if ddp and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if ddp else 0
-    world = dist.get_world_size() if ddp else 1
-    device = resolve_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    state_path, best_path = out / "last_state.safetensors", out / "best.safetensors"
-    if resume:
-        if not (out / "config.yaml").exists() or not state_path.exists():
-            raise KoaError(f"{out}: nothing to resume (no config.yaml / last_state.safetensors)")
-    elif rank == 0 and (state_path.exists() or best_path.exists()):
-        raise KoaError(f"{out}: already holds a run; use --resume to continue it or choose "
-                       "another --out")
-    if rank == 0:
-        _check_writable(out)
+    run = _Run(cfg, Path(out_dir), progress, keep_state, ddp,
+               dist.get_rank() if ddp else 0, dist.get_world_size() if ddp else 1,
+               resolve_device(int(os.environ.get("LOCAL_RANK", "0"))))
+    if run.device.type == "cuda":
+        torch.cuda.set_device(run.device)
+    _check_run_folder(run, resume)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-
     # Rank 0 builds the phantom and the view cache first; the others then read them.
     if data is None:
-        if rank == 0:
+        if run.rank == 0:
             data = prepare_data(cfg, progress=progress)
         if ddp:
             dist.barrier()
-        if rank != 0:
+        if run.rank != 0:
             data = prepare_data(cfg)
+    run.data = data
+    _build_training(run)
+    return run
 
+
+def _check_run_folder(run: _Run, resume: bool) -> None:
+    if resume:
+        if not (run.out / "config.yaml").exists() or not run.state_path.exists():
+            raise KoaError(f"{run.out}: nothing to resume (no config.yaml / "
+                           "last_state.safetensors)")
+    elif run.rank == 0 and (run.state_path.exists() or run.best_path.exists()):
+        raise KoaError(f"{run.out}: already holds a run; use --resume to continue it or choose "
+                       "another --out")
+    if run.rank == 0:
+        _check_writable(run.out)
+
+
+def _build_training(run: _Run) -> None:
+    """The model (and its EMA), loss, optimizer, feed, schedule and validation views."""
+    cfg, device = run.cfg, run.device
     model = build_model(cfg.model).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(cfg.train.amp, device)
-    loss_fn = build_loss(cfg, data.counts["train"]).to(device)
-    ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    evaluated = ema.module if ema is not None else model  # validated, selected, saved
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
-                            weight_decay=cfg.train.weight_decay)
+    run.model, run.dtype = model, amp_dtype(cfg.train.amp, device)
+    run.loss_fn = build_loss(cfg, run.data.counts["train"]).to(device)
+    run.ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    run.evaluated = run.ema.module if run.ema is not None else model
+    run.opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                                weight_decay=cfg.train.weight_decay)
     sampler = None
-    if ddp:
+    if run.ddp:
         from torch.utils.data.distributed import DistributedSampler
-        sampler = DistributedSampler(data.train, shuffle=True, seed=cfg.train.seed)
-    feed = make_feed(cfg, data.train, device, sampler=sampler, distributed=ddp)
-    steps_per_epoch = len(feed) if not ddp else math.ceil(
-        len(data.train) / (cfg.train.batch_size * world))
+        sampler = DistributedSampler(run.data.train, shuffle=True, seed=cfg.train.seed)
+    run.feed = make_feed(cfg, run.data.train, device, sampler=sampler, distributed=run.ddp)
+    steps_per_epoch = len(run.feed) if not run.ddp else math.ceil(
+        len(run.data.train) / (cfg.train.batch_size * run.world))
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(steps_per_epoch * cfg.train.epochs,
-                        steps_per_epoch * cfg.train.warmup_epochs))
+    run.sched = torch.optim.lr_scheduler.LambdaLR(
+        run.opt, _lr_lambda(steps_per_epoch * cfg.train.epochs,
+                            steps_per_epoch * cfg.train.warmup_epochs))
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) \
-        if ddp else model
+        if run.ddp else model
     if cfg.train.compile:
         # Training steps run compiled; validation and the checkpoints use ``model`` itself,
         # whose parameters the compiled module shares.
         net = torch.compile(net)
+    run.net = net
     # validation views: on the device with the device feed (uploaded once), else host
-    val_views = device_views(data.val.views, device) if feed.kind == "device" \
-        else data.val.views
+    run.val_views = device_views(run.data.val.views, device) if run.feed.kind == "device" \
+        else run.data.val.views
+    run.sel = Selection(cfg.train.patience)
 
-    start, history = 1, []
-    sel = Selection(cfg.train.patience)
+
+def _restore(run: _Run) -> None:
+    """Continue from the run folder's last state (``--resume``)."""
+    st = load_state(run.state_path)
+    run.model.load_state_dict(st["model"])
+    if run.ema is not None:
+        run.ema.load_state_dict(st["ema"])
+    run.opt.load_state_dict(st["optimizer"])
+    run.sched.load_state_dict(st["scheduler"])
+    run.start, run.history = st["epoch"] + 1, st["history"]
+    run.sel = Selection(run.cfg.train.patience, st["best"], st["stale"])
+
+
+def _run_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
+    """Train one epoch and validate: the history row and the validation metrics."""
+    cfg = run.cfg
+    torch.manual_seed(cfg.train.seed * 1000 + epoch)
+    t0 = time.perf_counter()
+    row = {"epoch": epoch, "lr": run.opt.param_groups[0]["lr"]}
+    row.update(_train_epoch(run, epoch))
+    if epoch < cfg.train.epochs:
+        run.feed.prefetch(epoch + 1)  # the loader's workers start during validation
+    val = _validate(run.evaluated, run.val_views, run.data.val.grades, cfg, run.device,
+                    run.dtype)
+    metrics = val.pop("_metrics")
+    row.update(val)
+    row["epoch_s"] = time.perf_counter() - t0
+    return row, metrics
+
+
+def _end_of_epoch(run: _Run, epoch: int, row: dict, metrics: dict) -> None:
+    """Select, then (rank 0) save the checkpoint, the state and the history, in that order."""
+    run.history.append(row)
+    improved = run.sel.update(row[f"val_{run.cfg.train.select_metric}"])
+    if run.rank != 0:
+        return
+    if improved and run.keep_state:
+        save_checkpoint(run.best_path, run.evaluated, _run_sidecar(run, metrics, epoch))
+    elif improved:
+        run.held = (epoch, metrics, {k: v.detach().clone()
+                                     for k, v in run.evaluated.state_dict().items()})
+    if run.keep_state:
+        save_state(run.state_path, {"model": run.model.state_dict(),
+                                    **({"ema": run.ema.state_dict()} if run.ema else {}),
+                                    "optimizer": run.opt.state_dict(),
+                                    "scheduler": run.sched.state_dict(), "epoch": epoch,
+                                    "best": run.sel.best, "stale": run.sel.stale,
+                                    "history": run.history})
+    # after the state: an epoch in history.csv is always one --resume can continue
+    # (a signal during the state's write used to leave a row without its state)
+    _write_history(run.out / "history.csv", run.history)
+    if run.progress:
+        print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc "
+              f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
+              f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
+
+
+def _run_sidecar(run: _Run, metrics: dict, epoch: int) -> dict:
+    return _sidecar(run.cfg, run.data, metrics, epoch, run.device, run.world)
+
+
+def _fit(cfg: Config, out_dir, resume, progress, data, keep_state, deadline) -> dict:
+    run = _setup(cfg, out_dir, resume, progress, data, keep_state)
     if resume:
-        st = load_state(state_path)
-        model.load_state_dict(st["model"])
-        if ema is not None:
-            ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        start, history = st["epoch"] + 1, st["history"]
-        sel = Selection(cfg.train.patience, st["best"], st["stale"])
-    if rank == 0:
-        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-
+        _restore(run)
+    if run.rank == 0:
+        (run.out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg),
+                                                            sort_keys=False))
     # SIGTERM and SIGINT both stop at once with the last completed epoch intact. SIGINT is
     # set explicitly because a process started in the background inherits it as ignored.
     old_handlers = {sig: signal.signal(sig, _sigterm_as_interrupt)
                     for sig in (signal.SIGTERM, signal.SIGINT)} \
-        if rank == 0 and _in_main_thread() else {}
+        if run.rank == 0 and _in_main_thread() else {}
     t_start = time.perf_counter()
-    held = None  # keep_state=False: (epoch, metrics, weights) of the selected epoch
-
     try:
-        for epoch in range(start, cfg.train.epochs + 1):
-            if sel.stop:
+        for epoch in range(run.start, cfg.train.epochs + 1):
+            if run.sel.stop:
                 break
-            if deadline is not None and history:
-                last = history[-1]["epoch_s"]
-                if time.monotonic() + 1.2 * last > deadline:
+            if deadline is not None and run.history:
+                if time.monotonic() + 1.2 * run.history[-1]["epoch_s"] > deadline:
                     raise DeadlineReached(f"epoch {epoch} would end after the deadline")
-            torch.manual_seed(cfg.train.seed * 1000 + epoch)
-            t0 = time.perf_counter()
-            row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
-            row.update(_train_epoch(net, feed.epoch(epoch), len(feed), loss_fn, opt, sched,
-                                    device, dtype, cfg, epoch, progress, rank, ema, model))
-            if epoch < cfg.train.epochs:
-                feed.prefetch(epoch + 1)  # the loader's workers start during validation
-            val = _validate(evaluated, val_views, data.val.grades, cfg, device, dtype)
-            metrics = val.pop("_metrics")
-            row.update(val)
-            row["epoch_s"] = time.perf_counter() - t0
-            history.append(row)
-            score = row[f"val_{cfg.train.select_metric}"]
-            improved = sel.update(score)
-            if rank == 0:
-                if improved and keep_state:
-                    save_checkpoint(best_path, evaluated, _sidecar(cfg, data, metrics, epoch,
-                                                                  device, world))
-                elif improved:
-                    held = (epoch, metrics, {k: v.detach().clone()
-                                             for k, v in evaluated.state_dict().items()})
-                if keep_state:
-                    save_state(state_path, {"model": model.state_dict(),
-                                            **({"ema": ema.state_dict()} if ema else {}),
-                                            "optimizer": opt.state_dict(),
-                                            "scheduler": sched.state_dict(), "epoch": epoch,
-                                            "best": sel.best, "stale": sel.stale,
-                                            "history": history})
-                # after the state: an epoch in history.csv is always one --resume can continue
-                # (a signal during the state's write used to leave a row without its state)
-                _write_history(out / "history.csv", history)
-                if progress:
-                    print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc "
-                          f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
-                          f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
-        if held is not None:  # training is over: the model can take the selected weights
-            epoch, metrics, weights = held
-            model.load_state_dict(weights)
-            save_checkpoint(best_path, model, _sidecar(cfg, data, metrics, epoch, device, world))
+            _end_of_epoch(run, epoch, *_run_epoch(run, epoch))
+        if run.held is not None:  # training is over: the model can take the selected weights
+            epoch, metrics, weights = run.held
+            run.model.load_state_dict(weights)
+            save_checkpoint(run.best_path, run.model, _run_sidecar(run, metrics, epoch))
     finally:
-        feed.close()
+        run.feed.close()
         for sig, handler in old_handlers.items():
             # None: the old handler was installed outside Python; the default is closest
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if ddp:
+        if run.ddp:
             dist.destroy_process_group()
-    return {"out": str(out), "epochs_run": len(history),
-            "best_" + cfg.train.select_metric: sel.best,
-            "history": history, "seconds": time.perf_counter() - t_start, "feed": feed.kind,
-            "hardware": hardware_name(device)}
+    return {"out": str(run.out), "epochs_run": len(run.history),
+            "best_" + cfg.train.select_metric: run.sel.best,
+            "history": run.history, "seconds": time.perf_counter() - t_start,
+            "feed": run.feed.kind, "hardware": hardware_name(run.device)}
 
 
 def _in_main_thread() -> bool:
