@@ -186,10 +186,7 @@ def build_figure(report: KneeReport, dpi: int = 110):
     ``"probabilities"`` and ``"colorbar_raw"`` / ``"colorbar_clahe"`` (``ax.get_label()``).
     The layout is fixed, in inches (no layout engine: half the drawing time).
     """
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     image, clahe, cams, p, grade, gate = _check(report)
@@ -223,30 +220,48 @@ def build_figure(report: KneeReport, dpi: int = 110):
     ax.set_title(f"{_short(report.name)}\n{h} x {w} px", fontsize=10, parse_math=False)
     ax.set_axis_off()
 
-    jet = colormaps["jet"]
     for stream, cam in cams.items():
         x += box_w + gap
-        ax = fig.add_axes(rect(x, box_y, box_w, box_h), label=f"cam_{stream}")
         under = clahe if stream == "clahe" and clahe is not None else image
-        ax.imshow(under, cmap="gray", **_gray_kwargs(under))
-        ax.imshow(cam, cmap=jet, alpha=CAM_ALPHA, vmin=0.0, vmax=1.0)
-        title = STREAM_TITLES[stream]
-        if stream == "clahe" and clahe is None:
-            title += "\n(drawn over the input image)"
-        ax.set_title(title, fontsize=10)
-        ax.set_axis_off()
-        # the scale at full opacity (easier to read than the see-through overlay), under
-        # the image and exactly as wide as it
-        cax = fig.add_axes(rect(x, box_y - 0.3, box_w, 0.12), label=f"colorbar_{stream}")
-        cax.set_axes_locator(_below(ax, 0.08, 0.12))
-        bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=jet), cax=cax,
-                           orientation="horizontal", ticks=[0, 0.25, 0.5, 0.75, 1])
-        bar.set_label(CAM_LABEL, fontsize=8, labelpad=2)
-        bar.ax.tick_params(labelsize=7, length=2, pad=1)
+        _draw_cam(fig, rect(x, box_y, box_w, box_h), rect(x, box_y - 0.3, box_w, 0.12),
+                  stream, cam, under, over_input=stream == "clahe" and clahe is None)
 
     x += box_w + gap + bar_left
     bar_y = band + (0.85 if gate is not None else 0.45)
     ax = fig.add_axes(rect(x, bar_y, bar_w, fig_h - 0.45 - bar_y), label="probabilities")
+    _draw_probabilities(ax, p, grade, gate)
+    _draw_lines(fig, bottom_lines, margin / fig_w, fig_h)
+    return fig
+
+
+def _draw_cam(fig, box, bar_box, stream: str, cam: np.ndarray, under: np.ndarray,
+              over_input: bool) -> None:
+    """One stream's Grad-CAM over its view, with the colour scale under it."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    jet = colormaps["jet"]
+    ax = fig.add_axes(box, label=f"cam_{stream}")
+    ax.imshow(under, cmap="gray", **_gray_kwargs(under))
+    ax.imshow(cam, cmap=jet, alpha=CAM_ALPHA, vmin=0.0, vmax=1.0)
+    title = STREAM_TITLES[stream]
+    if over_input:
+        title += "\n(drawn over the input image)"
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+    # the scale at full opacity (easier to read than the see-through overlay), under
+    # the image and exactly as wide as it
+    cax = fig.add_axes(bar_box, label=f"colorbar_{stream}")
+    cax.set_axes_locator(_below(ax, 0.08, 0.12))
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=jet), cax=cax,
+                       orientation="horizontal", ticks=[0, 0.25, 0.5, 0.75, 1])
+    bar.set_label(CAM_LABEL, fontsize=8, labelpad=2)
+    bar.ax.tick_params(labelsize=7, length=2, pad=1)
+
+
+def _draw_probabilities(ax, p: list[float], grade: int, gate) -> None:
+    """The five probabilities as bars, the predicted grade in colour, the gate under them."""
     ys = np.arange(len(GRADE_NAMES))
     colors = [PREDICTED_COLOR if k == grade else OTHER_COLOR for k in ys]
     ax.barh(ys, p, color=colors, height=0.7)
@@ -274,13 +289,15 @@ def build_figure(report: KneeReport, dpi: int = 110):
                     textcoords="offset points", ha="center", va="top", fontsize=7.5,
                     color="dimgray")
 
-    for i, line in enumerate(reversed(bottom_lines)):
+
+def _draw_lines(fig, lines: list[str], left: float, fig_h: float) -> None:
+    """The details (left) and the caption (centred, last) along the bottom."""
+    for i, line in enumerate(reversed(lines)):
         caption = i == 0
-        fig.text(0.5 if caption else margin / fig_w, (0.1 + 0.2 * i) / fig_h, line,
+        fig.text(0.5 if caption else left, (0.1 + 0.2 * i) / fig_h, line,
                  ha="center" if caption else "left", va="bottom",
                  fontsize=8.5 if caption else 7.5, color="black" if caption else "dimgray",
                  style="italic" if caption else "normal", parse_math=False)
-    return fig
 
 
 def render_report(report: KneeReport, path: str | Path, dpi: int = 110) -> Path:
