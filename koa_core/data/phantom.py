@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -104,13 +106,32 @@ def _sample_signs(grade: int, rng: np.random.Generator, s: float) -> dict:
     }
 
 
+@dataclass
+class _Frame:
+    """One knee's canonical coordinates (joint line at y=0, medial at x<0) on the output grid,
+    and the sampled signs; what every drawing stage of :func:`render_knee` shares."""
+
+    s: float  # image side in pixels
+    px: float  # one pixel of the 224-pixel reference knee
+    size: int
+    sg: dict  # the sampled signs of the grade (_sample_signs)
+    x: np.ndarray
+    y: np.ndarray
+    ax: np.ndarray  # |x|
+    cols: np.ndarray  # the output column of each canonical x (for 1-D noise profiles)
+    lat_w: np.ndarray  # smooth medial -> lateral blend
+    angle: float
+    scale: float
+
+
 def render_knee(grade: int, rng: np.random.Generator, size: int = 224, *,
                 side: str | None = None, params_out: dict | None = None) -> np.ndarray:
     """One 8-bit grayscale (size x size, uint8) AP knee radiograph of KL grade 0..4.
 
     ``side`` is "L" or "R" (None: drawn at random; "R" is the mirror image of "L").
     If ``params_out`` is a dict it is filled with the sampled sign magnitudes (joint-space
-    widths and osteophyte size in output pixels) and nuisance parameters.
+    widths and osteophyte size in output pixels) and nuisance parameters. The stages below
+    draw from ``rng`` in a fixed order, so a seed gives the same knee.
     """
     if grade not in (0, 1, 2, 3, 4):
         raise ValueError(f"grade must be 0..4, got {grade!r}")
@@ -118,11 +139,27 @@ def render_knee(grade: int, rng: np.random.Generator, size: int = 224, *,
         side = "L" if rng.random() < 0.5 else "R"
     if side not in ("L", "R"):
         raise ValueError(f"side must be 'L' or 'R', got {side!r}")
-    s = float(size)
-    px = s / 224.0
-    sg = _sample_signs(grade, rng, s)
+    f = _pose(rng, size, _sample_signs(grade, rng, float(size)))
+    d_fem, d_tib, bones = _femur_and_tibia(f, rng)
+    _osteophytes(f, rng, bones, d_fem, d_tib)
+    dens = _density(f, rng, d_fem, d_tib)
+    img, film = _film(f, rng, dens)
+    out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if side == "R":
+        # Flip last so that R is the exact mirror of the L knee drawn from the same state.
+        out = np.ascontiguousarray(out[:, ::-1])
+    if params_out is not None:
+        params_out.update(f.sg)
+        for key in ("jsw_medial", "jsw_lateral", "osteophyte"):
+            params_out[key] = float(params_out[key] * f.scale)
+        params_out.update(grade=grade, side=side, angle_deg=float(np.rad2deg(f.angle)),
+                          scale=f.scale, **film)
+    return out
 
-    # Pose: sampling the inverse transform on the grid avoids warp borders and resampling.
+
+def _pose(rng: np.random.Generator, size: int, sg: dict) -> _Frame:
+    """Pose: sampling the inverse transform on the grid avoids warp borders and resampling."""
+    s = float(size)
     angle = float(np.deg2rad(rng.uniform(-6.0, 6.0)))
     scale = float(rng.uniform(0.92, 1.08))
     sx0, sy0 = (float(v) * s for v in rng.uniform(-0.04, 0.04, 2))
@@ -132,15 +169,19 @@ def render_knee(grade: int, rng: np.random.Generator, size: int = 224, *,
     xc, yc = grid[None, :] - sx0, grid[:, None] - sy0
     x = ca * xc + sa * yc  # canonical coordinates: joint line at y=0, medial at x<0
     y = -sa * xc + ca * yc + lift
-    ax = np.abs(x)
     cols = np.clip(np.rint(x + s / 2), 0, size - 1).astype(np.intp)
+    lat_w = 1.0 / (1.0 + np.exp(x * (-1.0 / (0.02 * s))))
+    return _Frame(s, s / 224.0, size, sg, x, y, np.abs(x), cols, lat_w, angle, scale)
 
-    g_med, g_lat = sg["jsw_medial"], sg["jsw_lateral"]
-    lat_w = 1.0 / (1.0 + np.exp(x * (-1.0 / (0.02 * s))))  # smooth medial->lateral blend
-    deform = sg["deformity"]
+
+def _femur_and_tibia(f: _Frame, rng: np.random.Generator):
+    """Signed distances (inside > 0) of the femur (two condyles plus a flaring metaphysis)
+    and the tibia (plateau with spines and rounded margins on a narrowing shaft), and the
+    condyles' size for the osteophytes."""
+    s, px, x, y, ax = f.s, f.px, f.x, f.y, f.ax
+    g_med, g_lat = f.sg["jsw_medial"], f.sg["jsw_lateral"]
+    deform = f.sg["deformity"]
     irregular = deform * 0.014 * s
-
-    # Femur: two condyles plus a flaring metaphysis.
     rx = 0.145 * s * float(rng.normal(1.0, 0.04))
     ry = 0.105 * s * float(rng.normal(1.0, 0.05))
     off = 0.13 * s
@@ -148,27 +189,35 @@ def render_knee(grade: int, rng: np.random.Generator, size: int = 224, *,
     d_fem = np.maximum(_ellipse_sdf(x, y, -off, -g_med / 2 - ry, rx, ry, p_low),
                        _ellipse_sdf(x, y, off, -g_lat / 2 - ry, rx, ry, p_low))
     if irregular > 0:
-        d_fem += irregular * _smooth_noise_1d(rng, size, 4 * px)[cols] * (y > -0.12 * s)
+        d_fem += irregular * _smooth_noise_1d(rng, f.size, 4 * px)[f.cols] * (y > -0.12 * s)
     hw_f = 0.2 * s + 0.075 * s * np.clip((y + 0.45 * s) * (1 / (0.33 * s)), 0, 1) ** 2
     shaft = _smooth_min(hw_f - ax, -0.13 * s - y, 0.03 * s)
     d_fem = -_smooth_min(-d_fem, -shaft, 0.04 * s)
 
-    # Tibia: plateau (spines in the middle, rounded margins) on a narrowing shaft.
-    gap = g_med + (g_lat - g_med) * lat_w
+    gap = g_med + (g_lat - g_med) * f.lat_w
     top = gap * 0.5 + (10.0 / s) * np.maximum(ax - 0.23 * s, 0) ** 2
     top -= 0.028 * s * (np.exp(-((x + 0.028 * s) * (1 / (0.014 * s))) ** 2)
                         + np.exp(-((x - 0.03 * s) * (1 / (0.014 * s))) ** 2))
     if irregular > 0:
-        top += irregular * _smooth_noise_1d(rng, size, 4 * px)[cols]
+        top += irregular * _smooth_noise_1d(rng, f.size, 4 * px)[f.cols]
     hw_t = 0.175 * s + 0.115 * s * np.exp(-(np.maximum(y - 0.03 * s, 0) * (1 / (0.15 * s))) ** 2)
     d_tib = _smooth_min(y - top, hw_t - ax, 0.025 * s)
+    return d_fem, d_tib, (rx, ry, off)
 
-    # Marginal osteophytes: bright beaks at the joint margins, pointing outwards.
+
+def _osteophytes(f: _Frame, rng: np.random.Generator, bones, d_fem: np.ndarray,
+                 d_tib: np.ndarray) -> None:
+    """Marginal osteophytes: bright beaks at the joint margins, pointing outwards (drawn
+    into ``d_fem`` and ``d_tib`` in place)."""
+    s, px, x, y = f.s, f.px, f.x, f.y
+    rx, ry, off = bones
+    g_med, g_lat = f.sg["jsw_medial"], f.sg["jsw_lateral"]
     sites = [(-1, -1), (1, -1), (-1, 1), (1, 1)]  # (medial/lateral, femur/tibia)
-    for k in rng.permutation(4)[: sg["n_osteophytes"]]:
+    for k in rng.permutation(4)[: f.sg["n_osteophytes"]]:
         side_x, bone = sites[k]
         g_here = g_med if side_x < 0 else g_lat
-        length = sg["osteophyte"] * float(rng.uniform(0.7, 1.3)) * (1.15 if side_x < 0 else 0.9)
+        length = f.sg["osteophyte"] * float(rng.uniform(0.7, 1.3)) * (1.15 if side_x < 0
+                                                                       else 0.9)
         if length < 0.5 * px:
             continue
         if bone < 0:
@@ -183,27 +232,34 @@ def render_knee(grade: int, rng: np.random.Generator, size: int = 224, *,
         # Wide at the base, tapering to a tip: a beak rather than an ellipse.
         half_w = np.maximum(length * 0.45 * (1.0 - along * (1 / length)), 0.8 * px)
         d_sp = np.minimum(length - np.abs(along), half_w - np.abs(across))
-        if bone < 0:
-            d_fem = np.maximum(d_fem, d_sp)
-        else:
-            d_tib = np.maximum(d_tib, d_sp)
+        target = d_fem if bone < 0 else d_tib
+        np.maximum(target, d_sp, out=target)
 
-    # Fibula: head tucked under the lateral plateau, overlapping the tibia, and its neck.
-    fx, fy = 0.27 * s, 0.15 * s
-    d_fib = np.maximum(_ellipse_sdf(x, y, fx, fy, 0.062 * s, 0.072 * s),
-                       np.minimum(0.032 * s - np.abs(x - fx - 0.005 * s + 0.03 * (y - fy)),
-                                  y - fy))
 
-    # Trabecular texture: band-passed noise plus vertical streaks (trabeculae follow load
-    # lines); drawn at half resolution since it is blurred anyway.
+def _texture(f: _Frame, rng: np.random.Generator) -> np.ndarray:
+    """Trabecular texture: band-passed noise plus vertical streaks (trabeculae follow load
+    lines); drawn at half resolution since it is blurred anyway."""
+    size, px = f.size, f.px
     half = (size + 1) // 2
     noise = rng.standard_normal((2, half, half), dtype=np.float32)
     tex = noise[0] - cv2.GaussianBlur(noise[0], (0, 0), 1.5 * px)
     tex = 0.7 * tex / (tex.std() + 1e-6)
     streak = cv2.GaussianBlur(noise[1], (0, 0), sigmaX=0.4 * px, sigmaY=1.8 * px)
     tex += 0.6 * streak / (streak.std() + 1e-6)
-    tex = cv2.resize(tex, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(tex, (size, size), interpolation=cv2.INTER_LINEAR)
 
+
+def _density(f: _Frame, rng: np.random.Generator, d_fem: np.ndarray,
+             d_tib: np.ndarray) -> np.ndarray:
+    """X-ray attenuation: soft tissue, femur, tibia, fibula, patella, physeal scars and
+    subchondral sclerosis."""
+    s, px, x, y, ax = f.s, f.px, f.x, f.y, f.ax
+    # Fibula: head tucked under the lateral plateau, overlapping the tibia, and its neck.
+    fx, fy = 0.27 * s, 0.15 * s
+    d_fib = np.maximum(_ellipse_sdf(x, y, fx, fy, 0.062 * s, 0.072 * s),
+                       np.minimum(0.032 * s - np.abs(x - fx - 0.005 * s + 0.03 * (y - fy)),
+                                  y - fy))
+    tex = _texture(f, rng)
     # The cortex is thin at the joint and thickens towards the shafts.
     inv_cortex = -1.0 / (2.2 * px + (0.03 * s) * np.minimum(np.abs(y) * (1 / (0.5 * s)), 1))
 
@@ -214,7 +270,7 @@ def render_knee(grade: int, rng: np.random.Generator, size: int = 224, *,
 
     # Soft tissue: the leg is thickest in the middle, so it transmits least there.
     soft = (0.24 + 0.12 * np.exp(-(x * (1 / (0.42 * s))) ** 2) + (0.05 / s) * y
-            + 0.02 * _smooth_noise_1d(rng, size, 20 * px)[None, :])
+            + 0.02 * _smooth_noise_1d(rng, f.size, 20 * px)[None, :])
     # Femur and tibia only meet at bone-on-bone contact, where a union is right anyway.
     dens = soft + bone_density(np.maximum(d_fem, d_tib), 0.46, 0.24)
     dens += bone_density(d_fib, 0.30, 0.18)
@@ -224,39 +280,30 @@ def render_knee(grade: int, rng: np.random.Generator, size: int = 224, *,
     scar = np.exp(-((y + 0.27 * s - 0.05 * x) * (1 / (1.2 * px))) ** 2) * (d_fem > 3 * px)
     scar += np.exp(-((y - 0.17 * s) * (1 / (1.2 * px))) ** 2) * (d_tib > 3 * px)
     dens += 0.05 * scar
-
     # Subchondral sclerosis: a dense band under both joint surfaces, mostly medial.
-    if sg["sclerosis"] > 0.005:
-        near = np.exp(-(y * (1 / (0.09 * s))) ** 2) * (ax < 0.28 * s) * (1.15 - 0.6 * lat_w)
+    if f.sg["sclerosis"] > 0.005:
+        near = np.exp(-(y * (1 / (0.09 * s))) ** 2) * (ax < 0.28 * s) * (1.15 - 0.6 * f.lat_w)
         band = (np.exp(np.maximum(d_fem, 0) * (-1 / (0.035 * s))) * (d_fem > 0)
                 + np.exp(np.maximum(d_tib, 0) * (-1 / (0.035 * s))) * (d_tib > 0))
-        dens += sg["sclerosis"] * near * band
+        dens += f.sg["sclerosis"] * near * band
+    return dens
 
-    # Film response and exposure, then detector blur and noise.
+
+def _film(f: _Frame, rng: np.random.Generator, dens: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Film response and exposure, then detector blur and noise; and what was drawn."""
     img = (1.0 - np.exp(-1.2 * dens) - 0.2) * (1 / 0.65)
     gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     low_contrast = bool(rng.random() < 0.3)
     width = float(rng.uniform(0.28, 0.5) if low_contrast else rng.uniform(0.75, 0.95))
     lo = float(rng.uniform(0.02, 0.98 - width))
     img = lo + width * np.exp(gamma * np.log(np.clip(img, 1e-4, 1.0)))  # faster than **
-    blur = float(rng.uniform(0.0, 1.1)) * px
+    blur = float(rng.uniform(0.0, 1.1)) * f.px
     if blur > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), blur)
     noise_sd = float(rng.uniform(0.004, 0.025))
     img += noise_sd * rng.standard_normal(img.shape, dtype=np.float32)
-    out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if side == "R":
-        # Flip last so that R is the exact mirror of the L knee drawn from the same state.
-        out = np.ascontiguousarray(out[:, ::-1])
-
-    if params_out is not None:
-        params_out.update(sg)
-        for key in ("jsw_medial", "jsw_lateral", "osteophyte"):
-            params_out[key] = float(params_out[key] * scale)
-        params_out.update(grade=grade, side=side, angle_deg=float(np.rad2deg(angle)),
-                          scale=scale, gamma=gamma, low_contrast=low_contrast,
-                          contrast=width, blur=blur, noise=noise_sd)
-    return out
+    return img, {"gamma": gamma, "low_contrast": low_contrast, "contrast": width,
+                 "blur": blur, "noise": noise_sd}
 
 
 def _grade_counts(per_class: int, proportions: str) -> list[int]:
