@@ -232,6 +232,12 @@ def _sigterm_as_interrupt():
 
 
 def add_model_commands(sub) -> None:
+    """train, evaluate, calibrate, input-profile and predict."""
+    for add in (_add_train, _add_evaluate, _add_calibrate, _add_input_profile, _add_predict):
+        add(sub)
+
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (config YAML + --set overrides)")
     p.add_argument("--config", action="append", default=[],
                    help="YAML file or bundled profile (demo, paper, ablation-raw, "
@@ -244,6 +250,8 @@ def add_model_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the shipped one)")
     p.add_argument("--data", required=True, help="dataset root")
@@ -264,6 +272,8 @@ def add_model_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="fit the checkpoint's temperature on the validation "
                        "knees and store it in its sidecar (probabilities, not grades, change)")
     p.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint whose "
@@ -276,6 +286,8 @@ def add_model_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_calibrate)
 
+
+def _add_input_profile(sub) -> None:
     p = sub.add_parser("input-profile", help="fit the input check's profile on training images "
                        "and store it in the checkpoint's sidecar (koa_core.data.inputcheck)")
     p.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint whose "
@@ -286,6 +298,8 @@ def add_model_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_input_profile)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="grade knee images and folders (CSV, Grad-CAM, reports)")
     p.add_argument("images", nargs="+", metavar="DIR_OR_FILE",
                    help="image files (PNG, JPEG, WebP, TIFF, DICOM) or folders to walk")

@@ -150,10 +150,9 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     non-finite loss and to update the progress bar."""
     from tqdm.auto import tqdm
 
-    model, cfg, device, dtype = run.net, run.cfg, run.device, run.dtype
-    loss_fn, opt, sched, ema = run.loss_fn, run.opt, run.sched, run.ema
+    cfg, device = run.cfg, run.device
     batches, n_batches = run.feed.epoch(epoch), len(run.feed)
-    model.train()
+    run.net.train()
     mixer = Mixer.from_config(cfg.augment)  # None unless augment.mixup/cutmix (not paper)
     keys = ("loss", "main", "aux_binary", "aux_early")
     sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)  # + correct
@@ -174,19 +173,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
                 break
             x, y = batch
             mix = mixer(x, epoch, steps) if mixer is not None else None
-            with autocast(device, dtype):
-                out = model(mix.x if mix is not None else x)
-            parts = mixed_loss(loss_fn, {k: (v.float() if v is not None else None)
-                                         for k, v in out.items()}, y, mix)
+            out, parts = _train_step(run, x, y, mix)
             loss = parts["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(run.model)
             with torch.no_grad():
                 b = y.shape[0]
                 # train_accuracy: a mixed knee (mixup/CutMix) counts against its own grade
@@ -222,6 +210,24 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
                 "train_img_s": n_all / dt, "data_wait_s": wait,
                 "gpu_util": util.mean if util.mean is not None else float("nan")})
     return row
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, mix) -> tuple[dict, dict]:
+    """One optimizer step on a batch (mixed where ``mix`` says): the outputs and the loss
+    terms; the EMA follows the weights."""
+    with autocast(run.device, run.dtype):
+        out = run.net(mix.x if mix is not None else x)
+    parts = mixed_loss(run.loss_fn, {k: (v.float() if v is not None else None)
+                                     for k, v in out.items()}, y, mix)
+    run.opt.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    if run.cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.net.parameters(), run.cfg.train.grad_clip)
+    run.opt.step()
+    run.sched.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    return out, parts
 
 
 def _check_losses(pending: list[torch.Tensor], epoch: int, steps: int) -> None:

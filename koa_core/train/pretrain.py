@@ -123,12 +123,28 @@ def _views(root: str, size: int, progress: bool) -> tuple[np.ndarray, dict]:
     return views, {"train": len(index.split("train")), "val": len(index.split("val"))}
 
 
+@dataclass
+class _Pretraining:
+    """What the epochs of one pretraining share."""
+
+    model: nn.Module
+    augment: nn.Module
+    loss_fn: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    views: object  # (N, 2, S, S) uint8 knees
+    gen: torch.Generator
+    dev: torch.device
+    dtype: torch.dtype | None
+    batch: int
+    steps: int
+
+
 def pretrain(root: str | Path, out: str | Path, cfg: PretrainConfig | None = None,
              device: str | torch.device | None = None, progress: bool = False,
              command: str | None = None) -> dict:
     """Pretrain the trunk on ROOT's train+val knees; write ``out`` and its sidecar."""
     NTXentLoss = require("lightly.loss", "koa pretrain", extra="ssl").NTXentLoss
-
     cfg = cfg or PretrainConfig()
     cfg.check()
     out = Path(out)
@@ -137,9 +153,33 @@ def pretrain(root: str | Path, out: str | Path, cfg: PretrainConfig | None = Non
     if not out.parent.is_dir():
         raise KoaError(f"{out.parent}: no such folder")
     dev = torch.device(device) if device else resolve_device()
-    dtype = amp_dtype("auto", dev)
     seed_everything(cfg.seed)
     views, counts = _views(str(root), cfg.image_size, progress)
+    run = _set_up(cfg, views, dev, NTXentLoss(temperature=cfg.temperature))
+    history = []
+    t_start = time.perf_counter()
+    with FolderLock(out.parent, "pretraining a trunk"):
+        for epoch in range(1, cfg.epochs + 1):
+            row, mean, seconds = _epoch(run, epoch)
+            history.append(row)
+            if progress:
+                print(f"pretrain epoch {epoch}/{cfg.epochs}: NT-Xent {mean:.4f} "
+                      f"({seconds:.1f} s)", flush=True)
+        side = {"format": "koa_core-trunk-1", "method": "SimCLR (lightly NTXentLoss, "
+                "SimCLRProjectionHead); positives: the raw and CLAHE views of one knee",
+                "config": asdict(cfg), "data": {"root": Path(root).name, "counts": counts,
+                                                "splits": ["train", "val"]},
+                "steps_per_epoch": run.steps, "batch_size": run.batch, "history": history,
+                "seconds": round(time.perf_counter() - t_start, 1),
+                "precision": "bf16 autocast" if run.dtype is not None else "fp32",
+                **provenance(command, dev)}
+        write_pair(out, trunk_state_dict(run.model.trunk), side,
+                   metadata={"format": "koa_core-trunk-1"})
+    return read_sidecar(out)  # what was written, with the weights' SHA-256
+
+
+def _set_up(cfg: PretrainConfig, views, dev: torch.device, loss_fn: nn.Module) -> _Pretraining:
+    """Model, augmentation, optimizer and cosine schedule for ``views``."""
     n = len(views)
     if n < 2:
         raise KoaError("pretraining needs at least 2 knees")
@@ -151,53 +191,41 @@ def pretrain(root: str | Path, out: str | Path, cfg: PretrainConfig | None = Non
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     augment = _augment(cfg.image_size).to(dev)
-    loss_fn = NTXentLoss(temperature=cfg.temperature)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = max(1, cfg.epochs * steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history = []
-    t_start = time.perf_counter()
-    with FolderLock(out.parent, "pretraining a trunk"):
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            order = torch.randperm(n, generator=gen)
-            losses = []
-            t0 = time.perf_counter()
-            for step in range(steps):
-                idx = np.sort(order[step * batch:(step + 1) * batch].numpy())
-                x = torch.from_numpy(np.asarray(views[idx])).to(dev).float().div_(255.0)
-                a = augment(x[:, 0:1])  # raw view
-                b = augment(x[:, 1:2])  # CLAHE view: the positive of the same knee
-                with autocast(dev, dtype):
-                    za = model(_normalise(a))
-                    zb = model(_normalise(b))
-                loss = loss_fn(za.float(), zb.float())
-                if not torch.isfinite(loss):
-                    raise KoaError(f"pretraining diverged at epoch {epoch} (loss {loss.item()}); "
-                                   "lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.detach())
-            mean = float(torch.stack(losses).mean()) if losses else float("nan")
-            seconds = time.perf_counter() - t0
-            history.append({"epoch": epoch, "loss": round(mean, 5),
-                            "seconds": round(seconds, 2),
-                            "img_s": round(steps * batch / seconds, 1) if seconds else None})
-            if progress:
-                print(f"pretrain epoch {epoch}/{cfg.epochs}: NT-Xent {mean:.4f} "
-                      f"({seconds:.1f} s)", flush=True)
-        side = {"format": "koa_core-trunk-1", "method": "SimCLR (lightly NTXentLoss, "
-                "SimCLRProjectionHead); positives: the raw and CLAHE views of one knee",
-                "config": asdict(cfg), "data": {"root": Path(root).name, "counts": counts,
-                                                "splits": ["train", "val"]},
-                "steps_per_epoch": steps, "batch_size": batch, "history": history,
-                "seconds": round(time.perf_counter() - t_start, 1),
-                "precision": "bf16 autocast" if dtype is not None else "fp32",
-                **provenance(command, dev)}
-        write_pair(out, trunk_state_dict(model.trunk), side,
-                   metadata={"format": "koa_core-trunk-1"})
-    return read_sidecar(out)  # what was written, with the weights' SHA-256
+    return _Pretraining(model, augment, loss_fn, opt, sched, views,
+                        torch.Generator().manual_seed(cfg.seed), dev,
+                        amp_dtype("auto", dev), batch, steps)
+
+
+def _epoch(run: _Pretraining, epoch: int) -> tuple[dict, float, float]:
+    """One epoch (each knee's raw and CLAHE views, augmented, are a positive pair): its
+    history row, mean loss and seconds."""
+    run.model.train()
+    order = torch.randperm(len(run.views), generator=run.gen)
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(run.steps):
+        idx = np.sort(order[step * run.batch:(step + 1) * run.batch].numpy())
+        x = torch.from_numpy(np.asarray(run.views[idx])).to(run.dev).float().div_(255.0)
+        a = run.augment(x[:, 0:1])  # raw view
+        b = run.augment(x[:, 1:2])  # CLAHE view: the positive of the same knee
+        with autocast(run.dev, run.dtype):
+            za = run.model(_normalise(a))
+            zb = run.model(_normalise(b))
+        loss = run.loss_fn(za.float(), zb.float())
+        if not torch.isfinite(loss):
+            raise KoaError(f"pretraining diverged at epoch {epoch} (loss {loss.item()}); "
+                           "lower the learning rate")
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.sched.step()
+        losses.append(loss.detach())
+    mean = float(torch.stack(losses).mean()) if losses else float("nan")
+    seconds = time.perf_counter() - t0
+    return ({"epoch": epoch, "loss": round(mean, 5), "seconds": round(seconds, 2),
+             "img_s": round(run.steps * run.batch / seconds, 1) if seconds else None},
+            mean, seconds)
