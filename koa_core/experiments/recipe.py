@@ -165,67 +165,73 @@ def levers_table(records_dirs, n_boot: int = 2000, baseline: str = BASELINE,
         raise KoaError(f"no records of the baseline configuration {baseline!r} under "
                        f"{', '.join(map(str, records_dirs))}")
     y = next(iter(groups[baseline].values()))["grade"]
-
-    def summary(by_seed):
-        ms = [_figures(v["grade"], v["pred"], 0) for v in by_seed.values()]
-        out = {}
-        for k in ("accuracy", "macro_f1", "qwk", "mae", "kl4_recall"):
-            vals = np.array([m[k] for m in ms], float)
-            out[k] = {"mean": float(vals.mean()),
-                      "sd": float(vals.std(ddof=1)) if len(vals) > 1 else None}
-        out["min_recall"] = float(np.mean([min(m["recalls"]) for m in ms]))
-        out["kl1_recall"] = float(np.mean([m["recalls"][1] for m in ms]))
-        return out
-
-    rows = []
-    for name, what in [(baseline, "Table 5's proposed setting (the baseline)")] + LEVERS:
-        if name not in groups:
-            continue
-        row = {"name": name, "what": what, "seeds": sorted(groups[name]),
-               "hardware": meta[name]["hardware"], "copy": meta[name]["copy"],
-               "encoding": meta[name]["encoding"], **summary(groups[name]),
-               "epochs_run": float(np.mean([v["epochs_run"] for v in groups[name].values()])),
-               "wall_s": float(sum(v["wall_s"] or 0 for v in groups[name].values())),
-               "img_s": float(np.median([v["img_s"] for v in groups[name].values()
-                                         if v["img_s"]] or [np.nan]))}
-        if name != baseline:
-            d = paired_difference(groups[name], groups[baseline], n_boot=n_boot)
-            matched = [float((groups[baseline][s]["pred"] == y).mean()) for s in d["seeds"]]
-            row["vs_baseline"] = {**d, "verdict": _verdict(d["accuracy_ci"]),
-                                  "baseline_accuracy": float(np.mean(matched))}
-        rows.append(row)
-
-    post = []
-    best = None
-    if target in groups:
-        plain = _variant(groups[target], "argmax", False, False)
-        for name, what, decoding, flip, ensemble in POST_HOC:
-            v = _variant(groups[target], decoding, flip, ensemble)
-            if v is None:
-                continue
-            d = paired_difference(v, plain, n_boot=n_boot)
-            post.append({"name": name, "what": what, "of": target, "seeds": sorted(v),
-                         **summary(v), "vs_plain": {**d, "verdict": _verdict(d["accuracy_ci"])}})
-        # the goals: the target's seed ensemble with flip TTA where the records allow it,
-        # else its plain seed ensemble, with 95 % bootstrap intervals over knees
-        ens = (_variant(groups[target], "argmax", True, True)
-               or _variant(groups[target], "argmax", False, True))
-        one = next(iter(ens.values()))
-        figs = _figures(one["grade"], one["pred"], n_boot)
-        best = {"model": f"{target} seed ensemble"
-                + (" + flip TTA" if groups[target][min(groups[target])].get("probs_flip")
-                   is not None else ""),
-                "figures": figs,
-                "goals": {k: {"goal": g, "value": figs[k], "met": figs[k] >= g,
-                              "ci": figs["ci"].get(k)} for k, g in GOALS.items()},
-                "calibration": calibration_report(one["probs"], one["grade"],
-                                                  one["patient"])}
+    rows = [_lever_row(name, what, groups, meta, baseline, y, n_boot)
+            for name, what in [(baseline, "Table 5's proposed setting (the baseline)")] + LEVERS
+            if name in groups]
+    post, best = _post_hoc(groups, target, n_boot) if target in groups else ([], None)
     base_seed = min(groups[baseline])
     b = groups[baseline][base_seed]
     return {"baseline": baseline, "target": target, "n": int(len(y)), "n_boot": n_boot,
             "levers": rows, "post_hoc": post, "best": best,
             "baseline_calibration": {"seed": base_seed, **calibration_report(
                 b["probs"], b["grade"], b["patient"])}}
+
+
+def _summary(by_seed: dict[int, dict]) -> dict:
+    """Mean and SD over seeds of each figure, and the mean lowest and KL1 recalls."""
+    ms = [_figures(v["grade"], v["pred"], 0) for v in by_seed.values()]
+    out = {}
+    for k in ("accuracy", "macro_f1", "qwk", "mae", "kl4_recall"):
+        vals = np.array([m[k] for m in ms], float)
+        out[k] = {"mean": float(vals.mean()),
+                  "sd": float(vals.std(ddof=1)) if len(vals) > 1 else None}
+    out["min_recall"] = float(np.mean([min(m["recalls"]) for m in ms]))
+    out["kl1_recall"] = float(np.mean([m["recalls"][1] for m in ms]))
+    return out
+
+
+def _lever_row(name, what, groups, meta, baseline, y, n_boot) -> dict:
+    """One lever's figures, cost and (but for the baseline) its paired difference."""
+    runs = groups[name]
+    row = {"name": name, "what": what, "seeds": sorted(runs),
+           "hardware": meta[name]["hardware"], "copy": meta[name]["copy"],
+           "encoding": meta[name]["encoding"], **_summary(runs),
+           "epochs_run": float(np.mean([v["epochs_run"] for v in runs.values()])),
+           "wall_s": float(sum(v["wall_s"] or 0 for v in runs.values())),
+           "img_s": float(np.median([v["img_s"] for v in runs.values()
+                                     if v["img_s"]] or [np.nan]))}
+    if name != baseline:
+        d = paired_difference(runs, groups[baseline], n_boot=n_boot)
+        matched = [float((groups[baseline][s]["pred"] == y).mean()) for s in d["seeds"]]
+        row["vs_baseline"] = {**d, "verdict": _verdict(d["accuracy_ci"]),
+                              "baseline_accuracy": float(np.mean(matched))}
+    return row
+
+
+def _post_hoc(groups, target: str, n_boot: int) -> tuple[list[dict], dict]:
+    """The post-hoc levers on ``target`` against its plain argmax, and the goals of its
+    seed ensemble (with flip TTA where the records allow it) with 95 % intervals over knees."""
+    post = []
+    plain = _variant(groups[target], "argmax", False, False)
+    for name, what, decoding, flip, ensemble in POST_HOC:
+        v = _variant(groups[target], decoding, flip, ensemble)
+        if v is None:
+            continue
+        d = paired_difference(v, plain, n_boot=n_boot)
+        post.append({"name": name, "what": what, "of": target, "seeds": sorted(v),
+                     **_summary(v), "vs_plain": {**d, "verdict": _verdict(d["accuracy_ci"])}})
+    ens = (_variant(groups[target], "argmax", True, True)
+           or _variant(groups[target], "argmax", False, True))
+    one = next(iter(ens.values()))
+    figs = _figures(one["grade"], one["pred"], n_boot)
+    best = {"model": f"{target} seed ensemble"
+            + (" + flip TTA" if groups[target][min(groups[target])].get("probs_flip")
+               is not None else ""),
+            "figures": figs,
+            "goals": {k: {"goal": g, "value": figs[k], "met": figs[k] >= g,
+                          "ci": figs["ci"].get(k)} for k, g in GOALS.items()},
+            "calibration": calibration_report(one["probs"], one["grade"], one["patient"])}
+    return post, best
 
 
 def format_levers(t: dict) -> str:
