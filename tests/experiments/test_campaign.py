@@ -204,3 +204,20 @@ def test_a_records_folder_holds_one_copy(tmp_path, capsys):
     assert "synthetic phantom" in capsys.readouterr().err
     assert main(args + ["--data", str(tmp_path / "somewhere")]) == 2
     assert "--data-copy is required" in capsys.readouterr().err
+
+
+def test_bundled_originals_plan_trains_every_row_to_convergence_on_paired_seeds():
+    """The next GPU window's plan: five rows x seeds 1-5, seeds 1-3 of every row first, 80
+    epochs with no early stop, the paper's configuration otherwise; every run resolves."""
+    from koa_core.config import load_config
+
+    _, runs = campaign.load_plan("table5-originals")
+    rows = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
+    assert [r.group for r in runs] == rows * 5
+    assert [r.seed for r in runs[:15]] == sorted([1, 2, 3] * 5)
+    assert {r.seed for r in runs[15:]} == {4, 5}
+    for r in runs:
+        cfg = load_config(r.configs, r.sets)
+        assert (cfg.train.epochs, cfg.train.seed, cfg.model.pretrained) == (80, r.seed, "none")
+        assert cfg.train.patience >= cfg.train.epochs and cfg.train.compile
+        assert cfg.preprocess.input_clahe_clip is None  # the originals, as the paper
