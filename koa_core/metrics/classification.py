@@ -144,23 +144,10 @@ def classification_metrics(
     if not 0 < ci < 1:
         raise KoaError(f"ci must be in (0, 1), got {ci}")
 
-    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
-                                 mean_absolute_error, precision_recall_fscore_support)
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, mean_absolute_error
 
     labels = list(LABELS)
-    prec, rec, f1, support = precision_recall_fscore_support(
-        yt, yp, labels=labels, zero_division=0)
-    per_class = {
-        str(c): {"precision": float(prec[i]), "recall": float(rec[i]),
-                 "f1": float(f1[i]), "support": int(support[i])}
-        for i, c in enumerate(labels)
-    }
-    averages = {}
-    for avg in ("macro", "weighted"):
-        # labels=None: average over grades present in y_true or y_pred (see docstring).
-        p, r, f, _ = precision_recall_fscore_support(yt, yp, average=avg, zero_division=0)
-        averages[avg] = {"precision": float(p), "recall": float(r), "f1": float(f)}
-
+    per_class, averages = _per_class_and_averages(yt, yp)
     out: dict[str, Any] = {
         "n": int(yt.size),
         "accuracy": float(accuracy_score(yt, yp)),
@@ -175,6 +162,26 @@ def classification_metrics(
         "ci": _bootstrap(yt, yp, int(n_boot), int(seed), float(ci)) if n_boot else None,
     }
     return out
+
+
+def _per_class_and_averages(yt: np.ndarray, yp: np.ndarray) -> tuple[dict, dict]:
+    """Precision, recall, F1 and support of every grade, and their macro and weighted
+    averages over the grades present in ``yt`` or ``yp``."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    prec, rec, f1, support = precision_recall_fscore_support(
+        yt, yp, labels=list(LABELS), zero_division=0)
+    per_class = {
+        str(c): {"precision": float(prec[i]), "recall": float(rec[i]),
+                 "f1": float(f1[i]), "support": int(support[i])}
+        for i, c in enumerate(LABELS)
+    }
+    averages = {}
+    for avg in ("macro", "weighted"):
+        # labels=None: average over grades present in y_true or y_pred (see docstring).
+        p, r, f, _ = precision_recall_fscore_support(yt, yp, average=avg, zero_division=0)
+        averages[avg] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    return per_class, averages
 
 
 def _fmt_ci(ci: dict[str, Any] | None, key: str) -> str:

@@ -96,20 +96,7 @@ def focal_loss(
         target = torch.where(mask, target, torch.zeros_like(target))
 
     logp = F.log_softmax(logits, dim=1)
-    logp_t = logp.gather(1, target.unsqueeze(1)).squeeze(1)
-    if gamma == 0:
-        loss = -logp_t
-    else:
-        # 1 - p_t as the sum of the other grades' probabilities, and for confident samples
-        # -log p_t as -log1p(-(1 - p_t)): both keep their relative precision where p_t
-        # rounds to 1 in float32 (and log_softmax's log p_t to 0), so the focal loss does
-        # not collapse to 0 there; elsewhere -log p_t comes from log_softmax as usual.
-        others = torch.ones_like(logp, dtype=torch.bool).scatter_(1, target.unsqueeze(1), False)
-        one_minus_p = logp.exp().masked_fill(~others, 0.0).sum(1)
-        confident = one_minus_p < 0.5
-        nll = torch.where(confident, -torch.log1p(-one_minus_p.clamp(max=0.5)), -logp_t)
-        loss = one_minus_p.pow(gamma) * nll
-
+    loss = _focal_terms(logp, target, gamma)
     if alpha is not None:
         alpha_t = torch.as_tensor(alpha, dtype=logp.dtype, device=logp.device)
         if alpha_t.dim() != 1 or alpha_t.numel() != logits.shape[1]:
@@ -117,10 +104,30 @@ def focal_loss(
                              f"got shape {tuple(alpha_t.shape)}")
         loss = alpha_t[target] * loss
 
+    return _reduce(loss, mask, reduction)
+
+
+def _focal_terms(logp: Tensor, target: Tensor, gamma: float) -> Tensor:
+    """Per-sample ``(1 - p_t)^gamma (-log p_t)`` from log-probabilities ``logp``."""
+    logp_t = logp.gather(1, target.unsqueeze(1)).squeeze(1)
+    if gamma == 0:
+        return -logp_t
+    # 1 - p_t as the sum of the other grades' probabilities, and for confident samples
+    # -log p_t as -log1p(-(1 - p_t)): both keep their relative precision where p_t
+    # rounds to 1 in float32 (and log_softmax's log p_t to 0), so the focal loss does
+    # not collapse to 0 there; elsewhere -log p_t comes from log_softmax as usual.
+    others = torch.ones_like(logp, dtype=torch.bool).scatter_(1, target.unsqueeze(1), False)
+    one_minus_p = logp.exp().masked_fill(~others, 0.0).sum(1)
+    confident = one_minus_p < 0.5
+    nll = torch.where(confident, -torch.log1p(-one_minus_p.clamp(max=0.5)), -logp_t)
+    return one_minus_p.pow(gamma) * nll
+
+
+def _reduce(loss: Tensor, mask: Tensor | None, reduction: str) -> Tensor:
+    """Masked samples count nothing; ``mean`` divides by the unmasked samples."""
     if mask is not None:
         # where (not multiply) so a non-finite value in a masked slot cannot leak through.
         loss = torch.where(mask, loss, torch.zeros_like(loss))
-
     if reduction == "none":
         return loss
     if reduction == "sum":
