@@ -198,6 +198,15 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
+    row = _epoch_means(sums, n, keys, device)
+    row.update({"train_img_s": row.pop("_n") / dt, "data_wait_s": wait,
+                "gpu_util": util.mean if util.mean is not None else float("nan")})
+    return row
+
+
+def _epoch_means(sums: torch.Tensor, n: int, keys: tuple[str, ...], device) -> dict:
+    """The epoch's mean loss terms and accuracy over every process's knees (DDP: summed
+    across ranks), and ``_n``, the knees counted."""
     stats = torch.cat([sums.cpu(), torch.tensor([float(n)], dtype=torch.float64)])
     if dist.is_initialized():
         stats = stats.to(device)
@@ -206,9 +215,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     n_all = max(1.0, float(stats[-1]))
     row = {f"train_{k}" if k != "loss" else "train_loss": stats[i].item() / n_all
            for i, k in enumerate(keys)}
-    row.update({"train_accuracy": stats[len(keys)].item() / n_all,
-                "train_img_s": n_all / dt, "data_wait_s": wait,
-                "gpu_util": util.mean if util.mean is not None else float("nan")})
+    row.update({"train_accuracy": stats[len(keys)].item() / n_all, "_n": n_all})
     return row
 
 
