@@ -184,6 +184,38 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, dict]:
     except Exception:  # pydicom raises many kinds on a damaged header
         raise KoaError(f"{name}: not a readable DICOM file (truncated or corrupt?)") from None
 
+    rows, cols, photometric, colour, bits_stored = _check_header(ds, name)
+    tsyntax = _transfer_syntax(ds)
+    _check_decodable(ds, tsyntax, name, rows * cols * _int(ds.get("SamplesPerPixel"), 1))
+    try:
+        arr = ds.pixel_array
+    except Exception:
+        raise KoaError(f"{name}: pixel data ({tsyntax.name}) could not be decoded "
+                       "(truncated or corrupt?)") from None
+
+    meta: dict = {"photometric": photometric}
+    if colour:
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise KoaError(f"{name}: {photometric} pixel data of shape {arr.shape} "
+                           "(rows x columns x 3 expected)")
+        rgb = arr.astype(np.float64)
+        values = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+        lo, hi = float(values.min()), float(values.max())
+    else:
+        if arr.ndim != 2:
+            raise KoaError(f"{name}: pixel data of shape {arr.shape} (rows x columns expected)")
+        values, lo, hi = _grayscale_pipeline(arr, ds, meta, name)
+    img = _to_uint8(values, lo, hi)
+    if photometric == "MONOCHROME1":
+        img = 255 - img
+    meta.update(_describe(ds, bits_stored, tsyntax))
+    return np.ascontiguousarray(img), meta
+
+
+def _check_header(ds, name: str) -> tuple[int, int, str, bool, int]:
+    """Refuse, in one line, what the decoder does not take (no or floating-point pixel
+    data, a missing size, too many pixels or frames, other photometry, other bit depths);
+    the image's rows, columns, photometry, whether it is colour, and its stored bits."""
     if "PixelData" not in ds:
         other = next((k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
         if other:
@@ -210,32 +242,7 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, dict]:
     bits_stored = _int(ds.get("BitsStored"), int(ds.BitsAllocated))
     if not 8 <= bits_stored <= 16:
         raise KoaError(f"{name}: {bits_stored}-bit stored values (8 to 16 bits expected)")
-
-    tsyntax = _transfer_syntax(ds)
-    _check_decodable(ds, tsyntax, name, rows * cols * _int(ds.get("SamplesPerPixel"), 1))
-    try:
-        arr = ds.pixel_array
-    except Exception:
-        raise KoaError(f"{name}: pixel data ({tsyntax.name}) could not be decoded "
-                       "(truncated or corrupt?)") from None
-
-    meta: dict = {"photometric": photometric}
-    if colour:
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise KoaError(f"{name}: {photometric} pixel data of shape {arr.shape} "
-                           "(rows x columns x 3 expected)")
-        rgb = arr.astype(np.float64)
-        values = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
-        lo, hi = float(values.min()), float(values.max())
-    else:
-        if arr.ndim != 2:
-            raise KoaError(f"{name}: pixel data of shape {arr.shape} (rows x columns expected)")
-        values, lo, hi = _grayscale_pipeline(arr, ds, meta, name)
-    img = _to_uint8(values, lo, hi)
-    if photometric == "MONOCHROME1":
-        img = 255 - img
-    meta.update(_describe(ds, bits_stored, tsyntax))
-    return np.ascontiguousarray(img), meta
+    return rows, cols, photometric, colour, bits_stored
 
 
 def _read_forced(data: bytes):
