@@ -27,6 +27,7 @@ before anything trains.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import copy
 import shlex
@@ -132,38 +133,49 @@ def _with_augment(data, cfg):
     return out
 
 
-def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: str | Path,
-                 records_dir: str | Path, time_limit: float | None = None,
-                 data_encoding: str = "as stored", data_name: str | None = None,
-                 only: list[str] | None = None, progress: bool = False,
-                 command: str | None = None, echo=print,
-                 overrides: list[str] | None = None, data_copy: str | None = None) -> dict:
-    """Train the plan's runs that lack a complete record; returns what was done.
-    ``overrides``: ``section.key=value`` settings applied to every run after the plan's.
-    ``data_copy``: the copy of the images under the data root (:mod:`.datacopy`);
-    required unless every run trains on the phantom."""
+@dataclass
+class CampaignOptions:
+    """How :func:`run_campaign` runs a plan (``koa campaign``'s options)."""
 
+    time_limit: float | None = None  # seconds: no epoch starts that would end later
+    data_encoding: str = "as stored"  # how the data copy was encoded, for the records
+    data_name: str | None = None  # the dataset's name, for the records
+    data_copy: str | None = None  # which copy of the images (required with a data root)
+    only: list[str] | None = None  # only these runs (NAME or NAME-sSEED)
+    overrides: list[str] | None = None  # section.key=value for every run, after the plan's
+    progress: bool = False
+    command: str | None = None  # for the provenance (default: this process's command line)
+    echo: object = print
+
+
+def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: str | Path,
+                 records_dir: str | Path, options: CampaignOptions | None = None,
+                 **settings) -> dict:
+    """Train the plan's runs that lack a complete record; returns what was done.
+    ``options`` (or its fields as keywords): :class:`CampaignOptions`; the data copy is
+    required unless every run trains on the phantom (:mod:`.datacopy`)."""
+    o = dataclasses.replace(options or CampaignOptions(), **settings)
     t_begin = time.monotonic()
-    deadline = t_begin + time_limit if time_limit else None
+    deadline = t_begin + o.time_limit if o.time_limit else None
     plan, runs = load_plan(plan_path)
-    if only:
-        unknown = set(only) - {r.group for r in runs} - {r.name for r in runs}
+    if o.only:
+        unknown = set(o.only) - {r.group for r in runs} - {r.name for r in runs}
         if unknown:
             raise KoaError(f"--only: no run named {', '.join(sorted(unknown))} in the plan")
-        runs = [r for r in runs if r.group in only or r.name in only]
+        runs = [r for r in runs if r.group in o.only or r.name in o.only]
     runs_dir, records_dir = Path(runs_dir), Path(records_dir)
     cfgs = {}
     for r in runs:  # every config resolves before any data is read
-        sets = list(r.sets) + list(overrides or []) \
+        sets = list(r.sets) + list(o.overrides or []) \
             + ([f"data.root={data_root}"] if data_root else [])
         cfgs[r.name] = load_config(r.configs, sets)
-    data_copy = resolve_copy(data_copy, all(c.data.root is None for c in cfgs.values()))
+    data_copy = resolve_copy(o.data_copy, all(c.data.root is None for c in cfgs.values()))
     with FolderLock(runs_dir, "running a campaign"), \
             FolderLock(records_dir, "writing records"):
         _check_copies(records_dir, runs, data_copy)
-        camp = _Campaign(plan_path, runs_dir, records_dir, deadline, t_begin, progress, echo,
-                         command or shlex.join(sys.argv), code_commit(),
-                         {"data_encoding": data_encoding, "data_name": data_name,
+        camp = _Campaign(plan_path, runs_dir, records_dir, deadline, t_begin, o.progress, o.echo,
+                         o.command or shlex.join(sys.argv), code_commit(),
+                         {"data_encoding": o.data_encoding, "data_name": o.data_name,
                           "data_copy": data_copy})
         return _run(camp, runs, cfgs)
 
@@ -272,20 +284,30 @@ def _train_and_record(camp: _Campaign, r: PlanRun, cfg) -> None:
               f"{rate:.0f} img/s, best val {cfg.train.select_metric} {best:.3f}")
 
 
-def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit: str | None = None,
-               data_encoding: str = "as stored", data_name: str | None = None,
-               wall_s: float | None = None, extra: dict | None = None,
-               data_copy: str | None = None) -> Path:
+@dataclass
+class RecordInfo:
+    """What a record says of where it came from, besides what the run folder holds."""
+
+    command: str = ""
+    commit: str | None = None  # None: the code's own (runtime.code_commit)
+    data_encoding: str = "as stored"
+    data_name: str | None = None  # None: the data root's folder name
+    data_copy: str | None = None  # required: which copy of the images (experiments.copies)
+    wall_s: float | None = None  # None: the sum of the history's epoch times
+    extra: dict | None = None  # more provenance keys (name, group, stage, seed, plan, feed)
+
+
+def record_run(run_dir: str | Path, into: str | Path, data, info: RecordInfo | None = None,
+               **settings) -> Path:
     """Write the record of a finished run folder: its selected checkpoint's predictions on
-    ``data.val`` (prepared with the run's config) and the provenance. ``data_copy``
-    (required) names the copy of the images (:mod:`koa_core.experiments.datacopy`). ``wall_s``
-    defaults to the sum of the history's epoch times; images/s is the median over epochs
-    2+."""
+    ``data.val`` (prepared with the run's config) and the provenance (``info``, or its
+    fields as keywords: :class:`RecordInfo`). Images/s is the median over epochs 2+."""
     import torch
 
-    if data_copy is None:
+    info = dataclasses.replace(info or RecordInfo(), **settings)
+    if info.data_copy is None:
         raise KoaError(f"record {Path(into).name}: name the data copy ({COPY_HELP})")
-    data_copy = parse_copy(data_copy)
+    data_copy = parse_copy(info.data_copy)
 
     run = read_run(run_dir, need=("config", "history", "best"))
     cfg = config_from_dict(run["config"], origin=str(run_dir))
@@ -302,13 +324,13 @@ def record_run(run_dir: str | Path, into: str | Path, data, command: str, commit
     probs_flip = (probs + predict_views(model, mirror, 512, device, dtype,
                                         channels_last=True)[0]) / 2
     prov = {
-        "name": Path(into).name, **(extra or {}), "commit": commit or code_commit(),
-        "command": command, "machine": machine_info(device),
-        "data": {"name": data_name or Path(data.root).name, "copy": data_copy,
+        "name": Path(into).name, **(info.extra or {}), "commit": info.commit or code_commit(),
+        "command": info.command, "machine": machine_info(device),
+        "data": {"name": info.data_name or Path(data.root).name, "copy": data_copy,
                  "train_counts": data.counts["train"], "val_counts": data.counts["val"],
-                 "encoding": data_encoding, "val_views_blake2b": views_digest(data.val.views)},
+                 "encoding": info.data_encoding, "val_views_blake2b": views_digest(data.val.views)},
         "epochs_run": len(hist),
-        "wall_s": round(wall_s if wall_s is not None
+        "wall_s": round(info.wall_s if info.wall_s is not None
                         else sum(float(h["epoch_s"]) for h in hist), 2),
         "train_img_s": round(float(np.median(rates)), 1),
     }

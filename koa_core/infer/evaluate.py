@@ -143,23 +143,25 @@ def _member_predict(member, records, root, cache_dir, progress, batch_size, tta=
     return member.predict(views, batch_size, tta=tta)
 
 
-def calibrate_checkpoint(checkpoint: str | Path, root: str | Path, batch_size: int = 64,
-                         cache_dir: str | None = None, allow_leakage: bool = False,
-                         device: str | None = None, progress: bool = False,
-                         engine: str = "torch", command: str | None = None) -> dict:
+def calibrate_checkpoint(checkpoint: str | Path, root: str | Path,
+                         options: EvalOptions | None = None, command: str | None = None,
+                         **settings) -> dict:
     """Fit the temperature of ``checkpoint`` on the validation split of ``root`` and store
-    it in the checkpoint's sidecar (``calibration``); returns what was stored.
+    it in the checkpoint's sidecar (``calibration``); returns what was stored. ``options``
+    (or its fields as keywords): the :class:`EvalOptions` that apply (batch size, cache,
+    leakage, device, progress, engine); ``command``: for the provenance.
 
     The fit starts from the plain softmax, so calibrating again replaces the temperature
     instead of stacking a second one. The test split is never read."""
+    o = dataclasses.replace(options or EvalOptions(), **settings)
     ckpt = Path(checkpoint)
     if ckpt.suffix.lower() != ".safetensors":
         raise KoaError(f"{ckpt}: calibrate the .safetensors checkpoint (its sidecar keeps the "
                        "temperature, and an ONNX export made from it afterwards carries it)")
-    member = load_backend(ckpt, engine, device, cache_dir)
+    member = load_backend(ckpt, o.engine, o.device, o.cache_dir)
     member.calibrated = False
-    records = _split_records(root, "val", allow_leakage)
-    probs, _ = _member_predict(member, records, root, cache_dir, progress, batch_size)
+    records = _split_records(root, "val", o.allow_leakage)
+    probs, _ = _member_predict(member, records, root, o.cache_dir, o.progress, o.batch_size)
     y = np.array([r.grade for r in records])
     report = calibration_report(probs, y, [r.patient or r.path for r in records])
     t = report["temperature_all"]
