@@ -29,6 +29,8 @@ from __future__ import annotations
 import resource
 import os
 import platform
+import dataclasses
+from dataclasses import dataclass
 import tempfile
 import time
 from contextlib import nullcontext
@@ -262,49 +264,63 @@ def roofline(size: int, device: torch.device) -> dict:
             "infer_ceiling_img_s": best / flops}
 
 
-def run_benchmarks(data: str | None = None, n_images: int = 256, size: int = 224,
-                   batch: int = 32, steps: int = 3, workers: int = 2, compile_: bool = False,
-                   skip_model: bool = False, fed_steps: int | None = None,
-                   onnx: bool = False, checkpoint: str | Path | None = None,
-                   agreement_images: int | None = None) -> dict:
-    """Run every benchmark; returns a JSON-serialisable dict of figures and the machine.
+@dataclass
+class BenchOptions:
+    """What :func:`run_benchmarks` measures (``koa bench``'s options)."""
 
-    ``fed_steps``: steps of loader-fed training (default: 100 on a GPU, none on a CPU).
-    ``onnx``: also :func:`onnx_rows` for ``checkpoint`` (default: the shipped one).
-    """
+    n_images: int = 256
+    size: int = 224
+    batch: int = 32
+    steps: int = 3
+    workers: int = 2
+    compile_: bool = False
+    skip_model: bool = False
+    fed_steps: int | None = None  # loader-fed training steps (None: 100 on a GPU, 0 on a CPU)
+    onnx: bool = False  # also onnx_rows for ``checkpoint`` (default: the shipped one)
+    checkpoint: str | Path | None = None
+    agreement_images: int | None = None
+
+
+def run_benchmarks(data: str | None = None, options: BenchOptions | None = None,
+                   **settings) -> dict:
+    """Run every benchmark; returns a JSON-serialisable dict of figures and the machine.
+    ``options`` (or its fields as keywords): :class:`BenchOptions`."""
+    o = dataclasses.replace(options or BenchOptions(), **settings)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = {"machine": _machine(device), "size": size, "batch": batch, "steps": steps}
+    result = {"machine": _machine(device), "size": o.size, "batch": o.batch, "steps": o.steps}
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            per_class = max(2, n_images // 5 + 1)
+            per_class = max(2, o.n_images // 5 + 1)
             write_phantom(Path(tmp) / "phantom", per_class=per_class, seed=0)
             data = str(Path(tmp) / "phantom")
-        records = discover(data).records[:n_images]
+        records = discover(data).records[:o.n_images]
         result["pipeline_images"] = len(records)
-        result["pipeline"] = bench_pipeline(records, size, workers, batch)
-        if not skip_model:
+        result["pipeline"] = bench_pipeline(records, o.size, o.workers, o.batch)
+        if not o.skip_model:
             configs = {"fp32": (False, False, False), "fp32+channels_last": (False, True, False),
                        "bf16+channels_last": (True, True, False)}
-            if compile_:  # compiled in the precision that pays on this device
+            if o.compile_:  # compiled in the precision that pays on this device
                 bf16 = device.type == "cuda"
                 configs[("bf16" if bf16 else "fp32") + "+channels_last+compile"] = (bf16, True,
                                                                                    True)
-            result["model"] = {name: _model_step_rates(size, batch, device, *flags, steps=steps)
+            result["model"] = {name: _model_step_rates(o.size, o.batch, device, *flags,
+                                                       steps=o.steps)
                                for name, flags in configs.items()}
-            result["roofline"] = roofline(size, device)
+            result["roofline"] = roofline(o.size, device)
             best_train = max(v["train_img_s"] for v in result["model"].values())
             result["pipeline_over_training"] = result["pipeline"]["cached_img_s"] / best_train
+            fed_steps = o.fed_steps
             if fed_steps is None:
                 fed_steps = 100 if device.type == "cuda" else 0
             if fed_steps:
-                fed = loader_fed_rate(records, size, batch, device, workers, fed_steps)
+                fed = loader_fed_rate(records, o.size, o.batch, device, o.workers, fed_steps)
                 same = "bf16+channels_last" if device.type == "cuda" else "fp32"
                 fed["over_device_tensors"] = (fed["train_img_s"]
                                               / result["model"][same]["train_img_s"])
                 result["loader_fed"] = fed
-        if onnx:
-            result["onnx"] = onnx_rows(resolve_checkpoint(checkpoint), data, batch, steps,
-                                       agreement_images=agreement_images)
+        if o.onnx:
+            result["onnx"] = onnx_rows(resolve_checkpoint(o.checkpoint), data, o.batch, o.steps,
+                                       agreement_images=o.agreement_images)
     return result
 
 

@@ -424,15 +424,17 @@ def effective_influence_share(
             raise KoaError(f"p_correct: probabilities must lie in [0, 1], got {p}")
         focal = [(1.0 - v) ** gamma for v in p]
 
-    def normalise(values: list[float], what: str) -> list[float]:
-        total = sum(values)
-        if total <= 0:
-            raise KoaError(f"effective_influence_share: {what} weights are all zero")
-        return [float(v / total) for v in values]
-
     return {
-        "before": normalise(n, "count"),
-        "after_alpha": normalise([nc * ac for nc, ac in zip(n, a)], "alpha-weighted"),
-        "after_alpha_gamma": normalise(
+        "before": _shares(n, "count"),
+        "after_alpha": _shares([nc * ac for nc, ac in zip(n, a)], "alpha-weighted"),
+        "after_alpha_gamma": _shares(
             [nc * ac * fc for nc, ac, fc in zip(n, a, focal)], "alpha-and-focal-weighted"),
     }
+
+
+def _shares(values: list[float], what: str) -> list[float]:
+    """``values`` as fractions of their sum."""
+    total = sum(values)
+    if total <= 0:
+        raise KoaError(f"effective_influence_share: {what} weights are all zero")
+    return [float(v / total) for v in values]
