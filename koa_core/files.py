@@ -4,7 +4,8 @@ Every file the package writes for later reading (records, run histories, split m
 sidecars, cache metadata) is written under a hidden temporary name beside its target and
 renamed over it when complete (:func:`atomic_open`), so an interrupted write never leaves
 half a file. :func:`check_writable` is the one "can I write there" check: a missing or
-read-only folder is one line before anything is written.
+read-only folder is one line before anything is written; :func:`make_writable_folder`
+creates an output folder and proves it writable (a run folder, written for hours).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import IO, Iterator
 
 from koa_core.errors import KoaError
 
-__all__ = ["atomic_open", "atomic_write_text", "check_writable", "temp_path"]
+__all__ = ["atomic_open", "atomic_write_text", "check_writable", "make_writable_folder",
+           "temp_path"]
 
 
 def temp_path(path: str | Path) -> Path:
@@ -56,3 +58,17 @@ def check_writable(path: str | Path, what: str | None = None) -> None:
         if what:
             raise KoaError(f"{path}: cannot write the {what} there (read-only)")
         raise KoaError(f"{path}: cannot write there (folder missing or read-only)")
+
+
+def make_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents) and prove it writable with a probe file that is
+    removed at once: a read-only mount or a full disk is one line before a long job."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise KoaError(f"{folder}: output folder is not writable ({exc.strerror})") from None
+    return folder

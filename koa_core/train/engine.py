@@ -52,7 +52,7 @@ from koa_core.config import Config, config_from_dict, config_to_dict, validate
 from koa_core.data.index import discover
 from koa_core.train.dataset import KneeDataset, class_counts, stratified_subset
 from koa_core.errors import KoaError
-from koa_core.files import atomic_open
+from koa_core.files import atomic_open, make_writable_folder
 from koa_core.train.feed import device_views, make_feed
 from koa_core.train.gpumon import GpuUtilization
 from koa_core.locking import FolderLock, writes_the_folder
@@ -272,16 +272,6 @@ def build_loss(cfg: Config, train_counts) -> KLMultiTaskLoss:
                            sord=cfg.loss.sord, aux_alpha=cfg.loss.aux_alpha)
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise KoaError(f"{out}: output folder is not writable ({exc.strerror})") from None
-
-
 def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -376,7 +366,7 @@ def _check_run_folder(run: _Run, resume: bool) -> None:
         raise KoaError(f"{run.out}: already holds a run; use --resume to continue it or choose "
                        "another --out")
     if run.rank == 0:
-        _check_writable(run.out)
+        make_writable_folder(run.out)
 
 
 def _build_training(run: _Run) -> None:
