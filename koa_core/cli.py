@@ -273,12 +273,17 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
+def _sidecar_writer_args(p, what: str, split: str) -> None:
+    """--checkpoint (whose sidecar gets ``what``) and --data (of which ``split`` is read)."""
+    p.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint whose "
+                   f"sidecar gets {what}")
+    p.add_argument("--data", required=True, help=f"dataset root (only its {split} split is read)")
+
+
 def _add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="fit the checkpoint's temperature on the validation "
                        "knees and store it in its sidecar (probabilities, not grades, change)")
-    p.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint whose "
-                   "sidecar gets the temperature")
-    p.add_argument("--data", required=True, help="dataset root (only its val split is read)")
+    _sidecar_writer_args(p, "the temperature", "val")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--allow-leakage", action="store_true")
@@ -290,9 +295,7 @@ def _add_calibrate(sub) -> None:
 def _add_input_profile(sub) -> None:
     p = sub.add_parser("input-profile", help="fit the input check's profile on training images "
                        "and store it in the checkpoint's sidecar (koa_core.data.inputcheck)")
-    p.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint whose "
-                   "sidecar gets the profile")
-    p.add_argument("--data", required=True, help="dataset root (only its train split is read)")
+    _sidecar_writer_args(p, "the profile", "train")
     p.add_argument("--images", type=_positive_int, default=1000,
                    help="training images drawn for the profile (default 1000)")
     p.add_argument("--seed", type=int, default=0)
