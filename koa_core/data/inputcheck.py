@@ -72,7 +72,11 @@ def _crop224(img: np.ndarray) -> np.ndarray:
 
 def image_features(img: np.ndarray) -> np.ndarray:
     """The :data:`FEATURES` of one decoded 8-bit image (its 224-pixel crop), as logs."""
-    x = _crop224(img)
+    return _features(_crop224(img))
+
+
+def _features(x: np.ndarray) -> np.ndarray:
+    """:func:`image_features` of an image already cropped by :func:`_crop224`."""
     t = x.reshape(8, SIZE // 8, 8, SIZE // 8).astype(np.float32)
     hist = np.bincount(x.ravel(), minlength=256) / x.size
     nz = hist[hist > 0]
@@ -83,8 +87,9 @@ def image_features(img: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.array(raw, np.float64), 1e-3))
 
 
-def _thumb(img: np.ndarray) -> np.ndarray:
-    t = cv2.resize(_crop224(img), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+def _thumb(x: np.ndarray) -> np.ndarray:
+    """The z-scored 32x32 thumbnail of a :func:`_crop224` crop."""
+    t = cv2.resize(x, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
     t = t.astype(np.float64)
     return (t - t.mean()) / (t.std() + 1e-6)
 
@@ -108,12 +113,12 @@ def _fit_template(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return template, np.array([_corr(t, template) for t in thumbs])
 
 
-def _fit_enhanced(images: Sequence[np.ndarray]) -> dict:
+def _fit_enhanced(crops: Sequence[np.ndarray], twin_crops: Sequence[np.ndarray]) -> dict:
     """The 'enhanced' score: a logistic regression of training crops against their twins."""
     from sklearn.linear_model import LogisticRegression
 
-    feats = np.array([image_features(im) for im in images])
-    twins = np.array([image_features(apply_clahe(im, _TWIN_CLIP, 8)) for im in images])
+    feats = np.array([_features(x) for x in crops])
+    twins = np.array([_features(x) for x in twin_crops])
     mean, scale = feats.mean(0), feats.std(0) + 1e-9
     X = (np.vstack([feats, twins]) - mean) / scale
     y = np.r_[np.zeros(len(feats)), np.ones(len(twins))]
@@ -125,10 +130,10 @@ def _fit_enhanced(images: Sequence[np.ndarray]) -> dict:
             "twins": f"CLAHE clip {_TWIN_CLIP:g}, 8x8 tiles"}
 
 
-def _fit_knee(images: Sequence[np.ndarray]) -> dict:
+def _fit_knee(crops: Sequence[np.ndarray], twin_crops: Sequence[np.ndarray]) -> dict:
     """The knee templates (originals, CLAHE twins) and their correlation thresholds."""
-    fits = [_fit_template(np.array([_thumb(im) for im in group]))
-            for group in (images, [apply_clahe(im, _TWIN_CLIP, 8) for im in images])]
+    fits = [_fit_template(np.array([_thumb(x) for x in group]))
+            for group in (crops, twin_crops)]
     return {"templates": [np.round(t, 4).ravel().tolist() for t, _ in fits],
             "min_correlation": min(float(np.quantile(c[c > 0], 1 - _QUANTILE))
                                    for _, c in fits),
@@ -143,11 +148,13 @@ def fit_profile(images: Sequence[np.ndarray], what: str) -> dict:
                        "given)")
     shapes = np.array([im.shape for im in images], np.float64)
     aspects = shapes[:, 1] / shapes[:, 0]
+    crops = [_crop224(im) for im in images]  # each image and its twin cropped once
+    twin_crops = [_crop224(apply_clahe(im, _TWIN_CLIP, 8)) for im in images]
     return {"version": PROFILE_VERSION, "images": len(images), "what": what,
-            "enhanced": _fit_enhanced(images), "knee": _fit_knee(images),
+            "enhanced": _fit_enhanced(crops, twin_crops), "knee": _fit_knee(crops, twin_crops),
             "min_side": int(shapes.min()),
             "aspect": [float(aspects.min()), float(aspects.max())],
-            "min_std": float(np.quantile([_crop224(im).std() for im in images], 0.001))}
+            "min_std": float(np.quantile([x.std() for x in crops], 0.001))}
 
 
 @dataclass
@@ -176,7 +183,10 @@ class InputCheck:
 
     def enhanced_score(self, img: np.ndarray) -> float:
         """The logistic score of 'CLAHE-enhanced already' (flagged above the threshold)."""
-        z = (image_features(img) - self._mean) / self._scale
+        return self._score(_crop224(img))
+
+    def _score(self, x: np.ndarray) -> float:
+        z = (_features(x) - self._mean) / self._scale
         return float(z @ self._coef + self._b)
 
     def flags(self, img: np.ndarray) -> list[str]:
@@ -184,7 +194,8 @@ class InputCheck:
         out = []
         h, w = img.shape
         lo, hi = self._aspect
-        thumb = _thumb(img)
+        x = _crop224(img)  # cropped once for every measure below
+        thumb = _thumb(x)
         corrs = [_corr(thumb, t) for t in self._templates]  # as an original or enhanced
         corr = max(corrs)
         square_enough = lo / 1.25 <= w / h <= hi * 1.25
@@ -193,11 +204,11 @@ class InputCheck:
         elif corr < self._min_corr or not square_enough:
             out.append("not-a-knee-crop")
         knee_like = square_enough and max(abs(c) for c in corrs) >= self._min_corr / 2
-        if knee_like and self.enhanced_score(img) > self._t:
+        if knee_like and self._score(x) > self._t:
             out.append("enhanced")  # the score was fitted on knees: judged on knee-like only
         if min(h, w) < self._min_side / 2:
             out.append("small")
-        if _crop224(img).std() < self._min_std / 2:
+        if x.std() < self._min_std / 2:
             out.append("low-contrast")
         return out
 
