@@ -18,6 +18,14 @@ Prints figures, asserts nothing (speed goals are not tests). Measured in one run
   with torch fp32 on the validation split: the share of knees given the same grade and the
   largest and mean absolute difference of the probabilities.
 
+With ``--bomb`` it measures instead what a decompression bomb costs (:func:`bench_bomb`):
+the peak resident memory of a fresh process that reads one crafted PNG - a 1-bit
+30,000 x 30,000 image of about 110 KB and a 16-bit RGBA 12,000 x 12,000 one of about
+1 MB - through :func:`koa_core.data.imaging.read_image` (the header is refused before any
+pixel is decoded), beside OpenCV decoding the same bytes with no header check (what a
+reader pays that looks at the size only after decoding) and a process that only imports
+the reader. The goal - under 1 GB on every bomb - is a figure here, not a test.
+
 On a GPU it also samples the GPU's utilisation during the timed training steps, and runs
 training fed by the real input pipeline (cached views, augmentation in DataLoader
 workers) to see whether the pipeline keeps up: the ratio of that rate to the rate on
@@ -58,7 +66,7 @@ from koa_core.runtime import cpu_has_bf16
 from koa_core.train.feed import batch_input
 from koa_core.train.losses import KLMultiTaskLoss
 
-__all__ = ["format_table", "run_benchmarks"]
+__all__ = ["bench_bomb", "format_bomb", "format_table", "run_benchmarks", "write_png_bomb"]
 
 
 # ---------------------------------------------------------------- memory
@@ -434,5 +442,97 @@ def format_table(r: dict) -> str:
         lines.append(f"training fed by the cached pipeline ({f['workers']} workers, bf16+CL): "
                      f"{f['train_img_s']:.1f} img/s = {f['over_device_tensors']:.2f}x the rate "
                      f"on device tensors; GPU utilisation {util}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ decompression bombs
+BOMBS = {"1-bit 30000x30000": (30_000, 30_000, 1, 0),
+         "16-bit RGBA 12000x12000": (12_000, 12_000, 16, 6)}
+
+_BOMB_CHILD = """
+import resource, sys
+how, path = sys.argv[1], sys.argv[2]
+if how == "opencv":  # OpenCV as it comes (its own limit is 2**30 pixels), no header check
+    import cv2, numpy as np
+    data = open(path, "rb").read()
+    try:
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except Exception:
+        pass
+else:
+    from koa_core.data.imaging import read_image
+    from koa_core.errors import KoaError
+    if how == "koa":
+        try:
+            read_image(path)
+        except KoaError:
+            pass
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:  # this process's own high-water mark: ru_maxrss can carry the parent's over exec
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+except OSError:
+    pass
+print(peak)
+"""
+
+
+def write_png_bomb(path: str | Path, width: int, height: int, bit_depth: int = 1,
+                   colour: int = 0) -> Path:
+    """A valid PNG of zeros of the given size, written row block by row block (its pixels
+    never exist in memory here); colour is the PNG colour type (0 gray, 6 RGBA)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    row = 1 + (width * channels * bit_depth + 7) // 8
+    comp = zlib.compressobj(9)
+    block = bytes(row * 64)
+    idat = b"".join(comp.compress(block[:row * min(64, height - i)])
+                    for i in range(0, height, 64)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _child_peak_mb(how: str, path: Path) -> float:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run([sys.executable, "-c", _BOMB_CHILD, how, str(path)], env=env,
+                         capture_output=True, text=True, timeout=600, check=True)
+    return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)  # KiB on Linux
+
+
+def bench_bomb() -> dict:
+    """Peak RSS (MB: VmHWM, else ru_maxrss) of a fresh process reading each
+    :data:`BOMBS` PNG: through koa's reader, through OpenCV alone (no header check: what the
+    reader cost when it looked at the size after decoding), and of koa's bare imports."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (w, h, bits, colour) in BOMBS.items():
+            path = write_png_bomb(Path(tmp) / "bomb.png", w, h, bits, colour)
+            rows[name] = {"file_kb": round(path.stat().st_size / 1024, 1),
+                          "koa_read_image_mb": _child_peak_mb("koa", path),
+                          "opencv_decode_mb": _child_peak_mb("opencv", path),
+                          "imports_only_mb": _child_peak_mb("import", path)}
+    return {"bombs": rows, "goal_mb": 1024,
+            "met": all(r["koa_read_image_mb"] < 1024 for r in rows.values())}
+
+
+def format_bomb(r: dict) -> str:
+    """The --bomb table."""
+    lines = [f"{'bomb':<26}{'file KB':>9}{'koa MB':>9}{'OpenCV MB':>11}{'imports MB':>12}"]
+    for name, b in r["bombs"].items():
+        lines.append(f"{name:<26}{b['file_kb']:>9}{b['koa_read_image_mb']:>9}"
+                     f"{b['opencv_decode_mb']:>11}{b['imports_only_mb']:>12}")
+    lines.append(f"peak RSS under {r['goal_mb']} MB with koa's reader: "
+                 + ("yes" if r["met"] else "NO"))
     return "\n".join(lines)
 

@@ -213,7 +213,7 @@ def _cmd_predict(args) -> int:
         return 130
     if args.json:
         print(json.dumps([p.to_dict() for p in result.kept], indent=2))
-    if to_csv or result.skipped:
+    if to_csv or result.skipped or result.left_out:
         print(result.summary(args.out), file=sys.stderr)
     return 1 if result.failed else 0
 
@@ -369,7 +369,12 @@ def _add_engine(p) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from koa_core.bench import format_table, run_benchmarks
+    from koa_core.bench import bench_bomb, format_bomb, format_table, run_benchmarks
+
+    if args.bomb:
+        r = bench_bomb()
+        print(json.dumps(r, indent=2) if args.json else format_bomb(r))
+        return 0
 
     r = run_benchmarks(args.data, n_images=args.images, size=args.size, batch=args.batch,
                        steps=args.steps, workers=args.workers, compile_=args.compile,
@@ -407,6 +412,8 @@ def add_bench_command(sub) -> None:
     p.add_argument("--checkpoint", help="with --onnx: the checkpoint (default: the shipped one)")
     p.add_argument("--agreement-images", type=_positive_int, default=None,
                    help="with --onnx: validation knees for the agreement (default: all)")
+    p.add_argument("--bomb", action="store_true", help="only the peak memory of reading "
+                   "decompression-bomb PNGs (each in a fresh process)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--save", metavar="FILE", help="also write the figures as JSON to FILE")
     p.set_defaults(func=_cmd_bench)

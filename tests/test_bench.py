@@ -44,3 +44,24 @@ def test_cli_bench_saves_json(tmp_path, phantom_root, capsys):
     saved = json.loads(out.read_text())
     assert saved["pipeline_images"] == 8 and "model" not in saved
     assert "input pipeline (8 images at 32 px" in capsys.readouterr().out
+
+
+def test_bomb_png_declares_its_size_in_a_small_file(tmp_path):
+    """The --bomb benchmark's input: a valid PNG whose header declares far more pixels than
+    its size suggests (its memory figures are the benchmark's, not a test's)."""
+    from PIL import Image
+
+    from koa_core.bench import format_bomb, write_png_bomb
+
+    path = write_png_bomb(tmp_path / "b.png", 30_000, 30_000)
+    assert path.stat().st_size < 200_000
+    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # Pillow's own bomb check
+    try:
+        with Image.open(path) as im:  # the header only
+            assert im.size == (30_000, 30_000) and im.format == "PNG"
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    table = format_bomb({"bombs": {"x": {"file_kb": 1, "koa_read_image_mb": 2,
+                                         "opencv_decode_mb": 3, "imports_only_mb": 1}},
+                         "goal_mb": 1024, "met": True})
+    assert "under 1024 MB" in table and "yes" in table

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from koa_core.data.index import DatasetIndex
-from koa_core.errors import KoaError
-from koa_core.data.imaging import DICOM_SUFFIXES, to_gray_uint8
+from koa_core.errors import KoaError, printable
+from koa_core.data.imaging import DICOM_SUFFIXES, read_bytes, to_gray_uint8
+from koa_core.data.raster import decode_raw
 from koa_core.data.dicom import decode_dicom, has_dicom_magic
 
 __all__ = ["ScanReport", "format_check", "scan"]
@@ -103,11 +103,10 @@ def _one(path: str, check=None):
 
 
 def _decode(path: str):
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        return path, None, None, None, f"{path}: cannot read ({exc.strerror})"
+    try:  # a regular file, read up to the size limit: a FIFO or /dev/zero is one line
+        data = read_bytes(path)
+    except KoaError as exc:
+        return path, None, None, None, str(exc)
     digest = hashlib.sha1(data).hexdigest()
 
     if Path(path).suffix.lower() in DICOM_SUFFIXES or has_dicom_magic(data[:132]):
@@ -116,11 +115,8 @@ def _decode(path: str):
         except KoaError as exc:
             return path, digest, None, None, str(exc)
         return path, digest, f"DICOM {meta.get('photometric', '')}".strip(), gray, None
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if raw is None:
-        why = "empty file" if not data else "does not decode (truncated or not an image)"
-        return path, digest, None, None, f"{path}: {why}"
-    try:
+    try:  # the header first: a decompression bomb is refused before its pixels exist
+        raw = decode_raw(data, path)
         gray = to_gray_uint8(raw, path)
     except KoaError as exc:
         return path, digest, None, None, str(exc)
@@ -189,11 +185,11 @@ def format_check(rep: ScanReport, allow_leakage: bool = False) -> str:
                  + (f" (e.g. {', '.join(list(leaks)[:3])})" if leaks else ""))
     lines.append(f"identical files across splits: {len(rep.duplicates)}")
     lines.append(f"unreadable images: {len(rep.unreadable)}")
-    lines += [f"  {u}" for u in rep.unreadable[:20]]
+    lines += [f"  {printable(u)}" for u in rep.unreadable[:20]]
     if len(rep.unreadable) > 20:
         lines.append(f"  ... and {len(rep.unreadable) - 20} more")
     for w in idx.warnings:
-        lines.append(f"warning: {w}")
+        lines.append(f"warning: {printable(w)}")
     if idx.skipped:
         n = len(idx.skipped)
         lines.append(f"skipped {n} non-image entr{'y' if n == 1 else 'ies'}, "

@@ -90,18 +90,14 @@ def has_dicom_magic(head: bytes) -> bool:
 def is_dicom(path: str | Path) -> bool:
     """True for a ``.dcm``/``.dicom`` name (any case) or a file with the DICM preamble.
 
-    Files from scanners often have no suffix, hence the look at the content. Never raises:
-    a missing, unreadable or short file without a DICOM suffix is simply not DICOM.
+    Files from scanners often have no suffix, hence the look at the content. Never raises
+    nor blocks: a missing, unreadable, short or special file (a FIFO, a device) without a
+    DICOM suffix is simply not DICOM.
     """
     p = Path(path)
     if p.suffix.lower() in raster.DICOM_SUFFIXES:
         return True
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(_MAGIC_OFFSET + 4)
-    except (OSError, ValueError):
-        return False
-    return has_dicom_magic(head)
+    return has_dicom_magic(raster.read_head(p, _MAGIC_OFFSET + 4))
 
 
 class _Quiet:
@@ -185,6 +181,7 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, dict]:
         raise KoaError(f"{name}: not a readable DICOM file (truncated or corrupt?)") from None
 
     rows, cols, photometric, colour, bits_stored = _check_header(ds, name)
+    _check_finite(ds, name)
     tsyntax = _transfer_syntax(ds)
     _check_decodable(ds, tsyntax, name, rows * cols * _int(ds.get("SamplesPerPixel"), 1))
     try:
@@ -205,6 +202,9 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, dict]:
         if arr.ndim != 2:
             raise KoaError(f"{name}: pixel data of shape {arr.shape} (rows x columns expected)")
         values, lo, hi = _grayscale_pipeline(arr, ds, meta, name)
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(values).all()):
+        raise KoaError(f"{name}: the rescale or window gives values that are not finite "
+                       "(NaN or infinite); refused rather than graded as a blank image")
     img = _to_uint8(values, lo, hi)
     if photometric == "MONOCHROME1":
         img = 255 - img
@@ -234,7 +234,14 @@ def _check_header(ds, name: str) -> tuple[int, int, str, bool, int]:
     frames = _int(ds.get("NumberOfFrames"), 1)
     if frames > 1:
         raise KoaError(f"{name}: {frames} frames (a single-frame radiograph expected)")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    if not photometric:  # required, yet absent in some files: one sample can only be gray
+        if _int(ds.get("SamplesPerPixel"), 1) != 1:
+            raise KoaError(f"{name}: no PhotometricInterpretation for "
+                           f"{ds.get('SamplesPerPixel')} samples per pixel (the colour "
+                           "model cannot be known)")
+        photometric = "MONOCHROME2"
+        ds.PhotometricInterpretation = photometric  # pydicom needs it to decode
     colour = photometric == "RGB" or photometric.startswith("YBR")
     if photometric not in _MONO and not colour:
         raise KoaError(f"{name}: photometric interpretation {photometric} is not supported "
@@ -243,6 +250,27 @@ def _check_header(ds, name: str) -> tuple[int, int, str, bool, int]:
     if not 8 <= bits_stored <= 16:
         raise KoaError(f"{name}: {bits_stored}-bit stored values (8 to 16 bits expected)")
     return rows, cols, photometric, colour, bits_stored
+
+
+_NUMERIC = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+
+
+def _check_finite(ds, name: str) -> None:
+    """Refuse a NaN or infinite rescale or window value: it would turn every pixel into
+    NaN or a constant, and the image into a silent all-black one."""
+    for key in _NUMERIC:
+        value = ds.get(key)
+        if value in (None, ""):
+            continue
+        try:
+            values = [float(v) for v in value] if not isinstance(value, (str, float, int)) \
+                else [float(value)]
+        except (TypeError, ValueError):
+            raise KoaError(f"{name}: {key} {str(value)[:40]!r} is not a number") from None
+        bad = next((v for v in values if not np.isfinite(v)), None)
+        if bad is not None:
+            raise KoaError(f"{name}: {key} is {bad} (a finite number expected); refused "
+                           "rather than graded as a blank image")
 
 
 def _read_forced(data: bytes):

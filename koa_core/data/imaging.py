@@ -40,11 +40,13 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict]:
     A file is DICOM when :func:`koa_core.data.dicom.is_dicom` says so (suffix or preamble); it is
     decoded by :func:`koa_core.data.dicom.decode_dicom`, whose ``meta`` records pixel spacing,
     photometric interpretation and the like. Any other file needs an image suffix, is decoded
-    by :func:`decode_gray` and has ``meta == {}``. Errors are one-line KoaErrors.
+    by :func:`decode_gray` and has ``meta == {}``. Errors are one-line KoaErrors. Only a
+    regular file is opened, and only up to :data:`~koa_core.data.raster.MAX_FILE_BYTES`
+    (:func:`read_bytes`): a FIFO or a device is refused without being read.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES and not dicom.is_dicom(path):
+    if suffix not in IMAGE_SUFFIXES + DICOM_SUFFIXES and not dicom.is_dicom(path):
         raise KoaError(f"{path}: unsupported file type (expected "
                        f"{', '.join(IMAGE_SUFFIXES + DICOM_SUFFIXES)} or a DICOM file)")
     data = read_bytes(path)

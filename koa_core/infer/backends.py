@@ -20,6 +20,8 @@ backend and need the file it runs.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import sys
 from pathlib import Path
@@ -188,15 +190,29 @@ def load_backend(checkpoint: str | Path, engine: str = "torch",
         raise KoaError("--engine onnxruntime-int8 needs an int8 ONNX file as --checkpoint "
                        "(calibrated on training knees): koa export --onnx --int8 --calibrate "
                        "ROOT --out model-int8.onnx")
-    target = onnx_cache_path(path, cache_dir)
-    if not target.exists():
-        print(f"koa: exporting {path.name} to ONNX for ONNX Runtime, once (cached as "
-              f"{target})", file=sys.stderr, flush=True)
-        export_onnx(path, target)
-    backend = OrtBackend(target)
+    backend = _cached_export(path, onnx_cache_path(path, cache_dir))
     backend.source = path
     # the checkpoint's own sidecar, not the copy frozen into the cached export: a
     # temperature fitted after the export was cached still applies
 
     backend.sidecar = read_sidecar(path)
     return backend
+
+
+def _cached_export(path: Path, target: Path) -> OrtBackend:
+    """The cached ONNX export of ``path``, made once; a cached file that ONNX Runtime
+    cannot read (a damaged or foreign file in the cache) is exported again, once."""
+    if target.exists():
+        try:
+            return OrtBackend(target)
+        except KoaError as exc:
+            print(f"koa: the cached ONNX export {target} is unreadable "
+                  f"({str(exc).split(': ', 1)[-1]}); exporting it again", file=sys.stderr,
+                  flush=True)
+            with contextlib.suppress(OSError):
+                target.unlink()
+    else:
+        print(f"koa: exporting {path.name} to ONNX for ONNX Runtime, once (cached as "
+              f"{target})", file=sys.stderr, flush=True)
+    export_onnx(path, target)
+    return OrtBackend(target)

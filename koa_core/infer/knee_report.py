@@ -37,6 +37,7 @@ from __future__ import annotations
 import html
 import math
 import textwrap
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,12 +304,16 @@ def _draw_lines(fig, lines: list[str], left: float, fig_h: float) -> None:
 def render_report(report: KneeReport, path: str | Path, dpi: int = 110) -> Path:
     """Write the report's picture as a PNG of about 14 x 4.2 inches times ``dpi`` pixels.
 
-    Creates the parent folder if needed; writes nothing but ``path``.
+    Creates the parent folder if needed; writes nothing but ``path``. A character the font
+    lacks (a CJK file name) is drawn as a box, without matplotlib's warning per glyph.
     """
     path = Path(path)
-    fig = build_figure(report, dpi=dpi)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*[Gg]lyph.*missing from",
+                                category=UserWarning)
+        fig = build_figure(report, dpi=dpi)
+        fig.savefig(path, dpi=dpi, format="png")
     return path
 
 

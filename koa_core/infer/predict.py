@@ -21,12 +21,19 @@
   ``--report DIR`` writes one picture per knee (:mod:`koa_core.infer.knee_report`) and an
   ``index.html`` for the batch.
 
-Nothing is ever written beside the inputs: outputs go only where the options say.
+Nothing is ever written beside the inputs: outputs go only where the options say. An
+output that is one of the inputs is refused; an output folder inside a walked input folder
+is left out of the walk (and the summary says so), so a later run does not grade its own
+pictures. CAM and report files are named after the input's stem, with a short digest of
+its path when two inputs share a stem or the stem is long, so that no two knees share a
+picture. Printed names escape control characters, and CSV cells that a spreadsheet would
+run as a formula (``= + - @``, tab, carriage return first) start with a single quote.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -38,7 +45,7 @@ import cv2
 import numpy as np
 
 from koa_core import GRADE_NAMES
-from koa_core.errors import KoaError
+from koa_core.errors import KoaError, printable
 from koa_core.files import check_writable
 from koa_core.data.imaging import is_image_file, read_image
 from koa_core.data.preprocess import Preprocessor, apply_clahe, crop_box
@@ -51,7 +58,7 @@ from koa_core.infer.explain import grad_cam, overlay, stream_layers
 from koa_core.infer.knee_report import KneeReport, render_report, write_html_index
 from koa_core.model.checkpoint import resolve_checkpoint
 
-__all__ = ["CSV_FIELDS", "BatchOptions", "BatchResult", "Prediction", "collect_inputs",
+__all__ = ["CSV_FIELDS", "BatchOptions", "BatchResult", "Prediction", "collect_inputs", "csv_cell",
            "grade_batch", "iter_predictions", "predict_files", "write_predictions"]
 
 CSV_FIELDS = ["path", "grade", "p0", "p1", "p2", "p3", "p4", "gate_raw", "gate_clahe",
@@ -79,11 +86,14 @@ class Prediction:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
     def line(self) -> str:
+        """The printed line: control characters in the name or error are escaped, so a
+        name holding a newline cannot forge a second result line."""
+        path = printable(self.path)
         if self.error:
-            return f"{self.path}: error: {self.error}"
+            return f"{path}: error: {printable(self.error)}"
         probs = " ".join(f"{p:.3f}" for p in self.probabilities)
         flags = f"  [input check: {', '.join(self.input_flags)}]" if self.input_flags else ""
-        return f"{self.path}: KL{self.grade} ({GRADE_NAMES[self.grade].split(' ', 1)[1]})  " \
+        return f"{path}: KL{self.grade} ({GRADE_NAMES[self.grade].split(' ', 1)[1]})  " \
                f"p[KL0..KL4] = {probs}{flags}"
 
     def row(self) -> dict:
@@ -91,18 +101,29 @@ class Prediction:
         g = self.gate or [None, None]
         d = self.dicom or {}
         spacing = d.get("pixel_spacing_mm")
-        return {"path": self.path, "grade": self.grade,
+        return {"path": csv_cell(self.path), "grade": self.grade,
                 **{f"p{k}": _fmt(p[k]) for k in range(5)},
                 "gate_raw": _fmt(g[0]), "gate_clahe": _fmt(g[1]),
                 "precision": self.precision, "engine": self.engine,
                 "temperature": _fmt(self.temperature),
                 "width": self.size[1] if self.size else None,
                 "height": self.size[0] if self.size else None,
-                "photometric": d.get("photometric"),
+                "photometric": csv_cell(d.get("photometric")),
                 "pixel_spacing_mm": " ".join(f"{v:g}" for v in spacing) if spacing else None,
                 "input_check": ("; ".join(self.input_flags) or "ok"
                                 if self.input_flags is not None else None),
-                "error": self.error}
+                "error": csv_cell(self.error)}
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str | None) -> str | None:
+    """A text cell as spreadsheets will not run it (OWASP's CSV-injection rule): a cell
+    starting with ``= + - @``, tab or carriage return gets a leading single quote."""
+    if text and text.startswith(_FORMULA_START):
+        return "'" + text
+    return text
 
 
 def _fmt(v: float | None) -> str | None:
@@ -114,34 +135,61 @@ def _fmt(v: float | None) -> str | None:
 class Inputs:
     files: list[str] = field(default_factory=list)
     skipped: int = 0  # files in walked folders that are not images
+    left_out: list[str] = field(default_factory=list)  # output folders met in the walk
 
 
 def _looks_like_image(path: Path) -> bool:
     if is_image_file(path):
         return True
+    return is_dicom(path)  # stats first: a FIFO or a device is never opened
 
-    return is_dicom(path)
+
+def _real(path: str | Path) -> str:
+    return os.path.realpath(os.path.abspath(path))
 
 
-def collect_inputs(paths: list[str]) -> Inputs:
-    """Files to grade: named files as given, folders walked (sorted, hidden entries skipped)."""
+def collect_inputs(paths: list[str], outputs: list[str | Path] = ()) -> Inputs:
+    """Files to grade: named files as given, folders walked (sorted, hidden entries
+    skipped). An empty name is refused (it is not the current folder); ``outputs`` (the
+    batch's own output files and folders) are left out of the walk and listed."""
     found = Inputs()
+    skip = {_real(o) for o in outputs if o}
     for arg in paths:
+        if not str(arg).strip():
+            raise KoaError("an empty file name was given (use . for the current folder)")
         p = Path(arg)
         if not p.is_dir():
             found.files.append(arg)
             continue
         for dirpath, dirnames, filenames in os.walk(p):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
+            kept = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
                     continue
+                if _real(Path(dirpath) / d) in skip:
+                    found.left_out.append(str(Path(dirpath) / d))
+                    continue
+                kept.append(d)
+            dirnames[:] = kept
+            for name in sorted(filenames):
                 f = Path(dirpath) / name
+                if name.startswith(".") or _real(f) in skip:
+                    continue
                 if _looks_like_image(f):
                     found.files.append(str(f))
                 else:
                     found.skipped += 1
     return found
+
+
+def check_outputs(files: list[str], out: str | Path | None, folders: list[str | Path]) -> None:
+    """Refuse an output that is one of the inputs (``koa predict a.webp --out a.webp`` would
+    replace the image with the CSV), or an output folder that is an input file."""
+    inputs = {_real(f): f for f in files}
+    for what, path in [("--out", out)] + [("output folder", f) for f in folders]:
+        if path and _real(path) in inputs:
+            raise KoaError(f"{path}: {what} is one of the input files; refused (it would be "
+                           "overwritten)")
 
 
 # ------------------------------------------------------------------ grading
@@ -170,15 +218,34 @@ def _load(path: str, pre: Preprocessor, check=None) -> _Loaded:
     return _Loaded(path, image, np.stack([raw, clahe]), box, meta, flags)
 
 
+_STEM_MAX = 60  # characters of the input's stem kept in an output file name
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha1(_real(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
 def _out_stems(files: list[str]) -> list[str]:
-    """A distinct, filesystem-safe name per input for its CAM and report files."""
-    seen: dict[str, int] = {}
-    stems = []
+    """A distinct, filesystem-safe, short name per input for its CAM and report files: the
+    input's stem, plus ``-`` and 8 hex digits of its path's SHA-1 when another input has
+    the same stem (``x/a.png`` and ``y/a.png``, in any case) or the stem was shortened."""
+    bases = []
     for f in files:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(f).stem) or "image"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        stems.append(stem if n == 0 else f"{stem}-{n + 1}")
+        full = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(f).stem).strip("._") or "image"
+        bases.append((full[:_STEM_MAX], len(full) > _STEM_MAX))
+    count: dict[str, int] = {}
+    for base, _ in bases:
+        count[base.casefold()] = count.get(base.casefold(), 0) + 1
+    stems, taken = [], set()
+    for f, (base, cut) in zip(files, bases):
+        if cut or count[base.casefold()] > 1:
+            base = f"{base}-{_digest(f)}"
+        stem, n = base, 1
+        while stem.casefold() in taken:  # the same file named twice, or a digest's twin
+            n += 1
+            stem = f"{base}-{n}"
+        taken.add(stem.casefold())
+        stems.append(stem)
     return stems
 
 
@@ -226,7 +293,7 @@ def _explain(backend, item: _Loaded, pred: Prediction, pre: Preprocessor, stem: 
                                                   meta["pixel_spacing_mm"]) + " mm"
         if meta.get("photometric"):
             details["DICOM"] = meta["photometric"]
-        report = KneeReport(name=Path(item.path).name, image=item.image,
+        report = KneeReport(name=printable(Path(item.path).name), image=item.image,
                             probabilities=pred.probabilities, grade=pred.grade,
                             gate=pred.gate, cams=cams, clahe_image=clahe_full,
                             details=details)
@@ -281,6 +348,9 @@ def _predictions(files, backend, prepare, cam_dir, report_dir, batch_size, worke
                                                batch_size=len(good))
             j = 0
             for i, item in zip(batch, loaded):
+                if item.error is None and not np.isfinite(probs[j]).all():
+                    item.error = "the network gave probabilities that are not finite (NaN)"
+                    j += 1
                 if item.error is not None:
                     yield Prediction(item.path, error=item.error)
                     continue
@@ -292,8 +362,19 @@ def _predictions(files, backend, prepare, cam_dir, report_dir, batch_size, worke
                                   dicom=item.meta or None, input_flags=item.flags)
                 j += 1
                 if cam_dir or report_dir:
-                    _explain(backend, item, pred, pre, stems[i], cam_dir, report_dir)
+                    _explain_one(backend, item, pred, pre, stems[i], (cam_dir, report_dir))
                 yield pred
+
+
+def _explain_one(backend, item, pred, pre, stem, dirs) -> None:
+    """Write one file's CAMs and report picture; a picture that cannot be written (a full
+    disk, a name the file system refuses) is that file's error, and the batch goes on."""
+    try:
+        _explain(backend, item, pred, pre, stem, *dirs)
+    except (OSError, KoaError, cv2.error) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        pred.error = (f"graded KL{pred.grade}, but its pictures could not be written "
+                      f"({printable(why.splitlines()[0] if why else type(exc).__name__)})")
 
 
 def write_predictions(preds: Iterator[Prediction], out: str | Path, total: int | None = None,
@@ -304,18 +385,24 @@ def write_predictions(preds: Iterator[Prediction], out: str | Path, total: int |
     out = Path(out)
     check_writable(out)
     counts = {"graded": 0, "failed": 0}
-    with open(out, "w", newline="") as fh, tqdm(total=total, unit="img", disable=not progress,
-                                                  desc="grading", leave=False) as bar:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        fh.flush()
-        for pred in preds:
-            w.writerow(pred.row())
+    try:
+        with open(out, "w", newline="") as fh, tqdm(total=total, unit="img",
+                                                      disable=not progress, desc="grading",
+                                                      leave=False) as bar:
+            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            w.writeheader()
             fh.flush()
-            counts["failed" if pred.error else "graded"] += 1
-            bar.update(1)
-            if echo is not None:
-                echo(pred)
+            for pred in preds:
+                w.writerow(pred.row())
+                fh.flush()
+                counts["failed" if pred.error else "graded"] += 1
+                bar.update(1)
+                if echo is not None:
+                    echo(pred)
+    except OSError as exc:  # a full disk (/dev/full), a vanished folder: name the CSV
+        if exc.filename and Path(exc.filename) != out:
+            raise
+        raise KoaError(f"{out}: cannot write the CSV ({exc.strerror or exc})") from None
     return counts
 
 
@@ -342,6 +429,7 @@ class BatchResult:
     files: int
     skipped: int  # files in walked folders that are not images
     failed: int = 0
+    left_out: list[str] = field(default_factory=list)  # output folders inside the inputs
     flags: list[list[str]] = field(default_factory=list)
     kept: list[Prediction] = field(default_factory=list)
 
@@ -351,7 +439,10 @@ class BatchResult:
         return (f"graded {self.files - self.failed} of {self.files} file(s), {self.failed} failed"
                 + (f"; {flagged}" if flagged else "")
                 + (f"; skipped {self.skipped} file(s) that are not images" if self.skipped
-                   else "") + (f"; rows in {out}" if out else ""))
+                   else "")
+                + "".join(f"; left out the output folder {printable(f)} inside the input"
+                          for f in self.left_out)
+                + (f"; rows in {printable(str(out))}" if out else ""))
 
 
 def grade_batch(paths: list[str], opts: BatchOptions | None = None,
@@ -361,15 +452,17 @@ def grade_batch(paths: list[str], opts: BatchOptions | None = None,
     and, with ``opts.out``, into the CSV; a bad file gets an error entry and the rest go on.
     An interrupt (KeyboardInterrupt) leaves the rows written so far and propagates."""
     opts = opts or BatchOptions()
-    inputs = collect_inputs(paths)
+    folders = [f for f in (opts.cam_dir, opts.report_dir) if f]
+    inputs = collect_inputs(paths, outputs=[opts.out, *folders] if opts.out else folders)
     if not inputs.files:
         raise KoaError(f"no image files found in {', '.join(map(str, paths))} (PNG, JPEG, "
                        "WebP, TIFF or DICOM)")
+    check_outputs(inputs.files, opts.out, folders)
     backend = load_backend(resolve_checkpoint(opts.checkpoint), opts.engine, opts.device)
     backend.calibrated = opts.calibrated
     preds = iter_predictions(inputs.files, backend, cam_dir=opts.cam_dir,
                              report_dir=opts.report_dir, batch_size=opts.batch_size)
-    result = BatchResult(len(inputs.files), inputs.skipped)
+    result = BatchResult(len(inputs.files), inputs.skipped, left_out=inputs.left_out)
 
     def seen(p: Prediction) -> None:
         result.failed += bool(p.error)
@@ -379,14 +472,16 @@ def grade_batch(paths: list[str], opts: BatchOptions | None = None,
         if echo is not None:
             echo(p)
 
-    if opts.out:
-        write_predictions(preds, opts.out, total=len(inputs.files), progress=opts.progress,
-                          echo=seen)
-    else:
-        for p in preds:
-            seen(p)
-    if opts.report_dir:
-        write_report_index(result.kept, opts.report_dir)
+    try:
+        if opts.out:
+            write_predictions(preds, opts.out, total=len(inputs.files),
+                              progress=opts.progress, echo=seen)
+        else:
+            for p in preds:
+                seen(p)
+    finally:  # an interrupted batch's pictures get their index too
+        if opts.report_dir and result.kept:
+            write_report_index(result.kept, opts.report_dir)
     return result
 
 

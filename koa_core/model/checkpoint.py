@@ -174,11 +174,15 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     """The sidecar of a checkpoint (``NAME.json`` beside ``NAME.safetensors``)."""
     side = sidecar_path(path)
     try:
-        return json.loads(side.read_text())
+        data = json.loads(side.read_text())
+        if not isinstance(data, dict):
+            raise KoaError(f"{side}: unreadable checkpoint sidecar (a JSON object expected, "
+                           f"found a JSON {type(data).__name__})")
+        return data
     except FileNotFoundError:
         raise KoaError(f"{side}: checkpoint sidecar not found (it holds the config and "
                        "preprocessing needed to use the weights)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise KoaError(f"{side}: unreadable checkpoint sidecar ({exc})") from None
 
 
