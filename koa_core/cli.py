@@ -19,7 +19,7 @@ from pathlib import Path
 
 from koa_core import __version__
 from koa_core.config import ENGINES, TTA_CHOICES
-from koa_core.errors import KoaError
+from koa_core.errors import KoaError, printable
 
 __all__ = ["build_parser", "main"]
 
@@ -374,6 +374,7 @@ def _cmd_bench(args) -> int:
     if args.bomb:
         r = bench_bomb()
         print(json.dumps(r, indent=2) if args.json else format_bomb(r))
+        _save_bench(args, r)
         return 0
 
     r = run_benchmarks(args.data, n_images=args.images, size=args.size, batch=args.batch,
@@ -381,15 +382,21 @@ def _cmd_bench(args) -> int:
                        skip_model=args.skip_model, fed_steps=args.fed_steps, onnx=args.onnx,
                        checkpoint=args.checkpoint, agreement_images=args.agreement_images)
     print(json.dumps(r, indent=2) if args.json else format_table(r))
-    if args.save:
-        import torch
-
-        from koa_core.runtime import provenance, resolve_device
-
-        r["provenance"] = {**provenance(getattr(args, "command_line", ""), resolve_device()),
-                           "threads": torch.get_num_threads()}
-        Path(args.save).write_text(json.dumps(r, indent=2) + "\n")
+    _save_bench(args, r)
     return 0
+
+
+def _save_bench(args, r: dict) -> None:
+    """``--save FILE``: the figures with their provenance (command, commit, machine)."""
+    if not args.save:
+        return
+    import torch
+
+    from koa_core.runtime import provenance, resolve_device
+
+    r["provenance"] = {**provenance(getattr(args, "command_line", ""), resolve_device()),
+                       "threads": torch.get_num_threads()}
+    Path(args.save).write_text(json.dumps(r, indent=2) + "\n")
 
 
 def add_bench_command(sub) -> None:
@@ -729,8 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.command_line = shlex.join(["koa", *argv])  # recorded in result records
         return int(args.func(args) or 0)
-    except KoaError as exc:
-        print(f"koa: error: {exc}", file=sys.stderr)
+    except KoaError as exc:  # control characters of a file name escaped: one line, always
+        print(f"koa: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("koa: error: interrupted", file=sys.stderr)

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ __all__ = [
 DEFAULT_CHECKPOINT = (Path(__file__).resolve().parents[1] / "weights"
                       / "koa-dual-kl224.safetensors")
 
+
+SIDECAR_MAX_BYTES = 16 * 2 ** 20  # a sidecar is tens of kilobytes
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
     """The given checkpoint, or the shipped one; one clear error if neither exists."""
@@ -174,6 +177,10 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     """The sidecar of a checkpoint (``NAME.json`` beside ``NAME.safetensors``)."""
     side = sidecar_path(path)
     try:
+        st = os.stat(side)  # stat first: a FIFO or a device put there is never opened
+        if not stat.S_ISREG(st.st_mode) or st.st_size > SIDECAR_MAX_BYTES:
+            raise KoaError(f"{side}: unreadable checkpoint sidecar (not a regular file of at "
+                           f"most {SIDECAR_MAX_BYTES // 2 ** 20} MiB)")
         data = json.loads(side.read_text())
         if not isinstance(data, dict):
             raise KoaError(f"{side}: unreadable checkpoint sidecar (a JSON object expected, "

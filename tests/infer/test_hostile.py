@@ -380,3 +380,20 @@ def test_a_cjk_name_draws_without_glyph_warnings(tmp_path):
         render_report(report, tmp_path / "r.png")
     assert not [w for w in seen if "missing from" in str(w.message)]
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_a_sidecar_that_is_a_fifo_is_one_line_and_never_opened(tiny_run, tmp_path, capsys):
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(Path(_ckpt(tiny_run)).read_bytes())
+    os.mkfifo(ckpt.with_suffix(".json"))  # opening it for reading would block for ever
+    good = _png(tmp_path / "good.png", _knee(tiny_run))
+    assert main(["predict", str(good), "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a regular file" in err[0]
+
+
+def test_a_fatal_error_naming_a_file_stays_one_line(tmp_path, capsys):
+    missing = tmp_path / "a\nkoa: forged line.safetensors"
+    assert main(["evaluate", "--checkpoint", str(missing), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\\n" in err and err.startswith("koa: error: ")
