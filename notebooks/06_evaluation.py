@@ -64,7 +64,7 @@ from koa_core.metrics.classification import majority_rate
 # `records_dir` (the published book), the models' validation predictions come from records.
 
 # %% tags=["parameters"]
-data_root = ""  # dataset root (empty: the synthetic phantom)
+data_root = ""  # dataset root (empty: a small synthetic phantom is written and used)
 records_dir = ""  # committed result records (published book); empty: evaluate here
 runs_dir = "runs/book"
 train_profile = ["demo"]
@@ -156,7 +156,9 @@ pd.concat({"paper, Fig. 5": report.paper_correct_counts(3),
 #
 # KL grades are ordered, so mistaking KL1 for KL2 is milder than KL0 for KL4. Quadratic
 # weighted kappa (QWK) and the mean absolute error in grades (MAE) measure that; the paper
-# reports neither. The intervals are percentile bootstrap over test images.
+# reports neither. The intervals are percentile bootstrap over the knees of the split named
+# above (validation in the published book): they resample knees for one trained model, not
+# seeds; the landing page's scorecard gives the seed-aware intervals of the campaign.
 
 # %%
 pd.concat({"proposed": report.ci_table(m),
@@ -165,8 +167,8 @@ pd.concat({"proposed": report.ci_table(m),
 # %% [markdown]
 # ## Severe knees: KL4 recall
 #
-# The paper stresses KL4 recall (0.7843: 40 of 51 severe knees found), since missing a knee
-# that needs surgery costs most.
+# The paper stresses KL4 recall (0.7843: 40 of 51 severe test knees found), since missing a
+# knee that needs surgery costs most. Ours counts the KL4 knees of the split named above.
 
 # %%
 report.kl4_table({"proposed": m, "raw only": m_raw})
@@ -210,8 +212,8 @@ report.comparison_table({**m, "note": f"{data_label}; {split_label}"},
 #
 # The proposed model and the raw-only baseline were evaluated once each on the split named
 # above and set beside the paper's Tables 3-4, Figs. 5-6 (as their diagonals) and Table 7,
-# with QWK, MAE and bootstrap intervals that the paper does not give. The intervals are the yardstick for
-# every difference on this page.
+# with QWK, MAE and bootstrap intervals over knees that the paper does not give. The
+# intervals are the yardstick for every difference on this page.
 #
 # ### What's next
 #

@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="book-screenshot.png", help="screenshot file")
     ap.add_argument("--expect-math", metavar="CHAPTER", action="append", default=[],
                     help="fail unless this page has formulas, all rendered (repeatable)")
+    ap.add_argument("--forbid", metavar="TEXT", action="append", default=[],
+                    help="fail a page whose text holds TEXT, e.g. the demo book's footer in "
+                         "the published book (repeatable)")
     args = ap.parse_args(argv)
     browser = chromium()
     if browser is None:
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         issues = check_source(page)
         issues += [i for i in check_page(dom, page, need_figure=page.stem != "intro")
                    if i not in issues]
+        issues += [f"{page.name}: holds forbidden text {t!r}" for t in args.forbid
+                   if t in dom]
         n_math, n_mjx = math_count(dom)
         rendered += n_mjx
         if not n_math and any(e in page.stem for e in args.expect_math):

@@ -1,15 +1,17 @@
 """The answer to Table 5 (paper §3.2), computed from result records.
 
 Per configuration: mean and sample standard deviation over seeds of the validation
-figures of each run's selected epoch. Per claim of the paper: the paired difference
-between two configurations (seed s of one against seed s of the other, averaged over the
-seeds both have) with a 95 % percentile bootstrap interval over validation knees: each
-resample draws knees with replacement and recomputes both configurations' accuracy and
-macro F1 on the same knees for every seed. The verdict rule (stated wherever it is shown):
+figures of each run's selected epoch. Per step of the paper's Table 5: the seed-paired
+difference between two configurations (seed s of one against seed s of the other,
+averaged over the seeds both have) with a seed-aware 95 % interval
+(:mod:`koa_core.experiments.intervals`: each resample draws the validation knees and then
+the seeds), for accuracy and for macro F1, each with a verdict
+(:mod:`koa_core.experiments.verdicts`):
 
-* ``reproduced`` - the interval lies above zero (the claimed direction);
-* ``not reproduced`` - the interval lies below zero;
-* ``inconclusive`` - the interval contains zero.
+* a step the paper claims: ``reproduced`` if the interval lies above zero, ``not
+  reproduced`` if below, ``inconclusive`` if it contains zero;
+* a row of ours the paper never claimed (the gate alone, cross-attention on top of the
+  gate): ``helps``, ``hurts`` or ``inconclusive``.
 
 Whether the paper's magnitude lies inside the interval is reported beside the verdict.
 """
@@ -24,6 +26,8 @@ import numpy as np
 
 from koa_core.errors import KoaError
 from koa_core.experiments.records import find_records, read_record, record_copy
+from koa_core.experiments.intervals import seed_difference
+from koa_core.experiments.verdicts import ablation_verdict, difference_verdict
 from koa_core.metrics.classification import confusion_scores
 
 __all__ = ["CLAIMS", "PAPER_TABLE5", "ablation_table", "data_line", "format_ablation",
@@ -85,15 +89,6 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], n_boot: int = 2000
     return out
 
 
-def difference_verdict(ci: list[float]) -> str:
-    """The rule for a claimed improvement, given the interval of our difference."""
-    if ci[0] > 0:
-        return "reproduced"
-    if ci[1] < 0:
-        return "not reproduced"
-    return "inconclusive"
-
-
 def load_groups(records_dir: str | Path) -> tuple[dict[str, dict[int, dict]], dict]:
     """The records under a folder as {configuration: {seed: predictions + figures}} (the
     configuration and seed from the provenance, else from the name ``NAME-sSEED``), and
@@ -116,7 +111,9 @@ def load_groups(records_dir: str | Path) -> tuple[dict[str, dict[int, dict]], di
         meta.setdefault(group, {"hardware": prov["machine"]["hardware"],
                                 "copy": record_copy(prov),
                                 "encoding": prov["data"]["encoding"],
-                                "commit": prov["commit"]})
+                                "commit": prov["commit"],
+                                "pretrained": (rec["config"].get("model") or {}).get(
+                                    "pretrained")})
     return groups, meta
 
 
@@ -147,19 +144,27 @@ def ablation_table(records_dir: str | Path, n_boot: int = 2000) -> dict:
             "img_s": stat([v["img_s"] for v in by_seed.values() if v["img_s"]]),
             "paper_test_accuracy": PAPER_TABLE5.get(g),
         }
-    claims = []
-    for better, worse, paper, what in CLAIMS:
-        if better not in groups or worse not in groups:
-            continue
-        d = paired_difference(groups[better], groups[worse], n_boot=n_boot)
-        paper_in = (None if paper is None
-                    else d["accuracy_ci"][0] * 100 <= paper <= d["accuracy_ci"][1] * 100)
-        claims.append({"better": better, "worse": worse, "claim": what,
-                       "paper_accuracy_points": paper, **d,
-                       "verdict": difference_verdict(d["accuracy_ci"]),
-                       "verdict_macro_f1": difference_verdict(d["macro_f1_ci"]),
-                       "paper_inside_interval": paper_in})
+    claims = [_step(groups, better, worse, paper, what, n_boot)
+              for better, worse, paper, what in CLAIMS
+              if better in groups and worse in groups]
     return {"configurations": rows, "claims": claims, "n_boot": n_boot}
+
+
+def _step(groups: dict, better: str, worse: str, paper: float | None, what: str,
+          n_boot: int) -> dict:
+    """One step of Table 5: seed-aware differences in accuracy and macro F1, verdicts."""
+    acc = seed_difference(groups[better], groups[worse], "accuracy", n_boot)
+    f1 = seed_difference(groups[better], groups[worse], "macro_f1", n_boot)
+    judge = difference_verdict if paper is not None else ablation_verdict
+    return {"better": better, "worse": worse, "claim": what, "paper_accuracy_points": paper,
+            "seeds": acc["seed_ids"], "n": int(len(groups[better][acc["seed_ids"][0]]["grade"])),
+            "accuracy": acc["value"], "accuracy_ci": acc["ci"],
+            "accuracy_knee_ci": acc["knee_ci"], "accuracy_per_seed": acc["per_seed"],
+            "macro_f1": f1["value"], "macro_f1_ci": f1["ci"],
+            "macro_f1_per_seed": f1["per_seed"],
+            "verdict": judge(acc["ci"]), "verdict_macro_f1": judge(f1["ci"]),
+            "paper_inside_interval": (None if paper is None else
+                                      acc["ci"][0] * 100 <= paper <= acc["ci"][1] * 100)}
 
 
 def _pm(s: dict, scale: float = 1.0, digits: int = 3) -> str:
@@ -181,18 +186,22 @@ def format_ablation(t: dict) -> str:
                      f"{_pm(r['macro_f1']):>18}{_pm(r['qwk']):>18}{_pm(r['kl4_recall']):>18}"
                      f"{paper:>16}")
     lines.append("")
-    lines.append("paired differences (seed-matched; 95 % bootstrap interval over validation "
-                 "knees, accuracy in points)")
+    lines.append("paired differences (seed-matched; seed-aware 95 % interval: validation "
+                 "knees, then seeds, resampled; accuracy in points; each seed's difference "
+                 "in parentheses)")
     for c in t["claims"]:
         lo, hi = (100 * v for v in c["accuracy_ci"])
         paper = (f"paper +{c['paper_accuracy_points']:.2f}" if c["paper_accuracy_points"]
                  is not None else "paper -")
         lines.append(f"  {c['better']} - {c['worse']}: {100 * c['accuracy']:+.2f} "
-                     f"[{lo:+.2f}, {hi:+.2f}] ({paper}); macro F1 {c['macro_f1']:+.3f} "
+                     f"[{lo:+.2f}, {hi:+.2f}] (seeds "
+                     + " ".join(f"{100 * v:+.2f}" for v in c["accuracy_per_seed"])
+                     + f"; {paper}); macro F1 {c['macro_f1']:+.3f} "
                      f"[{c['macro_f1_ci'][0]:+.3f}, {c['macro_f1_ci'][1]:+.3f}] -> "
-                     f"{c['verdict']}")
-    lines.append("verdict: reproduced if the accuracy interval lies above 0, not reproduced "
-                 "if below, inconclusive if it contains 0")
+                     f"{c['verdict']} (accuracy), {c['verdict_macro_f1']} (macro F1)")
+    lines.append("verdict: a step the paper claims is reproduced if the interval lies above 0, "
+                 "not reproduced if below, inconclusive if it contains 0; a row of ours the "
+                 "paper never claimed helps, hurts or is inconclusive")
     hw = sorted({r["hardware"] for r in t["configurations"].values()})
     lines.append(f"hardware: {'; '.join(hw)}; data: {data_line(t['configurations'].values())}")
     return "\n".join(lines)

@@ -3,17 +3,22 @@
 The paper starts from ImageNet weights; a model trained only on these knees has to close
 the gap some other way. Each lever is a configuration of the ``recipe`` plan
 (:mod:`koa_core.plans`), trained on the same seeds as Table 5's ``proposed`` runs, and is
-compared with them seed by seed on the same validation knees (:func:`koa_core.experiments.ablation.
-paired_difference`: the mean over shared seeds of the difference, with a 95 % bootstrap
-interval over knees). Levers that need no training are applied to a configuration's
-records: test-time flip (the records keep those probabilities), expected-grade decoding
-(the rounded mean grade instead of the most probable one), the seed ensemble (the mean
-probabilities of a configuration's seeds) and a decision rule for macro F1 (per-grade
-offsets fitted on half of the patients, applied to the other half). Calibration
+compared with them on the same validation knees, with a seed-aware 95 % interval
+(:mod:`koa_core.experiments.intervals`): a lever with several seeds seed by seed
+(:func:`~koa_core.experiments.intervals.seed_difference`: knees, then seeds, resampled); a
+lever run with one seed against the mean of every baseline seed, the baseline's spread
+between seeds standing in for the lever's own
+(:func:`~koa_core.experiments.intervals.borrowed_spread`), since one seed against the same
+seed of the baseline would hide that spread. Levers that need no training are applied to a
+configuration's records: test-time flip (the records keep those probabilities),
+expected-grade decoding (the rounded mean grade instead of the most probable one), the
+seed ensemble (the mean probabilities of a configuration's seeds) and a decision rule for
+macro F1 (per-grade offsets fitted on half of the patients, applied to the other half). Calibration
 (:mod:`koa_core.metrics.calibration`) is measured on the same records.
 
-Verdict of a lever, on validation accuracy (the same rule as Table 5's claims): ``helps``
-if the interval lies above 0, ``hurts`` if below, ``inconclusive`` if it contains 0.
+Verdict of a lever, on validation accuracy and on macro F1 (the rule of the rows of ours
+in Table 5, :func:`~koa_core.experiments.verdicts.ablation_verdict`): ``helps`` if the
+interval lies above 0, ``hurts`` if below, ``inconclusive`` if it contains 0.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from koa_core.experiments.ablation import data_line, load_groups, paired_difference
+from koa_core.experiments.intervals import borrowed_spread, seed_difference
+from koa_core.experiments.verdicts import ablation_verdict
 from koa_core.errors import KoaError
 from koa_core.metrics.calibration import calibration_report, patient_folds
 from koa_core.metrics.classification import classification_metrics, confusion_scores
@@ -118,7 +125,7 @@ def decode(probs: np.ndarray, how: str = "argmax") -> np.ndarray:
 
 
 def _verdict(ci: list[float]) -> str:
-    return "helps" if ci[0] > 0 else "hurts" if ci[1] < 0 else "inconclusive"
+    return ablation_verdict(ci)
 
 
 def _figures(y: np.ndarray, pred: np.ndarray, n_boot: int) -> dict:
@@ -201,11 +208,29 @@ def _lever_row(name, what, groups, meta, baseline, y, n_boot) -> dict:
            "img_s": float(np.median([v["img_s"] for v in runs.values()
                                      if v["img_s"]] or [np.nan]))}
     if name != baseline:
-        d = paired_difference(runs, groups[baseline], n_boot=n_boot)
-        matched = [float((groups[baseline][s]["pred"] == y).mean()) for s in d["seeds"]]
-        row["vs_baseline"] = {**d, "verdict": _verdict(d["accuracy_ci"]),
-                              "baseline_accuracy": float(np.mean(matched))}
+        row["vs_baseline"] = _versus(runs, groups[baseline], y, n_boot)
     return row
+
+
+def _versus(runs: dict[int, dict], base: dict[int, dict], y: np.ndarray, n_boot: int) -> dict:
+    """A lever against the baseline: seed by seed where it has several seeds, else its one
+    seed against every baseline seed with the baseline's seed spread borrowed."""
+    if len(runs) == 1 and len(base) > 1:
+        run = next(iter(runs.values()))
+        acc, f1 = (borrowed_spread(run, base, k, n_boot) for k in ("accuracy", "macro_f1"))
+        seeds, against = sorted(runs), sorted(base)
+        how = (f"one seed against the mean of the baseline's {len(base)} seeds, their spread "
+               "borrowed")
+    else:
+        acc, f1 = (seed_difference(runs, base, k, n_boot) for k in ("accuracy", "macro_f1"))
+        seeds = against = acc["seed_ids"]
+        how = f"paired by seed ({len(seeds)})"
+    matched = [float((base[s]["pred"] == y).mean()) for s in against]
+    return {"seeds": seeds, "against": against, "method": how,
+            "accuracy": acc["value"], "accuracy_ci": acc["ci"],
+            "accuracy_knee_ci": acc["knee_ci"], "macro_f1": f1["value"],
+            "macro_f1_ci": f1["ci"], "verdict": _verdict(acc["ci"]),
+            "verdict_macro_f1": _verdict(f1["ci"]), "baseline_accuracy": float(np.mean(matched))}
 
 
 def _post_hoc(groups, target: str, n_boot: int) -> tuple[list[dict], dict]:
@@ -217,7 +242,9 @@ def _post_hoc(groups, target: str, n_boot: int) -> tuple[list[dict], dict]:
         v = _variant(groups[target], decoding, flip, ensemble)
         if v is None:
             continue
-        d = paired_difference(v, plain, n_boot=n_boot)
+        d = paired_difference(v, plain, n_boot=n_boot)  # QWK and MAE differences
+        acc = seed_difference(v, plain, "accuracy", n_boot)
+        d.update(accuracy=acc["value"], accuracy_ci=acc["ci"])  # seed-aware
         post.append({"name": name, "what": what, "of": target, "seeds": sorted(v),
                      **_summary(v), "vs_plain": {**d, "verdict": _verdict(d["accuracy_ci"])}})
     ens = (_variant(groups[target], "argmax", True, True)
@@ -241,14 +268,15 @@ def format_levers(t: dict) -> str:
                 else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}")
 
     lines = [f"{'lever':<26}{'seeds':>6}{'val accuracy':>17}{'macro F1':>17}{'QWK':>17}"
-             f"{'MAE':>17}{'KL1 rec':>9}   accuracy vs {t['baseline']} of the same seeds "
-             "(points, 95 % CI)"]
+             f"{'MAE':>17}{'KL1 rec':>9}   accuracy vs {t['baseline']} (points, seed-aware "
+             "95 % CI)"]
     for r in t["levers"]:
         d = r.get("vs_baseline")
         diff = ("-" if d is None else
                 f"{100 * d['accuracy']:+.2f} [{100 * d['accuracy_ci'][0]:+.2f}, "
-                f"{100 * d['accuracy_ci'][1]:+.2f}] {d['verdict']} (baseline "
-                f"{d['baseline_accuracy']:.3f}, seeds {','.join(map(str, d['seeds']))})")
+                f"{100 * d['accuracy_ci'][1]:+.2f}] {d['verdict']}; macro F1 "
+                f"{d['verdict_macro_f1']} (baseline {d['baseline_accuracy']:.3f}; "
+                f"{d['method']})")
         lines.append(f"{r['name']:<26}{len(r['seeds']):>6}{pm(r['accuracy']):>17}"
                      f"{pm(r['macro_f1']):>17}{pm(r['qwk']):>17}{pm(r['mae']):>17}"
                      f"{r['kl1_recall']:>9.2f}   {diff}")
@@ -272,8 +300,8 @@ def format_levers(t: dict) -> str:
         lines.append(f"  calibration: ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f} "
                      f"with a cross-fitted temperature (fold T "
                      f"{', '.join(f'{v:.2f}' for v in c['fold_temperatures'])})")
-    lines.append("verdict on accuracy: helps if the interval lies above 0, hurts if below, "
-                 "inconclusive if it contains 0")
+    lines.append("verdict on accuracy (and on macro F1): helps if the interval lies above 0, "
+                 "hurts if below, inconclusive if it contains 0")
     hw = sorted({r["hardware"] for r in t["levers"]})
     lines.append(f"hardware: {'; '.join(hw)}; data: {data_line(t['levers'])}")
     return "\n".join(lines)

@@ -1,167 +1,229 @@
 """A claim-by-claim scorecard of the paper (§3, abstract), computed from result records.
 
-Each claim of the paper is set beside our value with its 95 % interval, the split and data
-it was measured on, and a verdict from one stated rule:
+Each claim of the paper is set beside our value, its per-seed values, a seed-aware 95 %
+interval (:mod:`.intervals`: seeds and knees resampled) and a verdict from the rules of
+:mod:`.verdicts`. The claims (:data:`CLAIMS`):
 
-* a **value** claim (e.g. test accuracy 72.06 %): ``reproduced`` if the paper's value lies
-  inside our interval, ``not reproduced`` if outside;
-* a **difference** claim (e.g. raw-only beats CLAHE-only by 3.26 points):
-  ``reproduced`` if our interval lies above 0 (the claimed direction holds),
-  ``not reproduced`` if it lies below 0, ``inconclusive`` if it contains 0; whether the
-  paper's magnitude lies inside our interval is a column of its own.
+* headline values (Table 4, abstract): accuracy, macro and weighted F1, KL4 recall and
+  precision of the proposed model; the raw-only baseline's (Table 3); Table 5's
+  single-configuration accuracies;
+* per-grade precision, recall and F1 of Tables 3 (raw only) and 4 (proposed);
+* Table 5's steps as seed-paired differences, with an accuracy and a macro-F1 verdict; the
+  two rows of ours that separate the gate from cross-attention read helps / hurts;
+* the text's KL3 confusion (over 40 % called KL2 or KL4) and the gate's leaning.
 
 Three claims are about what the raw radiograph and its CLAHE view each contribute: raw
 beats CLAHE (and the two single-stream accuracies behind it) and the gate's leaning. On a
 copy of the data whose every image was CLAHE-enhanced upstream (``data.copy`` of the
-records, :mod:`koa_core.experiments.datacopy`) the "raw" stream sees one CLAHE pass and the CLAHE
-stream two, so those rows keep their numbers but get the verdict
-:data:`NOT_TESTABLE` instead of one from the rule.
-
-Intervals are percentile bootstraps over validation knees (2,000 resamples, seed 0),
-pooled over the seeds of a configuration (each resample recomputes every seed's figure on
-the same knees and averages them). Where the records hold no test split, the validation
+records, :mod:`koa_core.experiments.datacopy`) the "raw" stream sees one CLAHE pass and
+the CLAHE stream two, so those rows keep their numbers but read
+:data:`~.verdicts.NOT_TESTABLE`. Where the records hold no test split, the validation
 split stands in, and the table says so.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 
-from koa_core.experiments.ablation import (CLAIMS, PAPER_TABLE5, boot_scores, difference_verdict,
-                                          paired_difference)
+from koa_core.experiments.ablation import CLAIMS as TABLE5_STEPS, PAPER_TABLE5
+from koa_core.experiments.intervals import seed_difference, seed_figure
+from koa_core.experiments.paper import PAPER_KL3_OFF, PAPER_TABLE3, PAPER_TABLE4
+from koa_core.experiments.verdicts import (NOT_TESTABLE, TOLERANCE, ablation_verdict,
+                                           difference_verdict, paper_error,
+                                           threshold_verdict, value_verdict)
 
-__all__ = ["NOT_TESTABLE", "RULE", "STREAM_CLAIMS", "claim_rows", "config_interval",
-           "gate_difference"]
+__all__ = ["CLAIMS", "NOT_TESTABLE", "STREAM_CLAIMS", "Claim", "claim_rows", "handicap_of"]
 
-NOT_TESTABLE = "not testable on the enhanced copy"
 # the configurations whose claims are about the raw image against its CLAHE view
 STREAM_CLAIMS = ({"clahe"}, {"raw"}, {"raw", "clahe"}, {"gate"})
 
-RULE = ("value claims: reproduced if the paper's value lies inside our 95 % interval, else "
-        "not reproduced; difference claims: reproduced if our interval lies above 0, not "
-        "reproduced if below 0, inconclusive if it contains 0")
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim: a figure of a configuration against the paper's value (``support``
+    knees behind it), in percent when ``scale`` is 100."""
+
+    text: str
+    group: str
+    figure: str
+    paper: float | None
+    support: int = 0
+    scale: float = 1.0
+    section: str = "headline"
+    source: str = "Table 4"
 
 
-def _kl4_recall(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    yi, pi = y[idx], pred[idx]
-    hit = ((yi == 4) & (pi == 4)).sum(1)
-    return hit / np.maximum((yi == 4).sum(1), 1)
+def _value_claims() -> list[Claim]:
+    t4, t3 = PAPER_TABLE4, PAPER_TABLE3
+    n = t3["accuracy"][1]  # 1,656 test knees (Table 4's 1,657 is one of its slips)
+    kl4 = t4["per_class"][4]
+    out = [Claim("accuracy of the proposed model (%)", "proposed", "accuracy",
+                 100 * t4["accuracy"][0], n, 100),
+           Claim("macro F1 of the proposed model", "proposed", "macro_f1", t4["macro"][2], n),
+           Claim("weighted F1 of the proposed model", "proposed", "weighted_f1",
+                 t4["weighted"][2], n),
+           Claim("KL4 recall of the proposed model", "proposed", "recall:4", kl4[1], kl4[3]),
+           Claim("KL4 precision of the proposed model", "proposed", "precision:4", kl4[0],
+                 round(kl4[1] * kl4[3] / kl4[0])),
+           Claim("macro F1 of the raw-only baseline", "raw", "macro_f1", t3["macro"][2], n,
+                 source="Table 3")]
+    names = {"clahe": "CLAHE-only", "raw": "raw-only (baseline)",
+             "dual-noattn": "dual stream, no attention,"}
+    out += [Claim(f"Table 5: {label} accuracy (%)", g, "accuracy", PAPER_TABLE5[g], n, 100,
+                  source="Table 5") for g, label in names.items()]
+    return out
 
 
-def config_interval(by_seed: dict[int, dict], metric: str, n_boot: int = 2000,
-                    seed: int = 0) -> tuple[float, list[float]]:
-    """Mean over seeds of ``metric`` (accuracy, macro_f1, kl4_recall) and its interval."""
-    seeds = sorted(by_seed)
-    y = by_seed[seeds[0]]["grade"]
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    full = np.arange(len(y))[None]
-    boot, point = 0.0, 0.0
-    for s in seeds:
-        pred = by_seed[s]["pred"]
-        if metric == "kl4_recall":
-            b, p = _kl4_recall(y, pred, idx), _kl4_recall(y, pred, full)
-        else:
-            k = 0 if metric == "accuracy" else 1
-            b, p = boot_scores(y, pred, idx)[k], boot_scores(y, pred, full)[k]
-        boot, point = boot + b, point + float(p[0])
-    boot = boot / len(seeds)
-    return point / len(seeds), np.percentile(boot, [2.5, 97.5]).tolist()
+def _grade_claims() -> list[Claim]:
+    out = []
+    for group, table, source in (("proposed", PAPER_TABLE4, "Table 4"),
+                                 ("raw", PAPER_TABLE3, "Table 3")):
+        for g, (prec, rec, f1, support) in enumerate(table["per_class"]):
+            predicted = max(1, round(rec * support / prec))
+            for fig, value, n in (("recall", rec, support), ("precision", prec, predicted),
+                                  ("f1", f1, support)):
+                if group == "proposed" and g == 4 and fig != "f1":
+                    continue  # headline claims (abstract, Table 4)
+                out.append(Claim(f"KL{g} {fig if fig != 'f1' else 'F1'} of the {group} model",
+                                 group, f"{fig}:{g}", value, n, section="per grade",
+                                 source=source))
+    return out
 
 
-def gate_difference(by_seed: dict[int, dict], n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean w_raw on KL3-4 knees minus on KL0-2 knees (gated models), with its interval:
-    the paper's gate "prioritises the CLAHE branch for subtle boundaries and the raw
-    branch for stable bone structure"."""
-    seeds = [s for s in sorted(by_seed) if by_seed[s].get("gate_raw") is not None]
-    y = by_seed[seeds[0]]["grade"]
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    late = (y >= 3).astype(float)
-    boot, point = 0.0, 0.0
-    for s in seeds:
-        g = by_seed[s]["gate_raw"]
-        gi, li = g[idx], late[idx]
-        b = (gi * li).sum(1) / np.maximum(li.sum(1), 1) \
-            - (gi * (1 - li)).sum(1) / np.maximum((1 - li).sum(1), 1)
-        boot = boot + b
-        point += float(g[late == 1].mean() - g[late == 0].mean())
-    k = len(seeds)
-    return {"value": point / k, "ci": np.percentile(boot / k, [2.5, 97.5]).tolist(),
-            "mean_w_raw": float(np.mean([by_seed[s]["gate_raw"].mean() for s in seeds])),
-            "seeds": seeds}
+CLAIMS: list[Claim] = _value_claims() + _grade_claims()
 
 
-def _value_verdict(paper: float, ci: list[float]) -> str:
-    return "reproduced" if ci[0] <= paper <= ci[1] else "not reproduced"
-
+def handicap_of(meta: dict) -> str | None:
+    """What our runs had against them that the paper's did not: training from scratch
+    (the paper starts from ImageNet) or the synthetic phantom. None when nothing."""
+    if meta.get("copy") == "phantom":
+        return "synthetic phantom, not knees"
+    if "pretrained" in meta and str(meta["pretrained"]).lower() in ("none", "false", ""):
+        return "trained from scratch; the paper starts from ImageNet"
+    return None
 
 
 def _enhanced(copy: str | None) -> bool:
     return copy not in (None, "original", "phantom")
 
 
-def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (stands in for "
-               "test)", data: str = "", n_boot: int = 2000,
-               copies: dict[str, str | None] | None = None) -> list[dict]:
-    """The scorecard's rows from {configuration: {seed: predictions}} (see
-    :func:`.ablation.load_groups`). Values in percent or plain as the paper gives.
-    ``copies``: {configuration: data copy}; a claim of :data:`STREAM_CLAIMS` measured on an
-    enhanced copy is :data:`NOT_TESTABLE`."""
-    rows = _claim_rows(groups, n_boot)
-    copies = copies or {}
-    for r in rows:
-        r["split"], r["data"] = split, data
-        if set(r["groups"]) in STREAM_CLAIMS and any(
-                _enhanced(copies.get(g)) for g in r["groups"] if g != "gate"):
-            r["verdict"] = NOT_TESTABLE
-        if set(r["groups"]) == {"gate"} and _enhanced(copies.get("proposed")):
-            r["verdict"] = NOT_TESTABLE
-    return rows
+def _value_row(c: Claim, by_seed: dict, n_boot: int, handicap: str | None) -> dict:
+    r = seed_figure(by_seed, c.figure, n_boot)
+    err = paper_error(c.paper, c.support, c.scale)
+    # ours minus the paper's: each side of our interval and the paper's 95 % sampling
+    # error added in quadrature
+    below, above = (c.scale * (r["value"] - r["ci"][0]), c.scale * (r["ci"][1] - r["value"]))
+    gap = c.scale * r["value"] - c.paper
+    lo, hi = gap - np.hypot(below, 1.96 * err), gap + np.hypot(above, 1.96 * err)
+    tol = TOLERANCE["points" if c.scale == 100 else "fraction"]
+    return {"claim": c.text, "section": c.section, "source": c.source, "kind": "value",
+            "figure": c.figure,
+            "paper": c.paper, "paper_err": 1.96 * err, "support": c.support,
+            "ours": c.scale * r["value"], "ci_low": c.scale * r["ci"][0],
+            "ci_high": c.scale * r["ci"][1],
+            "per_seed": [c.scale * v for v in r["per_seed"]], "seeds": r["seeds"],
+            "gap": gap, "gap_ci": [float(lo), float(hi)],
+            "verdict": value_verdict([lo, hi], tol, True, handicap),
+            "paper_inside": c.scale * r["ci"][0] <= c.paper <= c.scale * r["ci"][1],
+            "handicap": handicap, "groups": [c.group]}
 
 
-def _claim_rows(groups, n_boot):
+def _step_rows(groups: dict, n_boot: int) -> list[dict]:
     rows = []
-
-    def value(claim, paper, group, metric, scale):
-        if group not in groups:
-            return
-        v, ci = config_interval(groups[group], metric, n_boot)
-        rows.append({"claim": claim, "paper": paper, "ours": v * scale,
-                     "ci_low": ci[0] * scale, "ci_high": ci[1] * scale,
-                     "kind": "value", "seeds": len(groups[group]),
-                     "verdict": _value_verdict(paper, [ci[0] * scale, ci[1] * scale]),
-                     "paper_inside": ci[0] * scale <= paper <= ci[1] * scale,
-                     "groups": [group]})
-
-    value("accuracy of the proposed model (%)", PAPER_TABLE5["proposed"], "proposed",
-          "accuracy", 100)
-    value("macro F1 of the proposed model", 0.671, "proposed", "macro_f1", 1)
-    value("KL4 recall of the proposed model", 0.784, "proposed", "kl4_recall", 1)
-    labels = {"clahe": "Table 5: CLAHE-only accuracy (%)", "raw": "Table 5: raw-only "
-              "(baseline) accuracy (%)", "dual-noattn": "Table 5: dual stream, no attention, "
-              "accuracy (%)"}
-    for g, label in labels.items():
-        value(label, PAPER_TABLE5[g], g, "accuracy", 100)
-    steps = list(CLAIMS) + [("proposed", "raw", 6.96, "the proposed model beats the raw-only "
-                                                       "baseline")]
+    steps = list(TABLE5_STEPS) + [("proposed", "raw", 6.96, "the proposed model beats the "
+                                                           "raw-only baseline")]
     for better, worse, paper, what in steps:
         if better not in groups or worse not in groups:
             continue
-        d = paired_difference(groups[better], groups[worse], n_boot=n_boot)
-        lo, hi = (100 * v for v in d["accuracy_ci"])
+        acc = seed_difference(groups[better], groups[worse], "accuracy", n_boot)
+        f1 = seed_difference(groups[better], groups[worse], "macro_f1", n_boot)
+        lo, hi = (100 * v for v in acc["ci"])
+        judge = difference_verdict if paper is not None else ablation_verdict
         rows.append({"claim": f"{what} ({better} - {worse}, accuracy points)",
-                     "paper": paper, "ours": 100 * d["accuracy"], "ci_low": lo, "ci_high": hi,
-                     "kind": "difference", "seeds": len(d["seeds"]),
-                     "verdict": difference_verdict([lo, hi]),
+                     "section": "table 5", "source": "Table 5" if paper else "ours",
+                     "kind": "difference" if paper is not None else "ours",
+                     "paper": paper, "ours": 100 * acc["value"], "ci_low": lo, "ci_high": hi,
+                     "per_seed": [100 * v for v in acc["per_seed"]], "seeds": acc["seeds"],
+                     "knee_ci": [100 * v for v in acc["knee_ci"]],
+                     "verdict": judge([lo, hi]),
+                     "macro_f1": f1["value"], "macro_f1_ci": f1["ci"],
+                     "macro_f1_per_seed": f1["per_seed"], "verdict_macro_f1": judge(f1["ci"]),
                      "paper_inside": None if paper is None else lo <= paper <= hi,
                      "groups": [better, worse]})
-    if "proposed" in groups and any(v.get("gate_raw") is not None
-                                    for v in groups["proposed"].values()):
-        gd = gate_difference(groups["proposed"], n_boot=n_boot)
-        rows.append({"claim": "the gate leans on the raw stream for KL3-4 (bone structure) more "
-                     "than for KL0-2 (subtle boundaries): w_raw(KL3-4) - w_raw(KL0-2)",
-                     "paper": None, "ours": gd["value"], "ci_low": gd["ci"][0],
-                     "ci_high": gd["ci"][1], "kind": "difference", "seeds": len(gd["seeds"]),
-                     "verdict": difference_verdict(gd["ci"]), "paper_inside": None,
+    return rows
+
+
+def _kl3_off(run: dict, idx: np.ndarray) -> np.ndarray:
+    y, pred = np.asarray(run["grade"])[idx], np.asarray(run["pred"])[idx]
+    kl3 = y == 3
+    off = kl3 & ((pred == 2) | (pred == 4))
+    return off.sum(1) / np.maximum(kl3.sum(1), 1)
+
+
+def _gate_lean(run: dict, idx: np.ndarray) -> np.ndarray:
+    g, late = np.asarray(run["gate_raw"])[idx], (np.asarray(run["grade"]) >= 3)[idx]
+    return ((g * late).sum(1) / np.maximum(late.sum(1), 1)
+            - (g * ~late).sum(1) / np.maximum((~late).sum(1), 1))
+
+
+def _text_rows(groups: dict, n_boot: int) -> list[dict]:
+    rows = []
+    if "proposed" not in groups:
+        return rows
+    r = seed_figure(groups["proposed"], _kl3_off, n_boot, bounds=(0.0, 1.0))
+    rows.append({"claim": "over 40 % of KL3 knees are called KL2 or KL4 (share)",
+                 "section": "text", "source": "§3.1b", "kind": "threshold",
+                 "paper": PAPER_KL3_OFF, "ours": r["value"], "ci_low": r["ci"][0],
+                 "ci_high": r["ci"][1], "per_seed": r["per_seed"], "seeds": r["seeds"],
+                 "verdict": threshold_verdict(r["ci"], PAPER_KL3_OFF), "paper_inside": None,
+                 "groups": ["proposed"]})
+    gated = {s: v for s, v in groups["proposed"].items() if v.get("gate_raw") is not None}
+    if gated:
+        r = seed_figure(gated, _gate_lean, n_boot, bounds=(-1.0, 1.0))
+        rows.append({"claim": "the gate leans on the raw stream for KL3-4 (bone structure) "
+                     "more than for KL0-2 (subtle boundaries): w_raw(KL3-4) - w_raw(KL0-2)",
+                     "section": "text", "source": "§2.4", "kind": "difference",
+                     "paper": None, "ours": r["value"], "ci_low": r["ci"][0],
+                     "ci_high": r["ci"][1], "per_seed": r["per_seed"], "seeds": r["seeds"],
+                     "verdict": difference_verdict(r["ci"]), "paper_inside": None,
                      "groups": ["gate"]})
     return rows
+
+
+def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (stands in for "
+               "test)", data: str = "", n_boot: int = 2000,
+               meta: dict[str, dict] | None = None, sections: tuple = ("headline",
+               "per grade", "table 5", "text")) -> list[dict]:
+    """The scorecard's rows from {configuration: {seed: predictions}} (see
+    :func:`.ablation.load_groups`) and its ``meta`` ({configuration: {copy, pretrained}}).
+    Values in percent or plain as the paper gives."""
+    meta = meta or {}
+    rows = []
+    for c in CLAIMS:
+        if c.section in sections and c.group in groups:
+            rows.append(_value_row(c, groups[c.group], n_boot, handicap_of(meta.get(c.group,
+                                                                                   {}))))
+    if "table 5" in sections:
+        rows += _step_rows(groups, n_boot)
+    if "text" in sections:
+        rows += _text_rows(groups, n_boot)
+    for r in rows:
+        r["split"], r["data"] = split, data
+        if _stream_claim(r, meta):
+            r["verdict"] = NOT_TESTABLE
+            if "verdict_macro_f1" in r:
+                r["verdict_macro_f1"] = NOT_TESTABLE
+    return rows
+
+
+def _stream_claim(row: dict, meta: dict) -> bool:
+    """A claim about raw against CLAHE (or the gate) measured on an enhanced copy."""
+    groups = set(row["groups"])
+    def copy(g):
+        return (meta.get(g) or {}).get("copy")
+
+    if groups == {"gate"}:
+        return _enhanced(copy("proposed"))
+    return groups in STREAM_CLAIMS and any(_enhanced(copy(g)) for g in groups)

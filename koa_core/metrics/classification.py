@@ -17,7 +17,8 @@ import numpy as np
 
 from koa_core.errors import KoaError
 
-__all__ = ["LABELS", "classification_metrics", "confusion_scores", "format_report", "majority_rate"]
+__all__ = ["LABELS", "classification_metrics", "confusion_figure", "confusion_scores",
+           "format_report", "majority_rate"]
 
 LABELS = (0, 1, 2, 3, 4)
 _K = len(LABELS)
@@ -81,6 +82,33 @@ def confusion_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         qwk = np.where(observed == 0, 1.0, 1.0 - observed / expected)
     return {"accuracy": accuracy, "macro_f1": macro_f1, "qwk": qwk}
+
+
+def confusion_figure(cm: np.ndarray, name: str) -> np.ndarray:
+    """One figure for each confusion matrix of a stack ``(m, K, K)`` (rows true, columns
+    predicted): ``accuracy``, ``macro_f1``, ``qwk`` (as :func:`confusion_scores`),
+    ``weighted_f1`` (F1 weighted by true support, sklearn's ``average="weighted"``), or a
+    grade's ``recall:G``, ``precision:G`` or ``f1:G``. A per-grade figure is NaN in a matrix
+    where it is undefined (no true knee of the grade for recall, no prediction of it for
+    precision); F1 is 0 where the grade is neither true nor predicted, as in sklearn."""
+    cm = np.asarray(cm, float)
+    if name in ("accuracy", "macro_f1", "qwk"):
+        return confusion_scores(cm)[name]
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    true_n, pred_n = cm.sum(axis=2), cm.sum(axis=1)
+    f1 = np.divide(2 * tp, true_n + pred_n, out=np.zeros_like(tp), where=true_n + pred_n > 0)
+    if name == "weighted_f1":
+        return (f1 * true_n).sum(axis=1) / true_n.sum(axis=1)
+    kind, _, grade = name.partition(":")
+    if kind not in ("recall", "precision", "f1") or grade not in {str(g) for g in LABELS}:
+        raise KoaError(f"unknown figure {name!r} (accuracy, macro_f1, qwk, weighted_f1, "
+                       "recall:G, precision:G, f1:G)")
+    g = int(grade)
+    if kind == "f1":
+        return f1[:, g]
+    support = true_n[:, g] if kind == "recall" else pred_n[:, g]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(support > 0, tp[:, g] / support, np.nan)
 
 
 def _bootstrap(yt: np.ndarray, yp: np.ndarray, n_boot: int, seed: int,

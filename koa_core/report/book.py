@@ -19,6 +19,8 @@ so the book trains each configuration once, and a second build reuses everything
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -33,12 +35,12 @@ from koa_core.errors import KoaError
 from koa_core.config import load_config
 from koa_core.experiments.campaign import load_plan
 from koa_core.report.common import ensure_phantom
-from koa_core.report.published import scorecard_markdown
+from koa_core.report.landing import scorecard_markdown
 
 __all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
            "validate_parameters",
            "resolve_parameters", "convert", "execute", "build_html", "run_book",
-           "write_scorecard"]
+           "write_scorecard", "input_stamp", "book_config"]
 
 INJECTED_TAG = "injected-parameters"
 HIDE_TAG = "remove-input"  # the values (absolute paths) are shown by each chapter itself
@@ -199,10 +201,18 @@ def resolve_parameters(profile: dict, sets: dict, data: str | None, build_dir: P
 
 
 def convert(py: str | Path, ipynb: str | Path) -> Path:
-    """jupytext: percent-format ``.py`` -> ``.ipynb`` (with the python3 kernelspec)."""
+    """jupytext: percent-format ``.py`` -> ``.ipynb`` (with the python3 kernelspec). Code
+    cells are collapsed in the book (``hide-input``: a reader opens one with a click); the
+    parameters cell is not shown at all (``remove-input``), since each chapter shows the
+    values it was built with in a table."""
     import jupytext
 
     nb = jupytext.read(str(py))
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if cell.cell_type != "code" or {"hide-input", "remove-input", "remove-cell"} & set(tags):
+            continue
+        tags.append(HIDE_TAG if "parameters" in tags else "hide-input")
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nb.metadata.pop("jupytext", None)
@@ -259,20 +269,89 @@ def write_scorecard(root: Path, params: dict, profile: str) -> Path:
     others), computed at every build (:mod:`koa_core.experiments.scorecard`)."""
     records = params.get("records_dir") or str(root / "results" / "gpu" / "runs")
     path = root / "book" / "scorecard.md"
-    path.write_text(scorecard_markdown(records, params.get("shipped_eval") or None,
-                                       profile=profile,
-                                       sample_root=params.get("sample_root") or None))
+    text = scorecard_markdown(records, params.get("shipped_eval") or None, profile=profile,
+                              sample_root=params.get("sample_root") or None,
+                              assets=root / "book" / "generated",
+                              checkpoint=params.get("checkpoint") or None)
+    if not path.exists() or path.read_text() != text:  # unchanged: the page is not re-read
+        path.write_text(text)
     return path
 
 
-def build_html(root: str | Path, strict: bool = True) -> Path:
-    """``jupyter-book build ROOT [-W -n --keep-going]``; returns ``ROOT/_build/html``."""
+def build_html(root: str | Path, strict: bool = True, config: Path | None = None) -> Path:
+    """``jupyter-book build ROOT [-W -n --keep-going] [--config FILE]``; returns
+    ``ROOT/_build/html``."""
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book"),
            "build", str(root)] + (["-W", "-n", "--keep-going"] if strict else [])
+    if config is not None:
+        cmd += ["--config", str(config)]
     if subprocess.run(cmd, cwd=str(root), check=False).returncode:
         raise KoaError("jupyter-book build failed (warnings count as errors); see above")
     return Path(root) / "_build" / "html"
+
+
+def _digest_path(h, path: Path) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+
+
+def input_stamp(py: Path, params: dict, root: Path) -> str:
+    """What a chapter's output depends on, hashed: its source, its parameters, the
+    package's code and bundled files, and the contents of every file or folder a
+    parameter names (data, records, checkpoint), except ``runs_dir``, whose runs are made
+    from the rest. An executed chapter whose stamp matches is not executed again."""
+    h = hashlib.sha256(Path(py).read_bytes())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    pkg = Path(__file__).resolve().parents[1]
+    for f in sorted(pkg.rglob("*")):
+        if f.is_file() and f.suffix in (".py", ".yaml", ".json"):
+            h.update(str(f.relative_to(pkg)).encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    for key, value in sorted(params.items()):
+        if key == "runs_dir" or not isinstance(value, str) or not value.startswith("/"):
+            continue
+        path = Path(value)
+        if path.exists():
+            _digest_path(h, path)
+    return h.hexdigest()
+
+
+def _stamp_of(ipynb: Path) -> str | None:
+    """The input stamp an executed chapter was made from (None if it has none)."""
+    if not ipynb.exists():
+        return None
+    try:
+        meta = json.loads(ipynb.read_text()).get("metadata", {})
+    except (OSError, ValueError):
+        return None
+    return (meta.get("koa_book") or {}).get("input_stamp")
+
+
+def _write_stamp(ipynb: Path, stamp: str) -> None:
+    import nbformat
+
+    nb = nbformat.read(str(ipynb), as_version=4)
+    nb.metadata["koa_book"] = {"input_stamp": stamp}
+    nbformat.write(nb, str(ipynb))
+
+
+def book_config(root: Path, prof: dict, build_dir: Path) -> Path:
+    """The Jupyter Book configuration of this profile: ``_config.yml``, plus the profile's
+    ``footer`` where it has one (the demo's says its numbers come from the phantom; the
+    published book has none)."""
+    base = root / "_config.yml"
+    if not prof.get("footer"):
+        return base
+    cfg = yaml.safe_load(base.read_text())
+    cfg.setdefault("html", {})["extra_footer"] = str(prof["footer"])
+    out = build_dir / f"_config-{prof['name']}.yml"
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+    return out
 
 
 def run_book(profile: str = "demo", data: str | None = None, sets: list[str] | None = None,
@@ -294,11 +373,16 @@ def run_book(profile: str = "demo", data: str | None = None, sets: list[str] | N
     out_dir.mkdir(parents=True, exist_ok=True)
     for py in chapters:
         t0 = time.perf_counter()
+        out, stamp = out_dir / f"{py.stem}.ipynb", input_stamp(py, params, root)
+        if _stamp_of(out) == stamp:
+            log(f"koa book: {py.stem} unchanged (inputs as when it was executed), kept")
+            continue
         log(f"koa book: {py.stem} ...")
         src = convert(py, build_dir / "notebooks-src" / f"{py.stem}.ipynb")
-        execute(src, out_dir / f"{py.stem}.ipynb", params, cwd=build_dir,
-                timeout=prof.get("cell_timeout"), relative_to=root)
+        execute(src, out, params, cwd=build_dir, timeout=prof.get("cell_timeout"),
+                relative_to=root)
+        _write_stamp(out, stamp)
         seconds[py.stem] = round(time.perf_counter() - t0, 1)
         log(f"koa book: {py.stem} done in {seconds[py.stem]:.0f} s")
-    path = build_html(root) if html else None
+    path = build_html(root, config=book_config(root, prof, build_dir)) if html else None
     return {"html": str(path) if path else None, "seconds": seconds, "parameters": params}

@@ -121,7 +121,7 @@ def kl4_table(metrics: dict[str, dict]) -> pd.DataFrame:
                    m["per_class"]["4"]["support"]] for name, m in metrics.items()}
     cols["paper (Table 4)"] = [0.7843, 40, 51]
     cols["paper (Table 3)"] = [0.8039, 41, 51]
-    return pd.DataFrame(cols, index=["KL4 recall", "KL4 found", "KL4 test images"], dtype=object)
+    return pd.DataFrame(cols, index=["KL4 recall", "KL4 found", "KL4 knees graded"], dtype=object)
 
 
 def ci_table(metrics: dict) -> pd.DataFrame:

@@ -5,6 +5,7 @@ class totals of Fig. 1, and published results on the same public dataset.
 from __future__ import annotations
 
 from koa_core.experiments.ablation import PAPER_TABLE5 as _TABLE5_BY_CONFIG
+from koa_core.experiments.paper import PAPER_TABLE3, PAPER_TABLE4  # judged by the scorecard
 
 KL = [f"KL{g}" for g in range(5)]
 
@@ -14,22 +15,6 @@ PAPER_FIG1_COUNTS = (3857, 1770, 2578, 1786, 295)  # Fig. 1 (sums to 10,286)
 
 PAPER_TABLE1 = {"train": (2286, 1046, 1516, 757, 173), "val": (328, 153, 212, 106, 27),
                 "test": (639, 296, 447, 223, 51)}  # Table 1 (5,778 / 826 / 1,656)
-
-
-# Tables 3 (raw only) and 4 (proposed): per grade (precision, recall, F1, support), then
-# (accuracy, n), macro and weighted (precision, recall, F1).
-PAPER_TABLE3 = {"per_class": [(0.6469, 0.8858, 0.7477, 639), (0.6805, 0.5541, 0.6108, 296),
-                              (0.6065, 0.5034, 0.5501, 447), (0.9111, 0.3677, 0.5240, 223),
-                              (0.5190, 0.8039, 0.6308, 51)],
-                "accuracy": (0.6510, 1656), "macro": (0.6728, 0.6230, 0.6127),
-                "weighted": (0.6736, 0.6510, 0.6362)}
-
-
-PAPER_TABLE4 = {"per_class": [(0.7607, 0.8607, 0.8076, 639), (0.7675, 0.5912, 0.6679, 296),
-                              (0.6732, 0.6897, 0.6814, 448), (0.7643, 0.5381, 0.6316, 223),
-                              (0.4444, 0.7843, 0.5674, 51)],
-                "accuracy": (0.7206, 1657), "macro": (0.6820, 0.6928, 0.6712),
-                "weighted": (0.7290, 0.7206, 0.7175)}
 
 
 # Table 5: (configuration, bundled config, test accuracy %).

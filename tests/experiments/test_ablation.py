@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from koa_core.experiments import ablation
+from koa_core.experiments import ablation, verdicts
 from koa_core.experiments.campaign import select_run
 from koa_core.errors import KoaError
 from test_records import make_record
@@ -43,7 +43,7 @@ def test_paired_difference_verdicts(a_rate, b_rate, verdict):
         np.mean([(a[s]["pred"] == y).mean() - (b[s]["pred"] == y).mean() for s in (1, 2, 3)]))
     if verdict == "inconclusive":  # same accuracy: an interval around 0 of a few points
         assert lo < 0 < hi and hi - lo < 0.2
-    assert ablation.difference_verdict(d["accuracy_ci"]) == verdict
+    assert verdicts.difference_verdict(d["accuracy_ci"]) == verdict
 
 
 def test_pairing_refuses_different_knees():

@@ -33,7 +33,12 @@ def test_levers_against_the_baseline_and_post_hoc_variants(records):
     rows = {r["name"]: r for r in t["levers"]}
     assert rows["recipe"]["vs_baseline"]["verdict"] == "helps"
     assert rows["recipe"]["vs_baseline"]["seeds"] == [1, 2]
-    assert rows["ema"]["vs_baseline"]["seeds"] == [1]  # compared with proposed-s1 only
+    # one seed: against the mean of every baseline seed, their spread borrowed
+    assert rows["ema"]["vs_baseline"]["seeds"] == [1]
+    assert rows["ema"]["vs_baseline"]["against"] == [1, 2]
+    assert "borrowed" in rows["ema"]["vs_baseline"]["method"]
+    assert rows["ema"]["vs_baseline"]["verdict"] in ("hurts", "inconclusive")
+    assert rows["recipe"]["vs_baseline"]["verdict_macro_f1"] == "helps"
     assert "vs_baseline" not in rows["proposed"]
     post = {r["name"]: r for r in t["post_hoc"]}
     assert post["flip TTA"]["accuracy"]["mean"] == 1.0

@@ -290,9 +290,76 @@ def test_config_and_toc():
     toc = yaml.safe_load((REPO / "_toc.yml").read_text())
     assert toc["root"] == "book/intro" and (REPO / "book" / "intro.md").exists()
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
-    assert files == [f"book/notebooks/{p.stem}" for p in CHAPTERS]
-    assert [p["caption"] for p in toc["parts"]] == ["Foundations", "Experiments",
-                                                    "Beyond the paper"]
+    assert [f for f in files if f.startswith("book/notebooks/")] == [
+        f"book/notebooks/{p.stem}" for p in CHAPTERS]
+    assert files[0] == "book/claims" and (REPO / "book" / "claims.md").exists()
+    assert [p["caption"] for p in toc["parts"]][:4] == ["The scorecard", "Foundations",
+                                                        "Experiments", "Beyond the paper"]
+    # the published book carries no footer; the demo's says its numbers are the phantom's
+    assert "extra_footer" not in cfg["html"]
+    assert "phantom" in book.load_profile("demo", REPO)["footer"]
+    assert "footer" not in book.load_profile("published", REPO)
+
+
+def test_book_config_adds_the_profile_footer(tmp_path):
+    assert book.book_config(REPO, {"name": "published"}, tmp_path) == REPO / "_config.yml"
+    demo = book.book_config(REPO, {"name": "demo", "footer": "phantom numbers"}, tmp_path)
+    cfg = yaml.safe_load(demo.read_text())
+    assert cfg["html"]["extra_footer"] == "phantom numbers"
+    assert cfg["title"] == yaml.safe_load((REPO / "_config.yml").read_text())["title"]
+
+
+def test_convert_collapses_code_and_hides_the_parameters_cell(tmp_path):
+    out = book.convert(CHAPTERS[0], tmp_path / "01.ipynb")
+    nb = nbformat.read(str(out), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    params = [c for c in code if "parameters" in c.metadata["tags"]]
+    assert params and all("remove-input" in c.metadata["tags"] for c in params)
+    rest = [c for c in code if "parameters" not in c.metadata["tags"]]
+    assert rest and all("hide-input" in c.metadata["tags"] for c in rest)
+    assert not any(c.metadata.get("tags") for c in nb.cells if c.cell_type == "markdown")
+
+
+def _tiny_book(root: Path) -> Path:
+    (root / "notebooks").mkdir(parents=True)
+    (root / "book" / "profiles").mkdir(parents=True)
+    (root / "_config.yml").write_text("title: t\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
+    (root / "data").mkdir()
+    (root / "data" / "x.txt").write_text("1")
+    (root / "book" / "profiles" / "p.yaml").write_text(
+        "paths: [data_root]\nparameters:\n  data_root: data\n  runs_dir: ''\n  seed: 0\n")
+    (root / "notebooks" / "01_a.py").write_text(
+        "# %% tags=[\"parameters\"]\ndata_root = ''\nruns_dir = ''\nseed = 0\n"
+        "# %%\nfrom pathlib import Path\n"
+        "with open(Path(runs_dir) / 'executions', 'a') as f:\n    f.write('x')\n")
+    return root
+
+
+def test_rebuild_executes_only_chapters_whose_inputs_changed(tmp_path, monkeypatch):
+    pytest.importorskip("papermill")
+    root = _tiny_book(tmp_path / "b")
+    monkeypatch.setattr(book, "write_scorecard", lambda *a, **k: None)
+    runs = root / "_build" / "runs" / "p"
+    runs.mkdir(parents=True)
+
+    def build():
+        logs = []
+        book.run_book("p", root=root, html=False, log=logs.append)
+        return (runs / "executions").read_text().count("x"), logs
+
+    assert build()[0] == 1
+    count, logs = build()
+    assert count == 1 and any("unchanged" in m for m in logs)  # nothing changed: kept
+    (runs / "other").write_text("a run")  # runs are made from the inputs: not an input
+    assert build()[0] == 1
+    (root / "data" / "x.txt").write_text("2")  # the data a parameter names changed
+    assert build()[0] == 2
+    src = root / "notebooks" / "01_a.py"
+    src.write_text(src.read_text() + "# %%\n1\n")  # the chapter changed
+    assert build()[0] == 3
+    assert book.input_stamp(src, {"seed": 0}, root) != book.input_stamp(src, {"seed": 1},
+                                                                         root)
 
 
 def test_make_book_target_and_ignored_outputs():

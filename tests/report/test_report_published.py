@@ -9,6 +9,7 @@ import pytest
 from koa_core import report
 from koa_core.errors import KoaError
 from koa_core.experiments.records import PROVENANCE
+from koa_core.experiments.verdicts import WORDS
 from test_records import make_record
 
 Y = np.repeat(np.arange(5), [40, 20, 25, 12, 5])
@@ -52,14 +53,61 @@ def test_published_chapters_refuse_a_record_without_provenance(tmp_path):
 def test_scorecard_markdown_is_computed_from_the_records(tmp_path):
     root = _records(tmp_path)
     text = report.scorecard_markdown(root, profile="published", n_boot=200)
-    assert "| raw-only beats CLAHE-only (raw - clahe, accuracy points)" in text
+    assert text.startswith("## The answer")  # the answer first, then the scorecard
+    assert text.index("## The answer") < text.index("Compute behind") < text.index(
+        "## Scorecard")
+    assert "| raw-only beats CLAHE-only (raw − clahe)" in text
     assert "6 records" in text and "CPU test" in text
     assert "validation" in text  # the split that stands in for test is named
+    assert "### Per grade (Tables 3 and 4)" in text and "| KL1     | F1" in text
     table = report.scorecard_table(root, n_boot=200)
-    verdicts = set(table.verdict)
-    assert verdicts <= {"reproduced", "not reproduced", "inconclusive"}
+    assert set(table.verdict) <= set(WORDS) | {v for v in table.verdict
+                                              if v.startswith("not comparable (")}
     # no record, no result: the page says so instead of showing anything else
     assert "No result records" in report.scorecard_markdown(tmp_path / "none")
+
+
+def test_summary_lines_are_computed_from_the_rows():
+    from koa_core.report.landing import summary_lines
+
+    def value(claim, ours, paper, verdict, group="proposed", gap=None):
+        return {"claim": claim, "kind": "value", "section": "headline", "ours": ours,
+                "ci_low": ours - 1, "ci_high": ours + 1, "per_seed": [ours - 1, ours + 1],
+                "paper": paper, "gap": ours - paper if gap is None else gap,
+                "verdict": verdict, "groups": [group], "handicap": "from scratch"}
+
+    rows = [value("accuracy of the proposed model (%)", 55.0, 72.06, "not comparable"),
+            value("KL1 F1 of the proposed model", 0.2, 0.668, "not comparable"),
+            value("KL4 recall of the proposed model", 0.94, 0.784, "exceeds the paper"),
+            {"claim": "a (x - y, accuracy points)", "kind": "difference",
+             "section": "table 5", "verdict": "inconclusive",
+             "verdict_macro_f1": "not reproduced"}]
+    lines = summary_lines(rows)
+    assert len(lines) == 3
+    assert "55.00 [54.00, 56.00] %" in lines[0] and "*not comparable* (from scratch)" in lines[0]
+    assert "1 claimed steps, on accuracy 1 inconclusive; on macro F1 1 not reproduced" in lines[1]
+    assert "KL1 F1 of the proposed model, 0.200 against the paper's 0.668" in lines[2]
+    assert "Exceeds the paper:** KL4 recall." in lines[2]
+    rows[2]["verdict"] = "reproduced"
+    assert "Nothing of the proposed model exceeds the paper" in summary_lines(rows)[2]
+
+
+def test_landing_assets_compute_box_and_downloads(tmp_path):
+    import zipfile
+
+    root = _records(tmp_path)
+    assets = tmp_path / "book" / "generated"
+    text = report.scorecard_markdown(root, n_boot=100, assets=assets)
+    assert (assets / "summary.png").stat().st_size > 10_000
+    assert "](generated/summary.png)" in text
+    names = zipfile.ZipFile(assets / "koa-predictions.zip").namelist()
+    assert len(names) == 6 and all(n.endswith("val_predictions.csv") for n in names)
+    assert len(zipfile.ZipFile(assets / "koa-records.zip").namelist()) > 6
+    again = (assets / "koa-records.zip").read_bytes()
+    report.scorecard_markdown(root, n_boot=100, assets=assets)
+    assert (assets / "koa-records.zip").read_bytes() == again  # same inputs, same bytes
+    assert "{download}`every record" in text
+    assert "- **Runs:** 6 trainings on CPU test" in text
 
 
 def test_selected_record_name_reads_selection_or_applies_the_rule(tmp_path):
