@@ -7,9 +7,11 @@ PROFILE ?= published
 
 .PHONY: install test test-fast book lint mutate clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml web/package-lock.json
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[book,dev,onnx,ssl]"
+	# the book's in-browser grader: onnxruntime-web at the version web/package-lock.json pins
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
 	touch $(STAMP)
 
 install: $(STAMP)

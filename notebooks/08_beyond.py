@@ -21,7 +21,7 @@
 # ## Overview
 #
 # 1. Each lever is one configuration trained with the seeds of Table 5's proposed runs and
-#    compared with them seed by seed on the same validation knees.
+#    compared with them on the same validation knees, with a seed-aware interval.
 # 2. Post-hoc levers need no training: test-time flip, expected-grade decoding and the seed
 #    ensemble, applied to the recipe's records.
 # 3. The best model is set against the goals of a model trained without ImageNet.

@@ -51,8 +51,8 @@ from koa_core.report.beyond import (
 )
 from koa_core.report.published import (
     data_caveats, load_records, provenance_table, record_frame, record_history, record_metrics,
-    record_summary, records_note, selected_record_name, shared_provenance, table5_claims, table5_figure,
-    table5_table,
+    record_summary, records_note, selected_record_name, shared_provenance, table5_claims,
+    table5_figure, table5_table,
 )
 from koa_core.report.landing import scorecard_markdown, scorecard_table
 

@@ -35,6 +35,7 @@ from koa_core.errors import KoaError
 from koa_core.config import load_config
 from koa_core.experiments.campaign import load_plan
 from koa_core.report.common import ensure_phantom
+from koa_core.report.grader import stage_grader
 from koa_core.report.landing import scorecard_markdown
 
 __all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
@@ -347,6 +348,10 @@ def book_config(root: Path, prof: dict, build_dir: Path) -> Path:
         return base
     cfg = yaml.safe_load(base.read_text())
     cfg.setdefault("html", {})["extra_footer"] = str(prof["footer"])
+    # Jupyter Book finds local extensions relative to the configuration file's folder
+    ext = (cfg.get("sphinx") or {}).get("local_extensions") or {}
+    for name, folder in ext.items():
+        ext[name] = str((root / folder).resolve())
     out = build_dir / f"_config-{prof['name']}.yml"
     text = yaml.safe_dump(cfg, sort_keys=False)
     if not out.exists() or out.read_text() != text:
@@ -384,5 +389,7 @@ def run_book(profile: str = "demo", data: str | None = None, sets: list[str] | N
         _write_stamp(out, stamp)
         seconds[py.stem] = round(time.perf_counter() - t0, 1)
         log(f"koa book: {py.stem} done in {seconds[py.stem]:.0f} s")
+    if html:
+        stage_grader(root, log=log)  # book/grade.md's files: model, runtime, code
     path = build_html(root, config=book_config(root, prof, build_dir)) if html else None
     return {"html": str(path) if path else None, "seconds": seconds, "parameters": params}

@@ -307,6 +307,9 @@ def test_book_config_adds_the_profile_footer(tmp_path):
     cfg = yaml.safe_load(demo.read_text())
     assert cfg["html"]["extra_footer"] == "phantom numbers"
     assert cfg["title"] == yaml.safe_load((REPO / "_config.yml").read_text())["title"]
+    # found from the generated file's folder: local extensions must be absolute there
+    assert all(Path(v).is_absolute() and Path(v).is_dir()
+               for v in cfg["sphinx"]["local_extensions"].values())
 
 
 def test_convert_collapses_code_and_hides_the_parameters_cell(tmp_path):

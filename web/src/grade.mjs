@@ -1,0 +1,301 @@
+// "Grade your own knee": the book's in-browser grader. The reader's image is decoded,
+// checked and preprocessed here (imageops.mjs, inputcheck.mjs) and graded by the shipped
+// model exported to ONNX, run by onnxruntime-web's WebAssembly backend from the book's own
+// files. Nothing leaves the page: no request goes outside the book's origin and nothing of
+// the image is stored. Everything the page needs is read from grader.json, written at build
+// time by koa_core/report/grader.py.
+import * as ort from './ort/ort.wasm.min.mjs';
+import { clahe, crop, cropBox, makeImage, resizeSquare, rgbaToGrey } from './imageops.mjs';
+import { inputFlags } from './inputcheck.mjs';
+
+const BASE = new URL('./', import.meta.url);
+const MAX_PIXELS = 64000000;
+const state = { config: null, session: null, queue: Promise.resolve(), timings: {} };
+
+class GraderError extends Error {}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') node.className = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+/** The checkpoint's two 8-bit views of a decoded grey image (preprocess.Preprocessor). */
+export function views(grey, pre) {
+  let img = pre.input_clahe_clip == null ? grey
+    : clahe(grey, pre.input_clahe_clip, pre.input_clahe_tiles);
+  const transformed = img;
+  if (pre.crop) img = crop(img, cropBox(img));
+  const raw = resizeSquare(img, pre.size);
+  return { transformed, raw, clahe: clahe(raw, pre.clahe_clip, pre.clahe_tiles) };
+}
+
+function isDicom(head, name) {
+  const magic = head.length >= 132 && String.fromCharCode(...head.slice(128, 132)) === 'DICM';
+  return magic || /\.(dcm|dicom)$/i.test(name || '');
+}
+
+/** A file's pixels as 8-bit grey, by the rule of koa_core/data/raster.py. */
+export async function decode(blob, name) {
+  const head = new Uint8Array(await blob.slice(0, 132).arrayBuffer());
+  if (isDicom(head, name)) {
+    throw new GraderError(`${name}: DICOM files are graded by koa predict, not on this page `
+      + '(export the image as PNG to grade it here).');
+  }
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none',
+      premultiplyAlpha: 'none' });
+  } catch {
+    throw new GraderError(`${name}: not a readable PNG, JPEG or WebP image `
+      + '(truncated or corrupt?).');
+  }
+  const { width, height } = bitmap;
+  if (width * height > MAX_PIXELS) {
+    bitmap.close();
+    throw new GraderError(`${name}: ${width}x${height} pixels is larger than the `
+      + `${MAX_PIXELS.toLocaleString('en')}-pixel limit.`);
+  }
+  const canvas = el('canvas', { width, height });
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return rgbaToGrey(ctx.getImageData(0, 0, width, height).data, width, height);
+}
+
+async function loadModel(cfg) {
+  ort.env.wasm.numThreads = 1;
+  ort.env.wasm.proxy = false;
+  ort.env.wasm.wasmPaths = new URL('ort/', BASE).href;
+  return ort.InferenceSession.create(new URL(cfg.model.file, BASE).href,
+    { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+}
+
+/** softmax(log p / t): the temperature koa calibrate fitted, as koa predict applies it. */
+function calibrated(p, t) {
+  if (!t) return p;
+  const z = p.map((v) => Math.log(Math.min(Math.max(v, 1e-12), 1)) / t);
+  const top = Math.max(...z);
+  const e = z.map((v) => Math.exp(v - top));
+  const sum = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / sum);
+}
+
+async function runModel(v, size) {
+  const n = size * size, buf = new Uint8Array(2 * n);
+  buf.set(v.raw.data);
+  buf.set(v.clahe.data, n);
+  const out = await state.session.run({ views: new ort.Tensor('uint8', buf, [1, 2, size, size]) });
+  const probabilities = calibrated(Array.from(out.probabilities.data),
+    state.config.temperature);
+  const gate = out.gate ? Array.from(out.gate.data) : null;
+  const grade = probabilities.indexOf(Math.max(...probabilities));
+  return { probabilities, gate, grade };
+}
+
+/** Decode, check, preprocess and grade one image (a Blob), in this page. */
+export async function gradeBlob(blob, name) {
+  const t0 = performance.now();
+  const grey = await decode(blob, name);
+  const flags = inputFlags(grey, state.config.input_profile);
+  const v = views(grey, state.config.preprocess);
+  const result = { name, flags, ...(await runModel(v, state.config.preprocess.size)) };
+  result.ms = performance.now() - t0;
+  result.at = performance.now();
+  return { result, v };
+}
+
+const STYLE = `
+#koa-grader .kg-drop{border:2px dashed #8a9bb0;border-radius:8px;padding:1.2em;text-align:center;
+  cursor:pointer;margin:.5em 0}
+#koa-grader .kg-drop.kg-over{background:#eef3f8}
+#koa-grader .kg-samples{display:flex;flex-wrap:wrap;gap:4px;margin:.5em 0}
+#koa-grader .kg-samples button{padding:0;border:2px solid transparent;background:none;cursor:pointer}
+#koa-grader .kg-samples button:hover{border-color:#d62728}
+#koa-grader .kg-samples img{width:44px;height:44px;display:block}
+#koa-grader .kg-status{margin:.5em 0;min-height:1.5em}
+#koa-grader .kg-error{color:#b00020;font-weight:600}
+#koa-grader .kg-grade{font-size:1.4em;font-weight:700;margin:.3em 0}
+#koa-grader .kg-bar{display:flex;align-items:center;gap:.5em;margin:2px 0}
+#koa-grader .kg-bar span:first-child{width:8.5em}
+#koa-grader .kg-bar .kg-track{flex:1;background:#eef1f5;height:1em;max-width:24em}
+#koa-grader .kg-bar .kg-fill{background:#a6b4c4;height:100%}
+#koa-grader .kg-bar.kg-top .kg-fill{background:#d62728}
+#koa-grader .kg-views{display:flex;gap:1em;margin:.5em 0}
+#koa-grader .kg-views figure{margin:0;text-align:center;font-size:.85em}
+#koa-grader .kg-flag{color:#9a5b00;font-weight:600}
+#koa-grader .kg-caveat,#koa-grader .kg-about{font-size:.85em;color:#555}`;
+
+function greyCanvas(img) {
+  const c = el('canvas', { width: img.width, height: img.height });
+  const rgba = new Uint8ClampedArray(img.data.length * 4);
+  for (let i = 0; i < img.data.length; i++) {
+    rgba.fill(img.data[i], 4 * i, 4 * i + 3);
+    rgba[4 * i + 3] = 255;
+  }
+  c.getContext('2d').putImageData(new ImageData(rgba, img.width, img.height), 0, 0);
+  return c;
+}
+
+function bars(probabilities, grade, names) {
+  return probabilities.map((p, k) => {
+    const fill = el('div', { class: 'kg-fill', style: `width:${(100 * p).toFixed(1)}%` });
+    return el('div', { class: `kg-bar${k === grade ? ' kg-top' : ''}`, 'data-grade': k },
+      el('span', {}, names[k]), el('div', { class: 'kg-track' }, fill),
+      el('span', {}, `${(100 * p).toFixed(1)} %`));
+  });
+}
+
+function checkLine(flags, words) {
+  if (!flags.length) return el('p', { class: 'kg-check' }, 'Input check: ok (it looks like the '
+    + 'knee-joint crops the model was trained on).');
+  const said = flags.map((f) => words[f] || f).join('; ');
+  return el('p', { class: 'kg-check kg-flag' }, `Input check: ${said}. It is still graded, `
+    + 'but the grade means less.');
+}
+
+function render(ui, result, v) {
+  const cfg = state.config, names = cfg.class_names;
+  const p = result.probabilities[result.grade];
+  const parts = [el('p', { class: 'kg-grade' },
+    `Grade: ${names[result.grade]} (${(100 * p).toFixed(0)} %)`),
+  ...bars(result.probabilities, result.grade, names)];
+  if (result.gate) {
+    parts.push(el('p', { class: 'kg-gate' }, `Stream weights: raw ${result.gate[0].toFixed(2)}, `
+      + `CLAHE ${result.gate[1].toFixed(2)} (how much each view counted; they add up to 1).`));
+  }
+  parts.push(checkLine(result.flags, cfg.flag_words),
+    el('div', { class: 'kg-views' },
+      el('figure', {}, greyCanvas(v.raw), el('figcaption', {}, 'raw view')),
+      el('figure', {}, greyCanvas(v.clahe), el('figcaption', {}, 'CLAHE view'))),
+    el('p', { class: 'kg-caveat' }, `${result.name}. ${cfg.caveat}`));
+  ui.result.replaceChildren(...parts);
+}
+
+function setStatus(ui, text, error = false) {
+  ui.status.className = `kg-status${error ? ' kg-error' : ''}`;
+  ui.status.textContent = text;
+}
+
+function submit(ui, blob, name) {
+  const job = state.queue.then(async () => {
+    setStatus(ui, `Grading ${name} ...`);
+    try {
+      const { result, v } = await gradeBlob(blob, name);
+      render(ui, result, v);
+      setStatus(ui, `Graded ${name} in ${Math.round(result.ms)} ms, in this page.`);
+      state.timings.first ??= result.at;
+      return result;
+    } catch (err) {
+      ui.result.replaceChildren();
+      setStatus(ui, err instanceof GraderError ? err.message
+        : `${name}: could not be graded (${err.message || err}).`, true);
+      return { name, error: ui.status.textContent };
+    }
+  });
+  state.queue = job;
+  return job;
+}
+
+function dropZone(ui) {
+  const input = el('input', { type: 'file', accept: '.png,.jpg,.jpeg,.webp,image/png,image/jpeg,'
+    + 'image/webp', class: 'kg-file', hidden: '' });
+  const zone = el('div', { class: 'kg-drop', role: 'button', tabindex: '0' },
+    'Drop a knee-joint crop here, or click to choose one (PNG, JPEG or WebP).', input);
+  const take = (file) => { if (file) submit(ui, file, file.name); };
+  zone.addEventListener('click', (e) => { if (e.target !== input) input.click(); });
+  zone.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') input.click(); });
+  input.addEventListener('change', () => { take(input.files[0]); input.value = ''; });
+  zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('kg-over'); });
+  zone.addEventListener('dragleave', () => zone.classList.remove('kg-over'));
+  zone.addEventListener('drop', (e) => {
+    e.preventDefault();
+    zone.classList.remove('kg-over');
+    take(e.dataTransfer.files[0]);
+  });
+  return zone;
+}
+
+async function fetchBlob(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new GraderError(`${url}: not found (${r.status}).`);
+  return r.blob();
+}
+
+function sampleRow(ui, cfg) {
+  const buttons = cfg.samples.map((s) => {
+    const url = new URL(s.file, BASE).href;
+    const b = el('button', { type: 'button', class: 'kg-sample', 'data-file': s.file,
+      title: `${s.name}: read as KL${s.grade} by the dataset's graders` },
+    el('img', { src: url, alt: `sample knee ${s.name}` }));
+    b.addEventListener('click', async () => submit(ui, await fetchBlob(url), s.name));
+    return b;
+  });
+  return el('div', { class: 'kg-samples' }, ...buttons);
+}
+
+function about(cfg) {
+  const m = cfg.model;
+  return el('p', { class: 'kg-about' }, `Model: ${m.precision}, ${m.megabytes.toFixed(1)} MB, `
+    + `run by onnxruntime-web ${cfg.runtime.version} (WebAssembly, one thread; `
+    + `${cfg.runtime.megabytes.toFixed(1)} MB). ${m.agreement || ''}`);
+}
+
+async function init(root) {
+  const ui = { status: el('p', { class: 'kg-status', 'aria-live': 'polite' }, 'Loading the model ...'),
+    result: el('div', { class: 'kg-result', 'aria-live': 'polite' }) };
+  root.replaceChildren(el('style', {}, STYLE), ui.status);
+  const cfg = await (await fetch(new URL('grader.json', BASE))).json();
+  state.config = cfg;
+  root.replaceChildren(el('style', {}, STYLE), dropZone(ui),
+    el('p', {}, 'Or try one of the book\'s sample knees:'), sampleRow(ui, cfg), ui.status,
+    ui.result, about(cfg));
+  state.session = await loadModel(cfg);
+  state.timings.ready = performance.now();
+  setStatus(ui, 'Ready: the model runs in this page; your image is not sent anywhere.');
+  return ui;
+}
+
+function b64(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+function unb64(text) {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
+function hooks(ready) {
+  // What the book's tests and benchmark drive: the page's own code, on the page's own data.
+  const grey = (text, w, h) => makeImage(w, h, unb64(text));
+  return {
+    ready,
+    timings: state.timings,
+    config: () => state.config,
+    gradeUrl: async (url) => submit(await ready, await fetchBlob(url), url.split('/').pop()),
+    decodeUrl: async (url) => b64((await decode(await fetchBlob(url), url)).data),
+    views: (text, w, h) => {
+      const v = views(grey(text, w, h), state.config.preprocess);
+      return { transformed: b64(v.transformed.data), raw: b64(v.raw.data),
+        clahe: b64(v.clahe.data) };
+    },
+    clahe: (text, w, h, clip, tiles) => b64(clahe(grey(text, w, h), clip, tiles).data),
+    flags: (text, w, h) => inputFlags(grey(text, w, h), state.config.input_profile),
+  };
+}
+
+const root = document.getElementById('koa-grader');
+if (root) {
+  const ready = init(root).catch((err) => {
+    root.append(el('p', { class: 'kg-status kg-error' },
+      `The grader could not start in this browser (${err.message || err}).`));
+    throw err;
+  });
+  window.koaGrader = hooks(ready);
+}
