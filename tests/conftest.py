@@ -126,3 +126,13 @@ def tiny_run(tmp_path_factory, phantom_root) -> tuple[Path, Path]:
                                "train.warmup_epochs=1"])
     fit(cfg, run, progress=False)
     return run, phantom_root
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run's checkpoint exported to ONNX (fp32) once per session (~10 s): tests
+    that need a real export file share it."""
+    from koa_core.infer.onnx import export_onnx
+
+    return export_onnx(tiny_run[0] / "best.safetensors",
+                       tmp_path_factory.mktemp("tiny_onnx") / "model.onnx")

@@ -39,7 +39,8 @@ from PIL import Image, UnidentifiedImageError
 
 from koa_core.errors import KoaError
 
-__all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "MAX_FILE_BYTES", "MAX_PIXELS", "check_header",
+__all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "MAX_DECODED_BYTES", "MAX_FILE_BYTES",
+           "MAX_PIXELS", "check_header",
            "decode_gray", "decode_raw", "is_regular_file", "read_bytes", "read_head",
            "to_gray_uint8"]
 
@@ -47,6 +48,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")  # decoded 
 DICOM_SUFFIXES = (".dcm", ".dicom")  # decoded by koa_core.data.dicom (pydicom)
 MAX_PIXELS = 64_000_000  # ~8000x8000: larger files are almost surely not knee crops
 MAX_FILE_BYTES = 256 * 2 ** 20  # a knee crop is kilobytes; a whole radiograph a few MB
+# the decoded array, before it becomes 8-bit grey: 64 M pixels of 16-bit RGBA would be 512 MB
+MAX_DECODED_BYTES = 256 * 2 ** 20
 # OpenCV's own pixel limit (read once, on its first decode) matches ours; the Pillow header
 # check below refuses such images first, and Pillow's own bomb warning is ours to give
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
@@ -92,6 +95,11 @@ def check_header(data: bytes, name: str = "image") -> tuple[int, int]:
                                "limit (refused before decoding)")
             frames = getattr(im, "n_frames", 1)
             fmt = im.format
+            decoded = w * h * _sample_bytes(im, data)
+            if decoded > MAX_DECODED_BYTES:
+                raise KoaError(f"{name}: {w}x{h} pixels would decode to {decoded / 2 ** 20:,.0f} "
+                               f"MiB, more than the {MAX_DECODED_BYTES // 2 ** 20} MiB limit "
+                               "(refused before decoding)")
     except Image.DecompressionBombError as exc:  # Pillow's own, higher limit: the same refusal
         size = re.search(r"\((\d+) pixels\)", str(exc))
         what = f"{int(size.group(1)):,} pixels is" if size else "the image is"
@@ -114,6 +122,16 @@ def check_header(data: bytes, name: str = "image") -> tuple[int, int]:
         except Exception:
             raise KoaError(unreadable) from None
     return w, h
+
+
+def _sample_bytes(im, data: bytes) -> int:
+    """Bytes per pixel of the array OpenCV will decode (``IMREAD_UNCHANGED``): the bands
+    times 1 or 2 bytes. Pillow reduces 16-bit colour PNGs to 8 bits, so a PNG's own bit
+    depth is read from its header (IHDR: byte 24)."""
+    bands = len(im.getbands())
+    if im.format == "PNG" and len(data) > 25:
+        return bands * (2 if data[24] == 16 else 1)
+    return bands * (2 if im.mode.startswith("I;16") else 4 if im.mode in ("I", "F") else 1)
 
 
 def to_gray_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:

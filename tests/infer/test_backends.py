@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory):
+def exported(tiny_run, tiny_onnx, tmp_path_factory):
     """The tiny run's checkpoint as fp32 and int8 ONNX files, and validation views."""
     run, root = tiny_run
     ckpt = run / "best.safetensors"
@@ -31,7 +31,7 @@ def exported(tiny_run, tmp_path_factory):
     val = np.asarray(ViewCache().get(index.split("val"), pre, root=str(root)))
     calib = np.asarray(ViewCache().get(index.split("train")[:16], pre, root=str(root)))
     tmp = tmp_path_factory.mktemp("onnx")
-    fp32 = backends.export_onnx(ckpt, tmp / "model.onnx")  # ~10 s: the other tests reuse it
+    fp32 = tiny_onnx  # exported once per session (conftest): the other tests reuse it
     int8 = backends.quantize_int8(fp32, tmp / "model-int8.onnx", calib)
     return ckpt, fp32, int8, val
 

@@ -201,6 +201,19 @@ def test_bombs_are_refused_from_their_header(tmp_path, monkeypatch):
         assert size in check._decode(str(path))[4]  # koa data check: the same line
 
 
+def test_a_legal_size_that_decodes_too_large_is_refused_from_its_header(tmp_path,
+                                                                        monkeypatch):
+    """48 M pixels (under the pixel limit) of 16-bit RGBA would decode to 366 MiB."""
+    big = _bomb_png(tmp_path / "big16.png", 8_000, 6_000, 16, 6, rows=64)
+    _no_decode(monkeypatch)
+    with pytest.raises(KoaError) as ei:
+        read_image(big)
+    _one_line(ei, "8000x6000 pixels would decode to 366 MiB, more than the 256 MiB limit")
+    grey = _png(tmp_path / "grey16.png", np.full((300, 200), 30000, np.uint16))
+    monkeypatch.undo()
+    assert read_image(grey)[0].shape == (300, 200)  # a 16-bit grey knee still reads
+
+
 def test_multi_frame_images_are_refused(tmp_path):
     frames = [Image.fromarray(np.full((32, 32), v, np.uint8)) for v in (10, 200)]
     for name in ("pages.tif", "anim.png"):
@@ -349,15 +362,25 @@ def test_csv_cell_and_printable_rules():
 
 
 # ------------------------------------------------------------------ 8. the smaller ones
-def test_a_corrupt_cached_onnx_export_is_rebuilt_once(tiny_run, tmp_path, capsys):
+def test_a_corrupt_cached_onnx_export_is_rebuilt_once(tiny_run, tiny_onnx, tmp_path, capsys,
+                                                      monkeypatch):
     pytest.importorskip("onnxruntime")
+    import shutil
+
     ckpt = _ckpt(tiny_run)
     target = onnx_cache_path(ckpt, tmp_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"not an onnx model")
+    exports = []
+
+    def export(checkpoint, out):  # the session's real export of the same checkpoint
+        exports.append(out)
+        return Path(shutil.copy(tiny_onnx, out))
+
+    monkeypatch.setattr(backends, "export_onnx", export)
     backend = backends.load_backend(ckpt, "onnxruntime", cache_dir=tmp_path)
     assert backend.engine == "onnxruntime" and target.stat().st_size > 1000
-    assert "exporting it again" in capsys.readouterr().err
+    assert len(exports) == 1 and "exporting it again" in capsys.readouterr().err
 
 
 def test_a_sidecar_that_is_not_an_object_is_one_line(tiny_run, tmp_path, capsys):
