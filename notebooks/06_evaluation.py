@@ -100,7 +100,8 @@ report.parameter_table(data_root=root, checkpoint=proposed, baseline=raw_only,
 # ## One evaluation per model
 #
 # `evaluate_checkpoint` rebuilds the preprocessing from the checkpoint's sidecar, predicts
-# every test image and computes the metrics with `n_boot` bootstrap resamples; in the
+# every image of the test split and computes the metrics with `n_boot` bootstrap resamples
+# over its knees (demo and paper profiles); in the
 # published book the same metrics are computed from the records' validation predictions. The
 # majority rate, the accuracy of always answering KL0, is the floor any model has to clear.
 
