@@ -477,9 +477,10 @@ print(peak)
 
 
 def write_png_bomb(path: str | Path, width: int, height: int, bit_depth: int = 1,
-                   colour: int = 0) -> Path:
+                   colour: int = 0, rows: int | None = None) -> Path:
     """A valid PNG of zeros of the given size, written row block by row block (its pixels
-    never exist in memory here); colour is the PNG colour type (0 gray, 6 RGBA)."""
+    never exist in memory here); colour is the PNG colour type (0 gray, 6 RGBA). ``rows``
+    stores only that many rows (a header to refuse needs no more)."""
     import struct
     import zlib
 
@@ -491,8 +492,9 @@ def write_png_bomb(path: str | Path, width: int, height: int, bit_depth: int = 1
     row = 1 + (width * channels * bit_depth + 7) // 8
     comp = zlib.compressobj(9)
     block = bytes(row * 64)
-    idat = b"".join(comp.compress(block[:row * min(64, height - i)])
-                    for i in range(0, height, 64)) + comp.flush()
+    n = height if rows is None else rows
+    idat = b"".join(comp.compress(block[:row * min(64, n - i)])
+                    for i in range(0, n, 64)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
     path = Path(path)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)

@@ -100,8 +100,14 @@ def int8_weights(model) -> object:
             nodes.append(node)
         else:
             keep.append(init)
+    return _with_initializers(model, keep, nodes)
+
+
+def _with_initializers(model, initializers: list, nodes: list) -> object:
+    """The model with ``initializers`` in place of its own, and ``nodes`` (the ones that
+    turn stored weights back into float32) run before every other node."""
     del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    model.graph.initializer.extend(initializers)
     old = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes + old)
@@ -122,12 +128,7 @@ def fp16_weights(model) -> object:
                                        f"{init.name}_fp16")
         keep.append(half)
         nodes.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT))
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    old = list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes + old)
-    return model
+    return _with_initializers(model, keep, nodes)
 
 
 def write_model(out: str | Path, precision: str = "int8", checkpoint=None) -> Path:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import struct
 import subprocess
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import cv2
@@ -26,6 +24,7 @@ import pytest
 from PIL import Image
 from test_dicom import _dicom
 
+from koa_core.bench import write_png_bomb
 from koa_core.cli import main
 from koa_core.data import check, raster
 from koa_core.data.imaging import read_image
@@ -59,22 +58,9 @@ def _rows(path) -> list[dict]:
 
 def _bomb_png(path: Path, width: int, height: int, bit_depth: int = 1, colour: int = 0,
               rows: int | None = None) -> Path:
-    """A PNG of zeros declaring ``width`` x ``height`` pixels; ``rows`` limits the rows
-    actually stored (the header alone must be refused, so the rest need not exist)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
-    row = 1 + (width * channels * bit_depth + 7) // 8
-    comp = zlib.compressobj(9)
-    block = bytes(row * 64)
-    n = height if rows is None else rows
-    idat = b"".join(comp.compress(block[:row * min(64, n - i)]) for i in range(0, n, 64))
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", idat + comp.flush()) + chunk(b"IEND", b""))
-    return path
+    """A PNG of zeros declaring ``width`` x ``height`` pixels (``koa bench --bomb``'s);
+    ``rows`` limits the rows actually stored (the header alone must be refused)."""
+    return write_png_bomb(path, width, height, bit_depth, colour, rows)
 
 
 def _no_decode(monkeypatch):
