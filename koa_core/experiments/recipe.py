@@ -124,10 +124,6 @@ def decode(probs: np.ndarray, how: str = "argmax") -> np.ndarray:
     raise KoaError(f"decoding: {how!r} is not one of argmax, expected, median")
 
 
-def _verdict(ci: list[float]) -> str:
-    return ablation_verdict(ci)
-
-
 def _figures(y: np.ndarray, pred: np.ndarray, n_boot: int) -> dict:
     m = classification_metrics(y, pred, n_boot=n_boot)
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "qwk": m["qwk"],
@@ -229,8 +225,9 @@ def _versus(runs: dict[int, dict], base: dict[int, dict], y: np.ndarray, n_boot:
     return {"seeds": seeds, "against": against, "method": how,
             "accuracy": acc["value"], "accuracy_ci": acc["ci"],
             "accuracy_knee_ci": acc["knee_ci"], "macro_f1": f1["value"],
-            "macro_f1_ci": f1["ci"], "verdict": _verdict(acc["ci"]),
-            "verdict_macro_f1": _verdict(f1["ci"]), "baseline_accuracy": float(np.mean(matched))}
+            "macro_f1_ci": f1["ci"], "verdict": ablation_verdict(acc["ci"]),
+            "verdict_macro_f1": ablation_verdict(f1["ci"]),
+            "baseline_accuracy": float(np.mean(matched))}
 
 
 def _post_hoc(groups, target: str, n_boot: int) -> tuple[list[dict], dict]:
@@ -246,7 +243,8 @@ def _post_hoc(groups, target: str, n_boot: int) -> tuple[list[dict], dict]:
         acc = seed_difference(v, plain, "accuracy", n_boot)
         d.update(accuracy=acc["value"], accuracy_ci=acc["ci"])  # seed-aware
         post.append({"name": name, "what": what, "of": target, "seeds": sorted(v),
-                     **_summary(v), "vs_plain": {**d, "verdict": _verdict(d["accuracy_ci"])}})
+                     **_summary(v),
+                     "vs_plain": {**d, "verdict": ablation_verdict(d["accuracy_ci"])}})
     ens = (_variant(groups[target], "argmax", True, True)
            or _variant(groups[target], "argmax", False, True))
     one = next(iter(ens.values()))

@@ -41,7 +41,7 @@ from koa_core.report.landing import scorecard_markdown
 __all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
            "validate_parameters",
            "resolve_parameters", "convert", "execute", "build_html", "run_book",
-           "write_scorecard", "input_stamp", "book_config"]
+           "write_scorecard", "input_stamp", "shared_inputs", "book_config"]
 
 INJECTED_TAG = "injected-parameters"
 HIDE_TAG = "remove-input"  # the values (absolute paths) are shown by each chapter itself
@@ -299,13 +299,20 @@ def _digest_path(h, path: Path) -> None:
         h.update(hashlib.sha256(f.read_bytes()).digest())
 
 
-def input_stamp(py: Path, params: dict, root: Path) -> str:
-    """What a chapter's output depends on, hashed: its source, its parameters, the
-    package's code and bundled files, and the contents of every file or folder a
-    parameter names (data, records, checkpoint), except ``runs_dir``, whose runs are made
-    from the rest. An executed chapter whose stamp matches is not executed again."""
+def input_stamp(py: Path, params: dict, root: Path, shared: str | None = None) -> str:
+    """What a chapter's output depends on, hashed: its source and :func:`shared_inputs`
+    (``shared``, computed once per build when given). An executed chapter whose stamp
+    matches is not executed again."""
     h = hashlib.sha256(Path(py).read_bytes())
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update((shared or shared_inputs(params)).encode())
+    return h.hexdigest()
+
+
+def shared_inputs(params: dict) -> str:
+    """What every chapter depends on, hashed: the parameters, the package's code and
+    bundled files, and the contents of every file or folder a parameter names (data,
+    records, checkpoint), except ``runs_dir``, whose runs are made from the rest."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     pkg = Path(__file__).resolve().parents[1]
     for f in sorted(pkg.rglob("*")):
         if f.is_file() and f.suffix in (".py", ".yaml", ".json"):
@@ -376,9 +383,10 @@ def run_book(profile: str = "demo", data: str | None = None, sets: list[str] | N
         chapters = [c for c in chapters if any(o in c.stem for o in only)]
     out_dir, seconds = root / "book" / "notebooks", {}
     out_dir.mkdir(parents=True, exist_ok=True)
+    shared = shared_inputs(params)  # the package and the data are hashed once per build
     for py in chapters:
         t0 = time.perf_counter()
-        out, stamp = out_dir / f"{py.stem}.ipynb", input_stamp(py, params, root)
+        out, stamp = out_dir / f"{py.stem}.ipynb", input_stamp(py, params, root, shared)
         if _stamp_of(out) == stamp:
             log(f"koa book: {py.stem} unchanged (inputs as when it was executed), kept")
             continue

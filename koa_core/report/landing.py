@@ -22,7 +22,6 @@ import pandas as pd
 from koa_core.data.index import discover
 from koa_core.experiments.ablation import load_groups
 from koa_core.experiments.intervals import METHOD
-from koa_core.experiments.records import find_records, read_record
 from koa_core.experiments.scorecard import claim_rows
 from koa_core.experiments.verdicts import NOT_TESTABLE, RULES, TOLERANCE
 from koa_core.report.clahe import clahe_table
@@ -133,11 +132,12 @@ def _clip_row(sample_root: str | Path | None) -> dict | None:
             "verdict": "reproduced" if best == "2" else "not reproduced"}
 
 
-def compute_facts(records_dir: str | Path) -> dict:
-    """What the runs behind the scorecard cost: hardware, seconds per run, epochs run,
-    selected epochs, the learning rate at the selected epoch as a share of its peak, the
-    patience of early stopping and the initialisation."""
-    recs = [read_record(p) for p in find_records(records_dir)]
+def compute_facts(records: dict[str, dict]) -> dict:
+    """What the runs behind the scorecard cost (``records``: :func:`load_records`):
+    hardware, seconds per run, epochs run, selected epochs, the learning rate at the
+    selected epoch as a share of its peak, the patience of early stopping and the
+    initialisation."""
+    recs = list(records.values())
     wall = np.array([r["provenance"]["wall_s"] for r in recs], float)
     run = np.array([len(r["history"]) for r in recs])
     sel = np.array([r["selected"]["epoch"] for r in recs])
@@ -306,7 +306,7 @@ def scorecard_markdown(records_dir: str | Path, shipped_eval: str | Path | None 
     groups, meta = load_groups(records_dir)
     rows = claim_rows(groups, n_boot=n_boot, meta=meta)
     lines = ["## The answer", ""] + [f"- {s}" for s in summary_lines(rows)] + [""]
-    lines += _compute_box(compute_facts(records_dir))
+    lines += _compute_box(compute_facts(records))
     if assets is not None:
         import matplotlib.pyplot as plt
 
