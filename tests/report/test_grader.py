@@ -69,6 +69,8 @@ def origin(site):
 def browser():
     from playwright.sync_api import sync_playwright  # the dev extra: never skipped
 
+    if not Path(CHROMIUM).exists():  # whichever fixture a test asks for first
+        pytest.skip("Debian's chromium is not installed: the grader page is not tested")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
