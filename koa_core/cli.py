@@ -160,9 +160,11 @@ def _cmd_train(args) -> int:
         raise KoaError(f"interrupted; the last completed epoch is saved in {args.out}; "
                        f"continue with: koa train --resume --out {args.out}") from None
     metric = cfg.train.select_metric
+    chosen = ("the last epoch" if metric == "last" else
+              f"best val {metric} {summary['best_' + metric]:.4f}")
     if writes_the_folder():  # under torchrun, one summary, not one per rank
-        print(f"done: {summary['epochs_run']} epoch(s) in {summary['seconds']:.0f} s; best val "
-              f"{metric} {summary['best_' + metric]:.4f}; checkpoint {args.out}/best.safetensors")
+        print(f"done: {summary['epochs_run']} epoch(s) in {summary['seconds']:.0f} s; {chosen}; "
+              f"checkpoint {args.out}/best.safetensors")
     return 0
 
 
@@ -574,7 +576,7 @@ def _cmd_campaign(args) -> int:
           f"{len(r['remaining'])} left, in {r['seconds']:.0f} s"
           + (f"; stopped: {r['stopped']}" if r["stopped"] else ""))
     if r["done"] or r["skipped"]:
-        print(format_ablation(ablation_table(args.records, n_boot=args.n_boot)))
+        print(format_ablation(ablation_table(args.records)))
     return 0 if not r["remaining"] else 3
 
 
@@ -606,7 +608,7 @@ def _cmd_stamp(args) -> int:
 def _cmd_ablation(args) -> int:
     from koa_core.experiments.ablation import ablation_table, format_ablation, to_json
 
-    t = ablation_table(args.records, n_boot=args.n_boot)
+    t = ablation_table(args.records)
     print(to_json(t) if args.json else format_ablation(t))
     return 0
 
@@ -668,7 +670,6 @@ def add_campaign_commands(sub) -> None:
                    help="only these runs (NAME or NAME-sSEED; repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting of every run, after the plan's (repeatable)")
-    p.add_argument("--n-boot", type=_positive_int, default=2000)
     p.add_argument("--progress", action="store_true", help="progress bars and epoch lines")
     p.set_defaults(func=_cmd_campaign)
 
@@ -688,9 +689,9 @@ def add_campaign_commands(sub) -> None:
     p.set_defaults(func=_cmd_stamp)
 
     p = sub.add_parser("ablation", help="Table 5 from records: mean ± sd over seeds, the "
-                       "paper's claims as paired differences with bootstrap intervals")
+                       "epoch choice beside the last epoch, the paper's steps as seed-paired "
+                       "differences with seed-aware intervals and the scorecard's words")
     p.add_argument("records", help="folder of records (koa campaign --records)")
-    p.add_argument("--n-boot", type=_positive_int, default=2000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_ablation)
 
@@ -699,7 +700,9 @@ def add_campaign_commands(sub) -> None:
                        "expected grade, seed ensemble), the goals and calibration")
     p.add_argument("records", nargs="+", help="folders of records (the table5 and recipe "
                    "campaigns')")
-    p.add_argument("--n-boot", type=_positive_int, default=2000)
+    p.add_argument("--n-boot", type=_positive_int, default=2000,
+                   help="bootstrap resamples for the goals' intervals and the post-hoc "
+                   "levers' QWK and MAE differences")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_levers)
 

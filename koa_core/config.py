@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from koa_core.errors import KoaError
+from koa_core.paper import ALPHA
 
 __all__ = [
-    "PAPER_ALPHA",
     "AugmentConfig",
     "Config",
     "DataConfig",
@@ -36,9 +36,6 @@ __all__ = [
     "load_config",
     "validate",
 ]
-
-# Table 2 of the paper: per-class alpha of the weighted focal loss.
-PAPER_ALPHA = (0.133, 0.267, 0.133, 0.133, 0.333)
 
 
 @dataclass
@@ -95,7 +92,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     gamma: float = 2.0  # §2.3b: focusing parameter
-    alpha: Any = PAPER_ALPHA  # §2.3b Table 2; or "frequency" / "uniform"
+    alpha: Any = ALPHA  # §2.3b Table 2; or "frequency" / "uniform"
     aux_binary_weight: float = 0.3  # ours: weight of the KL0 vs KL1-2 head
     aux_early_weight: float = 0.3  # ours: weight of the KL0/KL1/KL2 head
     # Beyond the paper (recipe ablation; the defaults are the paper's loss):
@@ -111,7 +108,8 @@ class TrainConfig:
     lr: float = 3e-4  # ours (AdamW)
     weight_decay: float = 1e-4  # ours
     warmup_epochs: int = 2  # ours: linear warmup, then cosine decay
-    select_metric: str = "macro_f1"  # checkpoint chosen on VALIDATION macro F1
+    # checkpoint chosen on VALIDATION macro F1; "last": fixed length, the last epoch scored
+    select_metric: str = "macro_f1"
     patience: int = 10  # ours: early stopping on the selection metric
     seed: int = 42
     deterministic: bool = False
@@ -224,7 +222,7 @@ RULES = {
     "train": {"epochs": _int_at_least(1), "batch_size": _int_at_least(1),
               "lr": _number(0, 10, lo_open=True), "weight_decay": _number(0, 10),
               "warmup_epochs": _int_at_least(0),
-              "select_metric": _choice("macro_f1", "accuracy", "qwk", "kl4_recall"),
+              "select_metric": _choice("macro_f1", "accuracy", "qwk", "kl4_recall", "last"),
               "patience": _int_at_least(1), "seed": _int_at_least(0),
               "deterministic": _bool, "amp": _choice("auto", "bf16", "off"),
               "channels_last": _bool, "grad_clip": _number(0, 1e6),

@@ -47,9 +47,8 @@
 from IPython.display import Markdown
 
 from koa_core import report
-from koa_core.config import PAPER_ALPHA
 from koa_core.data.index import discover
-from koa_core.train.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
+from koa_core.paper import ALPHA, TABLE2_COUNTS, TABLE2_SHARES_PCT
 
 # %% [markdown]
 # ## Parameters
@@ -82,8 +81,7 @@ report.parameter_table(data_root=root, stats_json=stats_json, seed=seed, gamma=g
 # class prior (a model that has learned only the frequencies).
 
 # %%
-table2 = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA, gamma,
-                                paper=PAPER_TABLE2_SHARES_PCT)
+table2 = report.influence_table(TABLE2_COUNTS, ALPHA, gamma, paper=TABLE2_SHARES_PCT)
 table2
 
 # %% [markdown]
@@ -101,9 +99,10 @@ Markdown(report.table2_reasons(table2))
 # slip, not a documented computation, so the training uses the α the paper prints.
 
 # %%
-slip = [0.133, 0.267, 0.133, 0.133, 3.33]  # alpha_KL4 = 3.33, not 0.333
-conjecture = report.influence_table(PAPER_TABLE2_COUNTS, slip)
-guess = (0.94 * conjecture["after alpha %"]).round(1)
+slip = [*ALPHA[:4], round(10 * ALPHA[4], 2)]  # alpha_KL4 = 3.33, not 0.333
+conjecture = report.influence_table(TABLE2_COUNTS, slip)
+printed_sum = round(sum(TABLE2_SHARES_PCT) / 100, 2)  # 0.94: what the paper's column sums to
+guess = (printed_sum * conjecture["after alpha %"]).round(1)
 table2.assign(**{"conjecture x 0.94 %": guess})[
     ["count", "after alpha %", "conjecture x 0.94 %", "paper %"]]
 
@@ -118,7 +117,7 @@ Markdown(report.conjecture_text(guess, table2["paper %"]))
 # or that of the data root (with the demo profile, a phantom with the paper's proportions).
 
 # %%
-ours = report.influence_table(report.split_counts(counted)["train"], PAPER_ALPHA, gamma)
+ours = report.influence_table(report.split_counts(counted)["train"], ALPHA, gamma)
 ours
 
 # %%

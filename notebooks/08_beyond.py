@@ -97,11 +97,14 @@ display(Markdown("\n".join(f"- **{name}**: {what}" for name, what in LEVERS)
 # Mean ± sd over seeds of each run's selected epoch on the validation knees. Each lever's
 # difference to the proposed runs has a seed-aware 95 % interval (the `compared` column): a
 # lever with several seeds is paired by seed (its seed s against the proposed run of seed s;
-# each resample draws the knees, then the seeds); a lever run with one seed is compared with
-# the mean of every proposed seed, and its interval borrows the proposed runs' spread between
-# seeds, since one seed against the same seed of the baseline would hide that spread.
-# Verdicts, for accuracy and for macro F1: `helps` if the interval lies above 0, `hurts` if
-# below, `inconclusive` if it contains 0.
+# a t interval over the seeds and an interval over the knees, added in quadrature); a lever
+# run with one seed is compared with the mean of every proposed seed, and its interval
+# borrows the proposed runs' spread between seeds, since one seed against the same seed of
+# the baseline would hide that spread. Verdicts, for accuracy and for macro F1, by the
+# landing page's rules for a row of ours: `too few seeds` below three seeds, `confounded`
+# where the lever's runs were trained unlike the proposed runs in more than the lever (what
+# differs is named), else `helps` if the interval lies above 0, `hurts` if below,
+# `inconclusive` if it contains 0.
 #
 # Read the one-seed rows with care. Each of those levers ran once, and what they share is
 # that their runs trained longer than the proposed runs (the `epochs` column), so a gain says

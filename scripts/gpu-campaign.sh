@@ -49,10 +49,10 @@ smoke)
     rm -rf "$WORK/smoke"
     "$PY" -m koa_core.cli campaign rehearsal --runs "$WORK/smoke/runs" \
         --records "$WORK/smoke/records" --only proposed-s1 --only clahe-s1 \
-        --data-encoding "synthetic phantom" --n-boot 100
+        --data-encoding "synthetic phantom"
     if [ -n "${KOA_SMOKE_PLAN:-}" ]; then  # e.g. recipe-rehearsal: the real plan's settings
         "$PY" -m koa_core.cli campaign "$KOA_SMOKE_PLAN" --runs "$WORK/smoke/runs" \
-            --records "$WORK/smoke/records" --data-encoding "synthetic phantom" --n-boot 100 \
+            --records "$WORK/smoke/records" --data-encoding "synthetic phantom" \
             ${KOA_SMOKE_ONLY:+--only "$KOA_SMOKE_ONLY"}
     fi
     "$PY" -m koa_core.cli select "$WORK/smoke/records" --min-recall 0

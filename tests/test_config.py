@@ -12,7 +12,6 @@ import yaml
 
 from koa_core import config as config_module
 from koa_core.config import (
-    PAPER_ALPHA,
     Config,
     apply_overrides,
     config_from_dict,
@@ -20,13 +19,14 @@ from koa_core.config import (
     load_config,
 )
 from koa_core.errors import KoaError
+from koa_core.paper import ALPHA
 
 
 @pytest.mark.parametrize("section, key, paper_value", [
     ("preprocess", "clahe_clip", 2.0),  # §2.3: beta = 2.0
     ("preprocess", "crop", True),  # §2.2 central crop
     ("loss", "gamma", 2.0),  # §2.3b
-    ("loss", "alpha", PAPER_ALPHA),  # Table 2
+    ("loss", "alpha", ALPHA),  # Table 2
     ("model", "dropout", 0.4),  # §2.3
     ("model", "streams", "dual"),  # §2.4
     ("model", "cross_attention", True),  # §2.4b
@@ -44,9 +44,12 @@ def test_defaults_are_the_papers(section, key, paper_value):
 
 
 def test_paper_alpha_is_table2():
-    assert PAPER_ALPHA == (0.133, 0.267, 0.133, 0.133, 0.333)
-    assert len(PAPER_ALPHA) == 5
-    assert sum(PAPER_ALPHA) == pytest.approx(0.999, abs=1e-9)
+    assert ALPHA == (0.133, 0.267, 0.133, 0.133, 0.333)
+    assert len(ALPHA) == 5
+    assert sum(ALPHA) == pytest.approx(0.999, abs=1e-9)
+    # one source: the default is koa_core.paper's, not a copy kept in config
+    assert config_module.LossConfig().alpha is ALPHA
+    assert not hasattr(config_module, "PAPER_ALPHA")
 
 
 def test_default_instances_are_independent():
@@ -242,7 +245,7 @@ def test_dict_round_trip(make):
 
 
 def test_config_to_dict_lists_tuples():
-    assert config_to_dict(Config())["loss"]["alpha"] == list(PAPER_ALPHA)
+    assert config_to_dict(Config())["loss"]["alpha"] == list(ALPHA)
 
 
 def test_saved_yaml_reloads_identically(tmp_path):
@@ -291,7 +294,8 @@ ORACLE = {
     ("train", "seed"): (INT, 0, 2 ** 32), ("train", "grad_clip"): (NUM, 0, 1e6),
     ("train", "ema_decay"): (NUM, 0, 1), ("train", "max_steps_per_epoch"): (INT, 1, None),
     ("train", "amp"): (CHOICE, ("auto", "bf16", "off")),
-    ("train", "select_metric"): (CHOICE, ("macro_f1", "accuracy", "qwk", "kl4_recall")),
+    ("train", "select_metric"): (CHOICE, ("macro_f1", "accuracy", "qwk", "kl4_recall",
+                                          "last")),
 }
 
 

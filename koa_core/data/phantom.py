@@ -32,14 +32,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from koa_core import paper
 from koa_core.errors import KoaError
 
-__all__ = ["PAPER_PROPORTIONS", "SPLITS", "render_knee", "save_grid", "write_phantom"]
+__all__ = ["SPLITS", "render_knee", "save_grid", "write_phantom"]
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
-# KL0..KL4 class proportions of the paper's dataset.
-PAPER_PROPORTIONS = (0.394, 0.181, 0.263, 0.131, 0.030)
 
 # Per-grade (mean, sd) of the sign magnitudes. Adjacent grades overlap on purpose: real KL
 # grading is ordinal with fuzzy borders, and a separable phantom would teach nothing.
@@ -312,7 +311,7 @@ def _grade_counts(per_class: int, proportions: str) -> list[int]:
     if proportions != "paper":
         raise KoaError(f"unknown phantom proportions {proportions!r} (use 'balanced' or 'paper')")
     total = 5 * per_class
-    raw = np.array(PAPER_PROPORTIONS) * total
+    raw = np.array(paper.PROPORTIONS) * total  # the paper's class shares (§2.1)
     counts = np.floor(raw).astype(int)
     # Largest remainder keeps the total exact.
     for k in np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]:

@@ -1,8 +1,10 @@
 """Experiments: campaigns of runs, their records and what is concluded from them (§3).
 
 :mod:`.campaign` (plans of runs), :mod:`.records` (one committed record per run),
-:mod:`.datacopy` (which copy of the images a record saw), :mod:`.ablation` (Table 5),
-:mod:`.recipe` (the levers beyond the paper) and :mod:`.scorecard` (the claims).
+:mod:`.datacopy` (which copy of the images a record saw), :mod:`.groups` (records as
+configurations × seeds, and how each run was trained), :mod:`.intervals` (seed-aware
+intervals), :mod:`.verdicts` (the one rule table), :mod:`.scorecard` (the claims, typed and
+judged), :mod:`.ablation` (Table 5) and :mod:`.recipe` (the levers beyond the paper).
 
 Rule (tests/test_layout.py): builds on ``train``; never imports ``report`` or the CLI.
 """

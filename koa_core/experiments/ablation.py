@@ -1,49 +1,31 @@
 """The answer to Table 5 (paper §3.2), computed from result records.
 
 Per configuration: mean and sample standard deviation over seeds of the validation
-figures of each run's selected epoch. Per step of the paper's Table 5: the seed-paired
-difference between two configurations (seed s of one against seed s of the other,
-averaged over the seeds both have) with a seed-aware 95 % interval
-(:mod:`koa_core.experiments.intervals`: each resample draws the validation knees and then
-the seeds), for accuracy and for macro F1, each with a verdict
-(:mod:`koa_core.experiments.verdicts`):
-
-* a step the paper claims: ``reproduced`` if the interval lies above zero, ``not
-  reproduced`` if below, ``inconclusive`` if it contains zero;
-* a row of ours the paper never claimed (the gate alone, cross-attention on top of the
-  gate): ``helps``, ``hurts`` or ``inconclusive``.
-
-Whether the paper's magnitude lies inside the interval is reported beside the verdict.
+figures of each run's selected epoch, and beside them the last epoch's and the mean of the
+epochs around the selected one (:func:`~koa_core.experiments.groups.selection_bias`: an
+epoch chosen on the knees that score it flatters them). Per step of the paper's Table 5
+and per row of ours: the claims of :func:`koa_core.experiments.scorecard.judge_claims`
+(seed-paired differences in accuracy and macro F1, each with its seed-aware interval and
+its verdict), so that ``koa ablation`` and the landing page print the same word on every
+row.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from koa_core.errors import KoaError
-from koa_core.experiments.records import find_records, read_record, record_copy
-from koa_core.experiments.intervals import seed_difference
-from koa_core.experiments.verdicts import ablation_verdict, difference_verdict
+from koa_core.experiments.groups import data_line, load_groups, selection_bias
+from koa_core.experiments.scorecard import judge_claims
+from koa_core.experiments.verdicts import RULES
 from koa_core.metrics.classification import confusion_scores
+from koa_core.paper import TABLE5
 
-__all__ = ["CLAIMS", "PAPER_TABLE5", "ablation_table", "data_line", "format_ablation",
-           "load_groups", "paired_difference"]
-
-# Table 5 of the paper: test accuracy (%) per configuration.
-PAPER_TABLE5 = {"clahe": 61.84, "raw": 65.10, "dual-noattn": 70.47, "proposed": 72.06}
-
-# (better, worse, the paper's accuracy difference in points or None, what it tests)
-CLAIMS = [
-    ("raw", "clahe", 3.26, "raw-only beats CLAHE-only"),
-    ("dual-noattn", "raw", 5.37, "dual stream (no attention) beats raw-only"),
-    ("proposed", "dual-noattn", 1.59, "cross-attention + gate beat the plain dual stream"),
-    ("dual-gate", "dual-noattn", None, "the learned gate alone (no cross-attention)"),
-    ("proposed", "dual-gate", None, "cross-attention on top of the learned gate"),
-]
+__all__ = ["ablation_table", "format_ablation", "paired_difference", "to_json"]
 
 
 def boot_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -89,82 +71,39 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict], n_boot: int = 2000
     return out
 
 
-def load_groups(records_dir: str | Path) -> tuple[dict[str, dict[int, dict]], dict]:
-    """The records under a folder as {configuration: {seed: predictions + figures}} (the
-    configuration and seed from the provenance, else from the name ``NAME-sSEED``), and
-    {configuration: hardware, data copy (None in records from before it), data encoding,
-    commit}."""
-    groups: dict[str, dict[int, dict]] = {}
-    meta: dict[str, dict] = {}
-    for path in find_records(records_dir):
-        rec = read_record(path)
-        prov = rec["provenance"]
-        group = prov.get("group") or re.sub(r"-s\d+$", "", rec["name"])
-        m = re.search(r"-s(\d+)$", rec["name"])
-        seed = int(prov.get("seed") or (m.group(1) if m else rec["config"]["train"]["seed"]))
-        groups.setdefault(group, {})[seed] = {**rec["predictions"],
-                                              "metrics": rec["selected"]["val_metrics"],
-                                              "epoch": rec["selected"]["epoch"],
-                                              "epochs_run": len(rec["history"]),
-                                              "img_s": prov.get("train_img_s"),
-                                              "wall_s": prov.get("wall_s")}
-        meta.setdefault(group, {"hardware": prov["machine"]["hardware"],
-                                "copy": record_copy(prov),
-                                "encoding": prov["data"]["encoding"],
-                                "commit": prov["commit"],
-                                "pretrained": (rec["config"].get("model") or {}).get(
-                                    "pretrained")})
-    return groups, meta
+def _stat(values) -> dict:
+    v = np.array(values, float)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None}
 
 
-def ablation_table(records_dir: str | Path, n_boot: int = 2000) -> dict:
-    """Per-configuration means and the paper's claims, from the records under a folder."""
+def _configuration(name: str, by_seed: dict[int, dict], meta: dict, bias) -> dict:
+    ms = [by_seed[s]["metrics"] for s in sorted(by_seed)]
+    runs = [by_seed[s] for s in sorted(by_seed)]
+    return {"seeds": sorted(by_seed), **meta,
+            "accuracy": _stat([m["accuracy"] for m in ms]),
+            "seed_accuracy": [m["accuracy"] for m in ms],
+            "macro_f1": _stat([m["macro_f1"] for m in ms]),
+            "qwk": _stat([m["qwk"] for m in ms]),
+            "kl4_recall": _stat([m["per_class"]["4"]["recall"] for m in ms]),
+            "min_recall": _stat([min(m["per_class"][str(c)]["recall"] for c in range(5))
+                                 for m in ms]),
+            "epochs_run": _stat([r["epochs_run"] for r in runs]),
+            "selected_epoch": _stat([r["epoch"] for r in runs]),
+            "img_s": _stat([r["img_s"] for r in runs if r["img_s"]] or [np.nan]),
+            "selection": None if bias is None else asdict(bias),
+            "paper_test_accuracy": TABLE5.get(name)}
+
+
+def ablation_table(records_dir: str | Path) -> dict:
+    """Per-configuration means and the judged steps, from the records under a folder."""
     groups, meta = load_groups(records_dir)
     if not groups:
         raise KoaError(f"{records_dir}: no complete records")
-    rows = {}
-    for g, by_seed in groups.items():
-        ms = [v["metrics"] for v in by_seed.values()]
-
-        def stat(values):
-            v = np.array(values, float)
-            return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None}
-
-        rows[g] = {
-            "seeds": sorted(by_seed), **meta[g],
-            "accuracy": stat([m["accuracy"] for m in ms]),
-            "seed_accuracy": [by_seed[s]["metrics"]["accuracy"] for s in sorted(by_seed)],
-            "macro_f1": stat([m["macro_f1"] for m in ms]),
-            "qwk": stat([m["qwk"] for m in ms]),
-            "kl4_recall": stat([m["per_class"]["4"]["recall"] for m in ms]),
-            "min_recall": stat([min(m["per_class"][str(c)]["recall"] for c in range(5))
-                                for m in ms]),
-            "epochs_run": stat([v["epochs_run"] for v in by_seed.values()]),
-            "selected_epoch": stat([v["epoch"] for v in by_seed.values()]),
-            "img_s": stat([v["img_s"] for v in by_seed.values() if v["img_s"]]),
-            "paper_test_accuracy": PAPER_TABLE5.get(g),
-        }
-    claims = [_step(groups, better, worse, paper, what, n_boot)
-              for better, worse, paper, what in CLAIMS
-              if better in groups and worse in groups]
-    return {"configurations": rows, "claims": claims, "n_boot": n_boot}
-
-
-def _step(groups: dict, better: str, worse: str, paper: float | None, what: str,
-          n_boot: int) -> dict:
-    """One step of Table 5: seed-aware differences in accuracy and macro F1, verdicts."""
-    acc = seed_difference(groups[better], groups[worse], "accuracy", n_boot)
-    f1 = seed_difference(groups[better], groups[worse], "macro_f1", n_boot)
-    judge = difference_verdict if paper is not None else ablation_verdict
-    return {"better": better, "worse": worse, "claim": what, "paper_accuracy_points": paper,
-            "seeds": acc["seed_ids"], "n": int(len(groups[better][acc["seed_ids"][0]]["grade"])),
-            "accuracy": acc["value"], "accuracy_ci": acc["ci"],
-            "accuracy_knee_ci": acc["knee_ci"], "accuracy_per_seed": acc["per_seed"],
-            "macro_f1": f1["value"], "macro_f1_ci": f1["ci"],
-            "macro_f1_per_seed": f1["per_seed"],
-            "verdict": judge(acc["ci"]), "verdict_macro_f1": judge(f1["ci"]),
-            "paper_inside_interval": (None if paper is None else
-                                      acc["ci"][0] * 100 <= paper <= acc["ci"][1] * 100)}
+    bias = {b.config: b for b in selection_bias(groups)}
+    rows = {g: _configuration(g, by_seed, meta[g], bias.get(g)) for g, by_seed in groups.items()}
+    # through JSON: the table is what `koa ablation --json` prints and results/ keeps
+    claims = json.loads(json.dumps([asdict(c) for c in judge_claims(groups, ("table 5",))]))
+    return {"configurations": rows, "claims": claims}
 
 
 def _pm(s: dict, scale: float = 1.0, digits: int = 3) -> str:
@@ -173,8 +112,20 @@ def _pm(s: dict, scale: float = 1.0, digits: int = 3) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {s['sd'] * scale:.{digits}f}"
 
 
+def _claim_line(c: dict) -> str:
+    """One judged step: the difference, its interval, each seed's, the paper's, the word
+    and what decided it."""
+    pts = c["metric"] == "accuracy"
+    f = (lambda v: f"{v:+.2f}") if pts else (lambda v: f"{v:+.3f}")
+    paper = "" if c["paper"] is None else f"; paper {f(c['paper'])}"
+    why = f" ({c['reason']})" if c["reason"] else ""
+    return (f"  {' - '.join(c['configs'])}, {'accuracy points' if pts else 'macro F1'}: "
+            f"{f(c['ours'])} [{f(c['ci'][0])}, {f(c['ci'][1])}] (seeds "
+            + " ".join(f(v) for v in c["per_seed"]) + f"{paper}) -> {c['verdict']}{why}")
+
+
 def format_ablation(t: dict) -> str:
-    """Plain-text Table 5 and the claims."""
+    """Plain-text Table 5, the epoch choice beside the last epoch, and the judged steps."""
     order = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
     names = sorted(t["configurations"], key=lambda g: (order.index(g) if g in order else 99, g))
     lines = [f"{'configuration':<14}{'seeds':>6}{'val accuracy':>18}{'macro F1':>18}"
@@ -185,36 +136,21 @@ def format_ablation(t: dict) -> str:
         lines.append(f"{g:<14}{len(r['seeds']):>6}{_pm(r['accuracy']):>18}"
                      f"{_pm(r['macro_f1']):>18}{_pm(r['qwk']):>18}{_pm(r['kl4_recall']):>18}"
                      f"{paper:>16}")
-    lines.append("")
-    lines.append("paired differences (seed-matched; seed-aware 95 % interval: validation "
-                 "knees, then seeds, resampled; accuracy in points; each seed's difference "
-                 "in parentheses)")
-    for c in t["claims"]:
-        lo, hi = (100 * v for v in c["accuracy_ci"])
-        paper = (f"paper +{c['paper_accuracy_points']:.2f}" if c["paper_accuracy_points"]
-                 is not None else "paper -")
-        lines.append(f"  {c['better']} - {c['worse']}: {100 * c['accuracy']:+.2f} "
-                     f"[{lo:+.2f}, {hi:+.2f}] (seeds "
-                     + " ".join(f"{100 * v:+.2f}" for v in c["accuracy_per_seed"])
-                     + f"; {paper}); macro F1 {c['macro_f1']:+.3f} "
-                     f"[{c['macro_f1_ci'][0]:+.3f}, {c['macro_f1_ci'][1]:+.3f}] -> "
-                     f"{c['verdict']} (accuracy), {c['verdict_macro_f1']} (macro F1)")
-    lines.append("verdict: a step the paper claims is reproduced if the interval lies above 0, "
-                 "not reproduced if below, inconclusive if it contains 0; a row of ours the "
-                 "paper never claimed helps, hurts or is inconclusive")
+    lines += ["", "macro F1 at the epoch chosen on these validation knees / mean of the "
+              "epochs around it / at the last epoch (means over seeds)"]
+    for g in names:
+        sel = t["configurations"][g]["selection"]
+        if sel:
+            lines.append(f"  {g:<14}" + " / ".join(f"{v:.3f}" for v in sel["macro_f1"])
+                         + ("" if sel["chosen_on_val"] else "  (fixed length: the last epoch)"))
+    lines += ["", "steps (seed-paired differences; 95 % interval: seed part t(k-1)·s/√k and "
+              "knee part added in quadrature; each seed's difference in parentheses)"]
+    lines += [_claim_line(c) for c in t["claims"]]
+    lines.append("verdicts (the first rule that applies):")
+    lines += [f"  {r.word} ({r.kinds}): {r.when}" for r in RULES]
     hw = sorted({r["hardware"] for r in t["configurations"].values()})
     lines.append(f"hardware: {'; '.join(hw)}; data: {data_line(t['configurations'].values())}")
     return "\n".join(lines)
-
-
-def data_line(rows) -> str:
-    """The data the rows' records saw, in words: the copy (or copies) of the images and
-    how they travelled, e.g. ``copy original; val: as stored; train: ...``."""
-    rows = list(rows)
-    copies = sorted({r.get("copy") or "not named (record from before data.copy)"
-                     for r in rows})
-    enc = sorted({r["encoding"] for r in rows})
-    return f"{'copies' if len(copies) > 1 else 'copy'} {' + '.join(copies)}; {'; '.join(enc)}"
 
 
 def to_json(t: dict) -> str:

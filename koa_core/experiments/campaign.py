@@ -54,6 +54,7 @@ from koa_core.runtime import amp_dtype, code_commit, machine_info, resolve_devic
 from koa_core.train.dataset import KneeDataset
 from koa_core.train.engine import DeadlineReached, fit, prepare_data, train_augment
 from koa_core.train.runs import read_run
+from koa_core.train.selection import LAST
 
 __all__ = ["PlanRun", "load_plan", "record_run", "resolve_copy", "run_campaign", "select_run"]
 
@@ -278,10 +279,12 @@ def _train_and_record(camp: _Campaign, r: PlanRun, cfg) -> None:
                commit=camp.commit, wall_s=wall, **camp.data,
                extra={"name": r.name, "group": r.group, "stage": r.stage, "seed": r.seed,
                       "plan": Path(camp.plan_path).name, "feed": summary["feed"]})
-    best = max(h[f"val_{cfg.train.select_metric}"] for h in hist)
+    metric = cfg.train.select_metric
+    best = (f"last val macro_f1 {hist[-1]['val_macro_f1']:.3f}" if metric == LAST else
+            f"best val {metric} {max(h[f'val_{metric}'] for h in hist):.3f}")
     rate = np.median([h["train_img_s"] for h in hist[1:] or hist])
     camp.echo(f"  {r.name}: {summary['epochs_run']} epochs in {wall:.0f} s, "
-              f"{rate:.0f} img/s, best val {cfg.train.select_metric} {best:.3f}")
+              f"{rate:.0f} img/s, {best}")
 
 
 @dataclass

@@ -4,21 +4,22 @@ The paper starts from ImageNet weights; a model trained only on these knees has 
 the gap some other way. Each lever is a configuration of the ``recipe`` plan
 (:mod:`koa_core.plans`), trained on the same seeds as Table 5's ``proposed`` runs, and is
 compared with them on the same validation knees, with a seed-aware 95 % interval
-(:mod:`koa_core.experiments.intervals`): a lever with several seeds seed by seed
-(:func:`~koa_core.experiments.intervals.seed_difference`: knees, then seeds, resampled); a
-lever run with one seed against the mean of every baseline seed, the baseline's spread
-between seeds standing in for the lever's own
+(:mod:`koa_core.experiments.intervals`): a lever with several seeds seed by seed; a lever
+run with one seed against the mean of every baseline seed, the baseline's spread between
+seeds standing in for the lever's own
 (:func:`~koa_core.experiments.intervals.borrowed_spread`), since one seed against the same
 seed of the baseline would hide that spread. Levers that need no training are applied to a
 configuration's records: test-time flip (the records keep those probabilities),
 expected-grade decoding (the rounded mean grade instead of the most probable one), the
 seed ensemble (the mean probabilities of a configuration's seeds) and a decision rule for
-macro F1 (per-grade offsets fitted on half of the patients, applied to the other half). Calibration
-(:mod:`koa_core.metrics.calibration`) is measured on the same records.
+macro F1 (per-grade offsets fitted on half of the patients, applied to the other half).
+Calibration (:mod:`koa_core.metrics.calibration`) is measured on the same records.
 
-Verdict of a lever, on validation accuracy and on macro F1 (the rule of the rows of ours
-in Table 5, :func:`~koa_core.experiments.verdicts.ablation_verdict`): ``helps`` if the
-interval lies above 0, ``hurts`` if below, ``inconclusive`` if it contains 0.
+Each lever is judged as a row of ours (:func:`~koa_core.experiments.scorecard.compare`,
+the rules of :data:`~koa_core.experiments.verdicts.RULES`), on validation accuracy and on
+macro F1: ``too few seeds`` below three seeds; ``confounded`` where the lever's runs were
+trained unlike the baseline's in more than the lever (another GPU, commit, epoch count);
+else ``helps``, ``hurts`` or ``inconclusive``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from koa_core.experiments.ablation import data_line, load_groups, paired_difference
-from koa_core.experiments.intervals import borrowed_spread, seed_difference
-from koa_core.experiments.verdicts import ablation_verdict
+from koa_core.experiments.ablation import paired_difference
+from koa_core.experiments.groups import data_line, load_groups
+from koa_core.experiments.intervals import borrowed_spread
+from koa_core.experiments.scorecard import Claim, compare
+from koa_core.experiments.verdicts import CONFOUNDED, RULES
 from koa_core.errors import KoaError
 from koa_core.metrics.calibration import calibration_report, patient_folds
 from koa_core.metrics.classification import classification_metrics, confusion_scores
@@ -168,7 +171,7 @@ def levers_table(records_dirs, n_boot: int = 2000, baseline: str = BASELINE,
         raise KoaError(f"no records of the baseline configuration {baseline!r} under "
                        f"{', '.join(map(str, records_dirs))}")
     y = next(iter(groups[baseline].values()))["grade"]
-    rows = [_lever_row(name, what, groups, meta, baseline, y, n_boot)
+    rows = [_lever_row(name, what, groups, meta, baseline, y)
             for name, what in [(baseline, "Table 5's proposed setting (the baseline)")] + LEVERS
             if name in groups]
     post, best = _post_hoc(groups, target, n_boot) if target in groups else ([], None)
@@ -193,7 +196,7 @@ def _summary(by_seed: dict[int, dict]) -> dict:
     return out
 
 
-def _lever_row(name, what, groups, meta, baseline, y, n_boot) -> dict:
+def _lever_row(name, what, groups, meta, baseline, y) -> dict:
     """One lever's figures, cost and (but for the baseline) its paired difference."""
     runs = groups[name]
     row = {"name": name, "what": what, "seeds": sorted(runs),
@@ -204,30 +207,36 @@ def _lever_row(name, what, groups, meta, baseline, y, n_boot) -> dict:
            "img_s": float(np.median([v["img_s"] for v in runs.values()
                                      if v["img_s"]] or [np.nan]))}
     if name != baseline:
-        row["vs_baseline"] = _versus(runs, groups[baseline], y, n_boot)
+        row["vs_baseline"] = _versus(name, runs, groups[baseline], baseline, y)
     return row
 
 
-def _versus(runs: dict[int, dict], base: dict[int, dict], y: np.ndarray, n_boot: int) -> dict:
-    """A lever against the baseline: seed by seed where it has several seeds, else its one
-    seed against every baseline seed with the baseline's seed spread borrowed."""
-    if len(runs) == 1 and len(base) > 1:
-        run = next(iter(runs.values()))
-        acc, f1 = (borrowed_spread(run, base, k, n_boot) for k in ("accuracy", "macro_f1"))
-        seeds, against = sorted(runs), sorted(base)
-        how = (f"one seed against the mean of the baseline's {len(base)} seeds, their spread "
-               "borrowed")
-    else:
-        acc, f1 = (seed_difference(runs, base, k, n_boot) for k in ("accuracy", "macro_f1"))
-        seeds = against = acc["seed_ids"]
-        how = f"paired by seed ({len(seeds)})"
+def _judged(c: Claim) -> dict:
+    return {"value": c.ours, "ci": list(c.ci), "knee_ci": list(c.knee_ci),
+            "verdict": c.verdict, "reason": c.reason}
+
+
+def _versus(name: str, runs: dict[int, dict], base: dict[int, dict], baseline: str,
+            y: np.ndarray) -> dict:
+    """A lever against the baseline (:func:`~koa_core.experiments.scorecard.compare`,
+    judged as a row of ours): seed by seed where it has several seeds, else its one seed
+    against every baseline seed with the baseline's seed spread borrowed (a row that reads
+    "too few seeds")."""
+    one = len(runs) == 1 and len(base) > 1
+    acc, f1 = (compare(f"levers/{k}/{name}", f"{name} - {baseline}", runs, base, k, "ours",
+                       (name, baseline), section="levers",
+                       estimate=borrowed_spread(next(iter(runs.values())), base, k)
+                       if one else None) for k in ("accuracy", "macro_f1"))
+    seeds, against = (sorted(runs), sorted(base)) if one else (list(acc.seeds),) * 2
+    how = (f"one seed against the mean of the baseline's {len(base)} seeds, their spread "
+           "borrowed" if one else f"paired by seed ({len(seeds)})")
     matched = [float((base[s]["pred"] == y).mean()) for s in against]
+    a, f = _judged(acc), _judged(f1)
     return {"seeds": seeds, "against": against, "method": how,
-            "accuracy": acc["value"], "accuracy_ci": acc["ci"],
-            "accuracy_knee_ci": acc["knee_ci"], "macro_f1": f1["value"],
-            "macro_f1_ci": f1["ci"], "verdict": ablation_verdict(acc["ci"]),
-            "verdict_macro_f1": ablation_verdict(f1["ci"]),
-            "baseline_accuracy": float(np.mean(matched))}
+            "accuracy": a["value"] / 100, "accuracy_ci": [v / 100 for v in a["ci"]],
+            "accuracy_knee_ci": [v / 100 for v in a["knee_ci"]], "macro_f1": f["value"],
+            "macro_f1_ci": f["ci"], "verdict": a["verdict"], "reason": a["reason"],
+            "verdict_macro_f1": f["verdict"], "baseline_accuracy": float(np.mean(matched))}
 
 
 def _post_hoc(groups, target: str, n_boot: int) -> tuple[list[dict], dict]:
@@ -240,11 +249,12 @@ def _post_hoc(groups, target: str, n_boot: int) -> tuple[list[dict], dict]:
         if v is None:
             continue
         d = paired_difference(v, plain, n_boot=n_boot)  # QWK and MAE differences
-        acc = seed_difference(v, plain, "accuracy", n_boot)
-        d.update(accuracy=acc["value"], accuracy_ci=acc["ci"])  # seed-aware
+        acc = _judged(compare(f"post-hoc/accuracy/{name}", f"{name} - plain", v, plain,
+                              "accuracy", "ours", (name, target), section="post-hoc"))
+        d.update(accuracy=acc["value"] / 100, accuracy_ci=[x / 100 for x in acc["ci"]],
+                 verdict=acc["verdict"], reason=acc["reason"])  # seed-aware, judged
         post.append({"name": name, "what": what, "of": target, "seeds": sorted(v),
-                     **_summary(v),
-                     "vs_plain": {**d, "verdict": ablation_verdict(d["accuracy_ci"])}})
+                     **_summary(v), "vs_plain": d})
     ens = (_variant(groups[target], "argmax", True, True)
            or _variant(groups[target], "argmax", False, True))
     one = next(iter(ens.values()))
@@ -272,7 +282,8 @@ def format_levers(t: dict) -> str:
         d = r.get("vs_baseline")
         diff = ("-" if d is None else
                 f"{100 * d['accuracy']:+.2f} [{100 * d['accuracy_ci'][0]:+.2f}, "
-                f"{100 * d['accuracy_ci'][1]:+.2f}] {d['verdict']}; macro F1 "
+                f"{100 * d['accuracy_ci'][1]:+.2f}] {d['verdict']}"
+                + (f" ({d['reason']})" if d["verdict"] == CONFOUNDED else "") + "; macro F1 "
                 f"{d['verdict_macro_f1']} (baseline {d['baseline_accuracy']:.3f}; "
                 f"{d['method']})")
         lines.append(f"{r['name']:<26}{len(r['seeds']):>6}{pm(r['accuracy']):>17}"
@@ -298,8 +309,9 @@ def format_levers(t: dict) -> str:
         lines.append(f"  calibration: ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f} "
                      f"with a cross-fitted temperature (fold T "
                      f"{', '.join(f'{v:.2f}' for v in c['fold_temperatures'])})")
-    lines.append("verdict on accuracy (and on macro F1): helps if the interval lies above 0, "
-                 "hurts if below, inconclusive if it contains 0")
+    lines.append("verdicts (the first rule that applies; a lever is a row of ours):")
+    lines += [f"  {r.word}: {r.when}" for r in RULES if r.kinds in ("every kind", "rows of ours")
+              or r.word == CONFOUNDED]
     hw = sorted({r["hardware"] for r in t["levers"]})
     lines.append(f"hardware: {'; '.join(hw)}; data: {data_line(t['levers'])}")
     return "\n".join(lines)

@@ -1,158 +1,204 @@
 """A claim-by-claim scorecard of the paper (§3, abstract), computed from result records.
 
-Each claim of the paper is set beside our value, its per-seed values, a seed-aware 95 %
-interval (:mod:`.intervals`: seeds and knees resampled) and a verdict from the rules of
-:mod:`.verdicts`. The claims (:data:`CLAIMS`):
+Each claim of the paper (:data:`koa_core.paper.CLAIMS`) is set beside our value, its
+per-seed values, a seed-aware 95 % interval (:mod:`.intervals`) and the verdict of
+:func:`.verdicts.judge`, as one typed :class:`Claim`: the landing page, ``koa ablation``,
+``koa levers`` and the tests read its fields, never its sentence. The claims:
 
-* headline values (Table 4, abstract): accuracy, macro and weighted F1, KL4 recall and
-  precision of the proposed model; the raw-only baseline's (Table 3); Table 5's
-  single-configuration accuracies;
-* per-grade precision, recall and F1 of Tables 3 (raw only) and 4 (proposed);
-* Table 5's steps as seed-paired differences, with an accuracy and a macro-F1 verdict; the
-  two rows of ours that separate the gate from cross-attention read helps / hurts;
+* headline values (abstract, Tables 3-5) and per-grade precision, recall and F1 of
+  Tables 3 (raw only) and 4 (proposed), each in the direction the paper claims it;
+* Table 5's steps as seed-paired differences, an accuracy and a macro-F1 claim each; the
+  two rows of ours that separate the gate from cross-attention (:data:`OURS`);
 * the text's KL3 confusion (over 40 % called KL2 or KL4) and the gate's leaning.
 
-Three claims are about what the raw radiograph and its CLAHE view each contribute: raw
-beats CLAHE (and the two single-stream accuracies behind it) and the gate's leaning. On a
-copy of the data whose every image was CLAHE-enhanced upstream (``data.copy`` of the
-records, :mod:`koa_core.experiments.datacopy`) the "raw" stream sees one CLAHE pass and
-the CLAHE stream two, so those rows keep their numbers but read
-:data:`~.verdicts.NOT_TESTABLE`. Where the records hold no test split, the validation
-split stands in, and the table says so.
+What the records say of how the runs were trained decides before any interval does
+(:mod:`.groups`): a row that needs the raw radiograph, on a copy enhanced upstream, is not
+testable; an arm with fewer than three seeds has too few; a step whose arms were trained
+differently is confounded; a shortfall lists our deviations from the paper.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from koa_core.experiments.ablation import CLAIMS as TABLE5_STEPS, PAPER_TABLE5
-from koa_core.experiments.intervals import seed_difference, seed_figure
-from koa_core.experiments.paper import PAPER_KL3_OFF, PAPER_TABLE3, PAPER_TABLE4
-from koa_core.experiments.verdicts import (NOT_TESTABLE, TOLERANCE, ablation_verdict,
-                                           difference_verdict, paper_error,
-                                           threshold_verdict, value_verdict)
+from koa_core.experiments.groups import confounders, deviations, enhanced
+from koa_core.experiments.intervals import Estimate, Z95, seed_difference, seed_figure, wilson
+from koa_core.experiments.verdicts import (CONFOUNDED, NOT_COMPARABLE, NOT_REPRODUCED,
+                                           NOT_TESTABLE, TOO_FEW_SEEDS, Evidence, judge,
+                                           paper_error, tolerance)
+from koa_core.paper import AT_LEAST, CLAIMS as PAPER_CLAIMS, PaperClaim
 
-__all__ = ["CLAIMS", "NOT_TESTABLE", "STREAM_CLAIMS", "Claim", "claim_rows", "handicap_of"]
+__all__ = ["Claim", "OURS", "SECTIONS", "compare", "judge_claims", "needs_raw"]
 
-# the configurations whose claims are about the raw image against its CLAHE view
-STREAM_CLAIMS = ({"clahe"}, {"raw"}, {"raw", "clahe"}, {"gate"})
+SECTIONS = ("headline", "per grade", "table 5", "text")
+# rows of ours that the paper never claimed: (better, worse, what it tests)
+OURS = (("dual-gate", "dual-noattn", "the learned gate alone (no cross-attention)"),
+        ("proposed", "dual-gate", "cross-attention on top of the learned gate"))
+# configurations that see one view of the knee: a claim about them is about the raw
+# radiograph or its CLAHE view alone
+SINGLE_STREAM = frozenset({"raw", "clahe"})
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim: a figure of a configuration against the paper's value (``support``
-    knees behind it), in percent when ``scale`` is 100."""
+    """One judged claim. ``paper``: the printed figure (None for a row of ours);
+    ``ours``: our mean over seeds, ``ci`` its 95 % interval, ``per_seed`` each seed's
+    figure (for a step, each seed's difference), all in the paper's units (percent where
+    ``scale`` is 100); ``gap_ci``: the interval of ours minus the paper's; ``reason``:
+    what decided the word (the deviations of a shortfall, what confounds a step)."""
 
+    key: str
     text: str
-    group: str
-    figure: str
+    section: str
+    source: str
+    kind: str
+    metric: str
+    grade: int | None
+    configs: tuple[str, ...]
+    direction: str
     paper: float | None
-    support: int = 0
+    paper_support: int
+    paper_ci: tuple[float, float] | None
+    ours: float
+    ci: tuple[float, float]
+    knee_ci: tuple[float, float]
+    per_seed: tuple[float, ...]
+    seeds: tuple[int, ...]
+    gap: float | None
+    gap_ci: tuple[float, float] | None
+    tolerance: float | None
+    verdict: str
+    reason: str
+    deviations: tuple[str, ...] = ()
+    confounders: tuple[str, ...] = ()
     scale: float = 1.0
-    section: str = "headline"
-    source: str = "Table 4"
+
+    @property
+    def paper_inside(self) -> bool | None:
+        """Whether the paper's figure lies inside our interval (None: no figure)."""
+        return None if self.paper is None else self.ci[0] <= self.paper <= self.ci[1]
 
 
-def _value_claims() -> list[Claim]:
-    t4, t3 = PAPER_TABLE4, PAPER_TABLE3
-    n = t3["accuracy"][1]  # 1,656 test knees (Table 4's 1,657 is one of its slips)
-    kl4 = t4["per_class"][4]
-    out = [Claim("accuracy of the proposed model (%)", "proposed", "accuracy",
-                 100 * t4["accuracy"][0], n, 100),
-           Claim("macro F1 of the proposed model", "proposed", "macro_f1", t4["macro"][2], n),
-           Claim("weighted F1 of the proposed model", "proposed", "weighted_f1",
-                 t4["weighted"][2], n),
-           Claim("KL4 recall of the proposed model", "proposed", "recall:4", kl4[1], kl4[3]),
-           Claim("KL4 precision of the proposed model", "proposed", "precision:4", kl4[0],
-                 round(kl4[1] * kl4[3] / kl4[0])),
-           Claim("macro F1 of the raw-only baseline", "raw", "macro_f1", t3["macro"][2], n,
-                 source="Table 3")]
-    names = {"clahe": "CLAHE-only", "raw": "raw-only (baseline)",
-             "dual-noattn": "dual stream, no attention,"}
-    out += [Claim(f"Table 5: {label} accuracy (%)", g, "accuracy", PAPER_TABLE5[g], n, 100,
-                  source="Table 5") for g, label in names.items()]
-    return out
+def needs_raw(configs, metric: str) -> bool:
+    """A claim about what the raw radiograph or its CLAHE view does alone."""
+    return bool(SINGLE_STREAM & set(configs)) or metric == "gate_lean"
 
 
-def _grade_claims() -> list[Claim]:
-    out = []
-    for group, table, source in (("proposed", PAPER_TABLE4, "Table 4"),
-                                 ("raw", PAPER_TABLE3, "Table 3")):
-        for g, (prec, rec, f1, support) in enumerate(table["per_class"]):
-            predicted = max(1, round(rec * support / prec))
-            for fig, value, n in (("recall", rec, support), ("precision", prec, predicted),
-                                  ("f1", f1, support)):
-                if group == "proposed" and g == 4 and fig != "f1":
-                    continue  # headline claims (abstract, Table 4)
-                out.append(Claim(f"KL{g} {fig if fig != 'f1' else 'F1'} of the {group} model",
-                                 group, f"{fig}:{g}", value, n, section="per grade",
-                                 source=source))
-    return out
+def _reason(word: str, seeds: dict[str, int], copy: str | None, devs, conf) -> str:
+    if word == NOT_TESTABLE:
+        return f"trained on the {copy} copy: its raw stream saw an enhanced image"
+    if word == TOO_FEW_SEEDS:
+        return "seeds: " + ", ".join(f"{c} {n}" for c, n in seeds.items())
+    if word == CONFOUNDED:
+        return "; ".join(conf)
+    if word in (NOT_REPRODUCED, NOT_COMPARABLE):
+        return "; ".join(devs)
+    return ""
 
 
-CLAIMS: list[Claim] = _value_claims() + _grade_claims()
+def _paper_ci(p: PaperClaim) -> tuple[float, float]:
+    """The paper's own 95 % interval: Wilson on its test support for a proportion of
+    knees, the binomial approximation for an F1."""
+    v, n, s = p.paper.value, p.paper.support, p.scale
+    if p.metric in ("accuracy", "recall", "precision"):
+        lo, hi = wilson(v / s, n)
+        return (s * lo, s * hi)
+    e = Z95 * paper_error(v, n, s)
+    return (v - e, v + e)
 
 
-def handicap_of(meta: dict) -> str | None:
-    """What our runs had against them that the paper's did not: training from scratch
-    (the paper starts from ImageNet) or the synthetic phantom. None when nothing."""
-    if meta.get("copy") == "phantom":
-        return "synthetic phantom, not knees"
-    if "pretrained" in meta and str(meta["pretrained"]).lower() in ("none", "false", ""):
-        return "trained from scratch; the paper starts from ImageNet"
+def _scaled(est: Estimate, s: float) -> dict:
+    return {"ours": s * est.value, "ci": (s * est.ci[0], s * est.ci[1]),
+            "knee_ci": (s * est.knee_ci[0], s * est.knee_ci[1]),
+            "per_seed": tuple(s * v for v in est.per_seed), "seeds": est.seed_ids}
+
+
+def _gap(p: PaperClaim, ours: dict) -> tuple[float, float, float]:
+    """Ours minus the paper's, and its interval: each side of ours and the paper's own
+    interval added in quadrature (square-and-add)."""
+    pv, (plo, phi) = p.paper.value, _paper_ci(p)
+    gap = ours["ours"] - pv
+    return (gap, float(gap - np.hypot(ours["ours"] - ours["ci"][0], phi - pv)),
+            float(gap + np.hypot(ours["ci"][1] - ours["ours"], pv - plo)))
+
+
+def _explained(p: PaperClaim, variants: dict[str, dict[int, dict]]) -> str | None:
+    """A deviation that a record measures to explain the gap: a variant of the claim's
+    configuration without that deviation, with enough seeds, that is not short of the
+    paper."""
+    for deviation, runs in variants.items():
+        _, lo, hi = _gap(p, _scaled(seed_figure(runs, p.figure), p.scale))
+        e = Evidence("value", lo, hi, len(runs), p.direction,
+                     tolerance(p.paper.value, p.paper.support, p.scale))
+        if judge(e) not in (NOT_REPRODUCED, TOO_FEW_SEEDS):
+            return f"{deviation}: without it, {len(runs)} seeds reach the paper"
     return None
 
 
-def _enhanced(copy: str | None) -> bool:
-    return copy not in (None, "original", "phantom")
+def _value(p: PaperClaim, runs: dict[int, dict],
+           variants: dict[str, dict[int, dict]] | None = None) -> Claim:
+    s = p.scale
+    ours = _scaled(seed_figure(runs, p.figure), s)
+    pv, (plo, phi) = p.paper.value, _paper_ci(p)
+    gap, lo, hi = _gap(p, ours)
+    tol = tolerance(pv, p.paper.support, s)
+    copy = runs[min(runs)].get("copy")
+    devs = deviations(runs)
+    e = Evidence("value", lo, hi, len(runs), p.direction, tol,
+                 needs_raw(p.configs, p.metric), enhanced(copy))
+    if judge(e) == NOT_REPRODUCED and variants:
+        e = replace(e, explained_by=_explained(p, variants))
+    word = judge(e)
+    return Claim(p.key, p.text, p.section, p.paper.source, "value", p.metric, p.grade,
+                 p.configs, p.direction, pv, p.paper.support, (plo, phi), **ours, gap=gap,
+                 gap_ci=(float(lo), float(hi)), tolerance=tol, verdict=word,
+                 reason=e.explained_by if word == NOT_COMPARABLE else
+                 _reason(word, {p.configs[0]: len(runs)}, copy, devs, ()),
+                 deviations=devs, scale=s)
 
 
-def _value_row(c: Claim, by_seed: dict, n_boot: int, handicap: str | None) -> dict:
-    r = seed_figure(by_seed, c.figure, n_boot)
-    err = paper_error(c.paper, c.support, c.scale)
-    # ours minus the paper's: each side of our interval and the paper's 95 % sampling
-    # error added in quadrature
-    below, above = (c.scale * (r["value"] - r["ci"][0]), c.scale * (r["ci"][1] - r["value"]))
-    gap = c.scale * r["value"] - c.paper
-    lo, hi = gap - np.hypot(below, 1.96 * err), gap + np.hypot(above, 1.96 * err)
-    tol = TOLERANCE["points" if c.scale == 100 else "fraction"]
-    return {"claim": c.text, "section": c.section, "source": c.source, "kind": "value",
-            "figure": c.figure,
-            "paper": c.paper, "paper_err": 1.96 * err, "support": c.support,
-            "ours": c.scale * r["value"], "ci_low": c.scale * r["ci"][0],
-            "ci_high": c.scale * r["ci"][1],
-            "per_seed": [c.scale * v for v in r["per_seed"]], "seeds": r["seeds"],
-            "gap": gap, "gap_ci": [float(lo), float(hi)],
-            "verdict": value_verdict([lo, hi], tol, True, handicap),
-            "paper_inside": c.scale * r["ci"][0] <= c.paper <= c.scale * r["ci"][1],
-            "handicap": handicap, "groups": [c.group]}
+def compare(key: str, text: str, a: dict[int, dict], b: dict[int, dict], metric: str,
+            kind: str, names: tuple[str, str], section: str = "table 5",
+            source: str = "ours", paper: float | None = None,
+            estimate: Estimate | None = None) -> Claim:
+    """``a`` minus ``b`` on ``metric``, paired by seed (or as ``estimate`` gives it: a
+    one-seed lever against a baseline's mean), judged as a step the paper claims (``kind``
+    difference) or a row of ours (``ours``). Used for Table 5's steps, the gate rows, the
+    levers of chapter 8 and the post-hoc levers."""
+    s = 100.0 if metric == "accuracy" else 1.0
+    est = estimate or seed_difference(a, b, metric)
+    ours = _scaled(est, s)
+    conf = confounders(a, b)
+    copies = {r.get("copy") for r in (*a.values(), *b.values())}
+    copy = next((c for c in sorted(copies, key=str) if enhanced(c)), None)
+    e = Evidence(kind, ours["ci"][0], ours["ci"][1], min(len(a), len(b)), AT_LEAST, 0.0,
+                 needs_raw(names, metric), copy is not None, conf)
+    word = judge(e)
+    return Claim(key, text, section, source, kind, metric, None, names, AT_LEAST, paper,
+                 0, None, **ours, gap=None, gap_ci=None, tolerance=None, verdict=word,
+                 reason=_reason(word, {names[0]: len(a), names[1]: len(b)}, copy, (), conf),
+                 confounders=conf, scale=s)
 
 
-def _step_rows(groups: dict, n_boot: int) -> list[dict]:
-    rows = []
-    steps = list(TABLE5_STEPS) + [("proposed", "raw", 6.96, "the proposed model beats the "
-                                                           "raw-only baseline")]
-    for better, worse, paper, what in steps:
-        if better not in groups or worse not in groups:
+def _steps(groups: dict) -> list[Claim]:
+    out = []
+    steps = [(p, *p.configs) for p in PAPER_CLAIMS if p.kind == "difference"]
+    steps += [(None, a, b, what) for a, b, what in OURS]
+    for step in steps:
+        p, a, b = step[:3]
+        if a not in groups or b not in groups:
             continue
-        acc = seed_difference(groups[better], groups[worse], "accuracy", n_boot)
-        f1 = seed_difference(groups[better], groups[worse], "macro_f1", n_boot)
-        lo, hi = (100 * v for v in acc["ci"])
-        judge = difference_verdict if paper is not None else ablation_verdict
-        rows.append({"claim": f"{what} ({better} - {worse}, accuracy points)",
-                     "section": "table 5", "source": "Table 5" if paper else "ours",
-                     "kind": "difference" if paper is not None else "ours",
-                     "paper": paper, "ours": 100 * acc["value"], "ci_low": lo, "ci_high": hi,
-                     "per_seed": [100 * v for v in acc["per_seed"]], "seeds": acc["seeds"],
-                     "knee_ci": [100 * v for v in acc["knee_ci"]],
-                     "verdict": judge([lo, hi]),
-                     "macro_f1": f1["value"], "macro_f1_ci": f1["ci"],
-                     "macro_f1_per_seed": f1["per_seed"], "verdict_macro_f1": judge(f1["ci"]),
-                     "paper_inside": None if paper is None else lo <= paper <= hi,
-                     "groups": [better, worse]})
-    return rows
+        what = p.text.rsplit(" (", 1)[0] if p else step[3]
+        for metric in ("accuracy", "macro_f1"):
+            unit = "accuracy points" if metric == "accuracy" else "macro F1"
+            out.append(compare(f"steps/{metric}/{a}-{b}" if p else f"ours/{metric}/{a}-{b}",
+                               f"{what} ({a} - {b}, {unit})", groups[a], groups[b], metric,
+                               "difference" if p else "ours", (a, b),
+                               source=p.paper.source if p else "ours",
+                               paper=p.paper.value if p and metric == "accuracy" else None))
+    return out
 
 
 def _kl3_off(run: dict, idx: np.ndarray) -> np.ndarray:
@@ -168,62 +214,46 @@ def _gate_lean(run: dict, idx: np.ndarray) -> np.ndarray:
             - (g * ~late).sum(1) / np.maximum((~late).sum(1), 1))
 
 
-def _text_rows(groups: dict, n_boot: int) -> list[dict]:
-    rows = []
+def _text(groups: dict) -> list[Claim]:
     if "proposed" not in groups:
-        return rows
-    r = seed_figure(groups["proposed"], _kl3_off, n_boot, bounds=(0.0, 1.0))
-    rows.append({"claim": "over 40 % of KL3 knees are called KL2 or KL4 (share)",
-                 "section": "text", "source": "§3.1b", "kind": "threshold",
-                 "paper": PAPER_KL3_OFF, "ours": r["value"], "ci_low": r["ci"][0],
-                 "ci_high": r["ci"][1], "per_seed": r["per_seed"], "seeds": r["seeds"],
-                 "verdict": threshold_verdict(r["ci"], PAPER_KL3_OFF), "paper_inside": None,
-                 "groups": ["proposed"]})
-    gated = {s: v for s, v in groups["proposed"].items() if v.get("gate_raw") is not None}
-    if gated:
-        r = seed_figure(gated, _gate_lean, n_boot, bounds=(-1.0, 1.0))
-        rows.append({"claim": "the gate leans on the raw stream for KL3-4 (bone structure) "
-                     "more than for KL0-2 (subtle boundaries): w_raw(KL3-4) - w_raw(KL0-2)",
-                     "section": "text", "source": "§2.4", "kind": "difference",
-                     "paper": None, "ours": r["value"], "ci_low": r["ci"][0],
-                     "ci_high": r["ci"][1], "per_seed": r["per_seed"], "seeds": r["seeds"],
-                     "verdict": difference_verdict(r["ci"]), "paper_inside": None,
-                     "groups": ["gate"]})
-    return rows
+        return []
+    runs = groups["proposed"]
+    out = []
+    p = next(c for c in PAPER_CLAIMS if c.metric == "kl3_off")
+    n3 = float((np.asarray(runs[min(runs)]["grade"]) == 3).sum())
+    gated = {s: v for s, v in runs.items() if v.get("gate_raw") is not None}
+    for claim, f, these, bounds, den in (
+            (p, _kl3_off, runs, (0.0, 1.0), n3),
+            (next(c for c in PAPER_CLAIMS if c.metric == "gate_lean"), _gate_lean, gated,
+             (-1.0, 1.0), None)):
+        if not these:
+            continue
+        est = seed_figure(these, f, bounds=bounds, denominator=den)
+        ref = claim.paper.value
+        copy = these[min(these)].get("copy")
+        e = Evidence("threshold", est.ci[0] - ref, est.ci[1] - ref, len(these), AT_LEAST,
+                     0.0, needs_raw(claim.configs, claim.metric), enhanced(copy))
+        word = judge(e)
+        out.append(Claim(claim.key, claim.text, "text", claim.paper.source, "threshold",
+                         claim.metric, None, claim.configs, AT_LEAST, ref, 0, None,
+                         **_scaled(est, 1.0), gap=est.value - ref, gap_ci=(e.lo, e.hi),
+                         tolerance=None, verdict=word,
+                         reason=_reason(word, {"proposed": len(these)}, copy, (), ())))
+    return out
 
 
-def claim_rows(groups: dict[str, dict[int, dict]], split: str = "validation (stands in for "
-               "test)", data: str = "", n_boot: int = 2000,
-               meta: dict[str, dict] | None = None, sections: tuple = ("headline",
-               "per grade", "table 5", "text")) -> list[dict]:
-    """The scorecard's rows from {configuration: {seed: predictions}} (see
-    :func:`.ablation.load_groups`) and its ``meta`` ({configuration: {copy, pretrained}}).
-    Values in percent or plain as the paper gives."""
-    meta = meta or {}
-    rows = []
-    for c in CLAIMS:
-        if c.section in sections and c.group in groups:
-            rows.append(_value_row(c, groups[c.group], n_boot, handicap_of(meta.get(c.group,
-                                                                                   {}))))
+def judge_claims(groups: dict[str, dict[int, dict]], sections: tuple = SECTIONS,
+                 variants: dict[str, dict[str, dict[int, dict]]] | None = None
+                 ) -> list[Claim]:
+    """Every claim of ``sections`` that the records of ``groups`` ({configuration: {seed:
+    run}}, :func:`.groups.load_groups`) can test, judged. ``variants``: {configuration:
+    {deviation: runs of that configuration without the deviation}}, the records that can
+    show a deviation explains a shortfall (``not comparable``)."""
+    variants = variants or {}
+    out = [_value(p, groups[p.configs[0]], variants.get(p.configs[0])) for p in PAPER_CLAIMS
+           if p.kind == "value" and p.section in sections and p.configs[0] in groups]
     if "table 5" in sections:
-        rows += _step_rows(groups, n_boot)
+        out += _steps(groups)
     if "text" in sections:
-        rows += _text_rows(groups, n_boot)
-    for r in rows:
-        r["split"], r["data"] = split, data
-        if _stream_claim(r, meta):
-            r["verdict"] = NOT_TESTABLE
-            if "verdict_macro_f1" in r:
-                r["verdict_macro_f1"] = NOT_TESTABLE
-    return rows
-
-
-def _stream_claim(row: dict, meta: dict) -> bool:
-    """A claim about raw against CLAHE (or the gate) measured on an enhanced copy."""
-    groups = set(row["groups"])
-    def copy(g):
-        return (meta.get(g) or {}).get("copy")
-
-    if groups == {"gate"}:
-        return _enhanced(copy("proposed"))
-    return groups in STREAM_CLAIMS and any(_enhanced(copy(g)) for g in groups)
+        out += _text(groups)
+    return out

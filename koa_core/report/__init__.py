@@ -2,25 +2,23 @@
 
 Every chapter of the book shows the paper's own numbers next to ours. The paper's figures
 are images we do not have, so its numbers come from its tables (Tables 1-5 and 7, the
-class totals printed in Fig. 1) and are held here as constants, copied as printed,
-slips included; :func:`paper_count_slips` lists the slips. The rest are small helpers:
-dataset tables (§2.1), CLAHE measures (§2.2, Figs. 2-3), the loss-weighting table
+class totals printed in Fig. 1), copied as printed, slips included, in
+:mod:`koa_core.paper`; :func:`paper_count_slips` lists the slips. The rest are small
+helpers: dataset tables (§2.1), CLAHE measures (§2.2, Figs. 2-3), the loss-weighting table
 (§2.3b, Table 2), run reuse and learning curves (§2.4), per-image predictions and fusion
 gates, the ablation (Table 5), classification reports and confusion matrices (Tables
 3-4, Figs. 5-6), the comparison with published work (Table 7) and Grad-CAM panels
 (Fig. 7). Figures are made with pyplot, so a notebook shows each one once, when the
 cell ends; tables are pandas DataFrames.
 
-One module per part of the paper: :mod:`.paper` (its numbers), :mod:`.common` (page
-set-up), :mod:`.data` (§2.1), :mod:`.clahe` (§2.2), :mod:`.loss` (§2.3b),
-:mod:`.training` (§2.4, Table 5), :mod:`.evaluation` (§3) and :mod:`.cams` (Fig. 7).
+One module per part of the paper: :mod:`.paper` (Table 5's row names, others' published
+results), :mod:`.common` (page set-up), :mod:`.data` (§2.1), :mod:`.clahe` (§2.2),
+:mod:`.loss` (§2.3b), :mod:`.training` (§2.4, Table 5), :mod:`.evaluation` (§3) and
+:mod:`.cams` (Fig. 7).
 Notebooks use them through this package: ``from koa_core import report``.
 """
 
-from koa_core.report.paper import (
-    ABLATIONS, KL, PAPER_FIG1_COUNTS, PAPER_TABLE1, PAPER_TABLE3, PAPER_TABLE4, PAPER_TABLE5,
-    PAPER_TABLE7, PUBLISHED,
-)
+from koa_core.report.paper import ABLATIONS, KL, PUBLISHED
 from koa_core.report.common import ensure_phantom, parameter_table, resolve_root, setup
 from koa_core.report.data import (
     counts_match_text, counts_table, crop_example, crop_text, first_split,
@@ -54,7 +52,7 @@ from koa_core.report.published import (
     record_summary, records_note, selected_record_name, shared_provenance, table5_claims,
     table5_figure, table5_table,
 )
-from koa_core.report.landing import scorecard_markdown, scorecard_table
+from koa_core.report.landing import scorecard_markdown, scorecard_table, selection_frame
 
 __all__ = [
     "calibration_table",
@@ -67,12 +65,6 @@ __all__ = [
     "train_recipe",
     "ABLATIONS",
     "KL",
-    "PAPER_FIG1_COUNTS",
-    "PAPER_TABLE1",
-    "PAPER_TABLE3",
-    "PAPER_TABLE4",
-    "PAPER_TABLE5",
-    "PAPER_TABLE7",
     "PUBLISHED",
     "ablation_figure",
     "cam_cases",
@@ -138,6 +130,7 @@ __all__ = [
     "sample_table",
     "scorecard_markdown",
     "scorecard_table",
+    "selection_frame",
     "selected_record_name",
     "setup",
     "share_figure",

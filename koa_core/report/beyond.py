@@ -112,11 +112,12 @@ def levers_figure(t: dict):
 
 
 def levers_summary(t: dict) -> str:
-    """Sentences computed from the table: what helped, what did not, the goals."""
-    helped = [r["name"] for r in t["levers"] if r.get("vs_baseline", {}).get("verdict") == "helps"]
-    hurt = [r["name"] for r in t["levers"] if r.get("vs_baseline", {}).get("verdict") == "hurts"]
-    unclear = [r["name"] for r in t["levers"]
-               if r.get("vs_baseline", {}).get("verdict") == "inconclusive"]
+    """Sentences computed from the table: each lever under its word, the post-hoc levers,
+    the goals."""
+    by_word: dict[str, list[str]] = {}
+    for r in t["levers"]:
+        if "vs_baseline" in r:
+            by_word.setdefault(r["vs_baseline"]["verdict"], []).append(r["name"])
     out = []
     single = [r for r in t["levers"] if "vs_baseline" in r and len(r["vs_baseline"]["seeds"]) == 1]
     if single:
@@ -125,10 +126,14 @@ def levers_summary(t: dict) -> str:
         out.append(f"{len(single)} lever(s) ran with one seed. Each is compared with the mean "
                    f"of the {t['baseline']} runs of seeds {', '.join(map(str, against))} "
                    f"(validation accuracy {base:.3f}), and its interval borrows their spread "
-                   "between seeds; a one-seed verdict is weaker than a paired one, and more "
-                   "seeds would settle it.")
-    out.append(f"Helped: {', '.join(helped) or 'none'}; hurt: {', '.join(hurt) or 'none'}; "
-               f"inconclusive: {', '.join(unclear) or 'none'}.")
+                   "between seeds; one seed gets no word about direction.")
+    out.append("On accuracy against " + t["baseline"] + ": " + "; ".join(
+        f"{w}: {', '.join(names)}" for w, names in by_word.items()) + ".")
+    confounded = [r for r in t["levers"] if r.get("vs_baseline", {}).get("verdict")
+                  == "confounded"]
+    for r in confounded:
+        out.append(f"{r['name']} was trained unlike the {t['baseline']} runs in more than the "
+                   f"lever: {r['vs_baseline']['reason']}.")
     for r in t["post_hoc"]:
         d = r["vs_plain"]
         out.append(f"{r['name']} on {t['target']}: {100 * d['accuracy']:+.1f} points "

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from koa_core.report.paper import KL, PAPER_TABLE3, PAPER_TABLE4, PAPER_TABLE7, PUBLISHED
+from koa_core.paper import TABLE3, TABLE4, TABLE7
+from koa_core.report.paper import KL, PUBLISHED
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
 from koa_core.infer.evaluate import preprocessor_from_sidecar
@@ -85,14 +86,14 @@ def report_table(metrics: dict) -> pd.DataFrame:
 
 def paper_report_table(table: int) -> pd.DataFrame:
     """The paper's Table 3 (raw-only) or Table 4 (proposed), as printed."""
-    t = {3: PAPER_TABLE3, 4: PAPER_TABLE4}[table]
+    t = {3: TABLE3, 4: TABLE4}[table]
     return _report_frame(t["per_class"], *t["accuracy"], t["macro"], t["weighted"])
 
 
 def paper_correct_counts(table: int) -> pd.DataFrame:
     """The diagonal of the paper's confusion matrix (Fig. 5 for table 3, Fig. 6 for 4),
     recovered as recall x support from the table: correctly graded images per grade."""
-    t = {3: PAPER_TABLE3, 4: PAPER_TABLE4}[table]
+    t = {3: TABLE3, 4: TABLE4}[table]
     rows = [(round(r * n), n, r) for _, r, _, n in t["per_class"]]
     return pd.DataFrame(rows, index=KL, columns=["correct", "support", "recall"])
 
@@ -119,8 +120,9 @@ def kl4_table(metrics: dict[str, dict]) -> pd.DataFrame:
     """KL4 recall, severe knees found and their number, per model, beside Tables 4 and 3."""
     cols = {name: [round(m["per_class"]["4"]["recall"], 4), m["confusion_matrix"][4][4],
                    m["per_class"]["4"]["support"]] for name, m in metrics.items()}
-    cols["paper (Table 4)"] = [0.7843, 40, 51]
-    cols["paper (Table 3)"] = [0.8039, 41, 51]
+    for n, t in ((4, TABLE4), (3, TABLE3)):
+        _, recall, _, support = t["per_class"][4]
+        cols[f"paper (Table {n})"] = [recall, round(recall * support), support]
     return pd.DataFrame(cols, index=["KL4 recall", "KL4 found", "KL4 knees graded"], dtype=object)
 
 
@@ -140,7 +142,7 @@ def comparison_table(ours: dict | None = None, label: str = "this book") -> pd.D
     """Table 7 as printed, the published results on the same split (with caveats) and,
     when given, our metrics under ``label``."""
     rows = [("paper, Table 7", m, a, f, "", "as printed in the paper")
-            for m, a, f in PAPER_TABLE7]
+            for m, a, f in TABLE7]
     rows += [(w, m, a, np.nan, o, c) for w, m, a, o, c in PUBLISHED]
     if ours is not None:
         rows.append((label, "dual-stream ResNet-18 + cross-attention", 100 * ours["accuracy"],

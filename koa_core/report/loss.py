@@ -9,12 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from koa_core.config import PAPER_ALPHA
+from koa_core.paper import ALPHA
 from koa_core.report.paper import KL
 from koa_core.train.losses import effective_influence_share, focal_loss, resolve_alpha
 
 
-def influence_table(counts: Sequence[int], alpha=PAPER_ALPHA, gamma: float = 2.0,
+def influence_table(counts: Sequence[int], alpha=ALPHA, gamma: float = 2.0,
                     paper: Sequence[float] | None = None) -> pd.DataFrame:
     """Table 2 recomputed with :func:`~koa_core.train.losses.effective_influence_share`.
 

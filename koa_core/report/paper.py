@@ -1,36 +1,21 @@
-"""The paper's numbers, copied as printed (slips included): Tables 1, 3, 4, 5 and 7, the
-class totals of Fig. 1, and published results on the same public dataset.
+"""What the book sets beside the paper's figures but is not one of them: the display names
+of Table 5's rows and published results of other groups on the same public dataset. The
+paper's printed figures themselves (Tables 1-5 and 7, Fig. 1) live in :mod:`koa_core.paper`.
 """
 
 from __future__ import annotations
 
-from koa_core.experiments.ablation import PAPER_TABLE5 as _TABLE5_BY_CONFIG
-from koa_core.experiments.paper import PAPER_TABLE3, PAPER_TABLE4  # noqa: F401 (re-exported)
+from koa_core import paper
 
-KL = [f"KL{g}" for g in range(5)]
-
-
-PAPER_FIG1_COUNTS = (3857, 1770, 2578, 1786, 295)  # Fig. 1 (sums to 10,286)
+KL = list(paper.KL)
 
 
-PAPER_TABLE1 = {"train": (2286, 1046, 1516, 757, 173), "val": (328, 153, 212, 106, 27),
-                "test": (639, 296, 447, 223, 51)}  # Table 1 (5,778 / 826 / 1,656)
-
-
-# Table 5: (configuration, bundled config, test accuracy %).
-# Table 5's accuracies live once, in koa_core.experiments.ablation (which computes our Table 5).
-ABLATIONS = [(name, f"ablation-{key}", _TABLE5_BY_CONFIG[key]) for name, key in (
+# Table 5: (configuration, bundled config, test accuracy %), the accuracy read from
+# koa_core.paper.TABLE5 (keyed by configuration: clahe, raw, dual-noattn, proposed).
+ABLATIONS = [(name, f"ablation-{key}", paper.TABLE5[key]) for name, key in (
     ("Single-stream (CLAHE only)", "clahe"), ("Single-stream (Raw only)", "raw"),
     ("Dual-stream (Raw + CLAHE, no attention)", "dual-noattn"),
     ("Proposed (dual-stream + attention)", "proposed"))]
-
-
-PAPER_TABLE5 = {name: acc for name, _, acc in ABLATIONS}
-
-
-PAPER_TABLE7 = [("VGG-19 + ordinal loss [19]", 69.7, 0.68), ("ResNet-101 [20]", 69.0, 0.65),
-                ("InceptionV3 [21]", 67.0, 0.66), ("DenseNet-121 [22]", 71.0, 0.70),
-                ("Proposed (dual + cross-attention)", 72.06, 0.67)]
 
 
 # Published results on the same public split, as published (not re-measured here).

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from koa_core.experiments.ablation import PAPER_TABLE5, ablation_table
+from koa_core.experiments.ablation import ablation_table
 from koa_core.experiments.campaign import select_run
 from koa_core.experiments.records import find_records, read_record, record_copy
 from koa_core.metrics.classification import classification_metrics
+from koa_core.paper import TABLE5
 from koa_core.report.training import history_frame
 
 
@@ -138,9 +139,9 @@ def records_note(records: dict[str, dict]) -> str:
             f"(code {', '.join(commits)}). Caveats: " + "; ".join(data_caveats(records)) + ".")
 
 
-def table5_table(records_dir: str | Path, n_boot: int = 2000) -> tuple[pd.DataFrame, dict]:
+def table5_table(records_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     """Table 5 from records: per configuration, mean ± sd over seeds (validation)."""
-    t = ablation_table(records_dir, n_boot=n_boot)
+    t = ablation_table(records_dir)
     order = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
     names = {"clahe": "Single-stream (CLAHE only)", "raw": "Single-stream (Raw only)",
              "dual-noattn": "Dual-stream, no attention (mean fusion)",
@@ -164,23 +165,25 @@ def table5_table(records_dir: str | Path, n_boot: int = 2000) -> tuple[pd.DataFr
 
 
 def table5_claims(t: dict) -> pd.DataFrame:
-    """The paired differences of :func:`koa_core.experiments.ablation.ablation_table` as a
-    table: the seed-aware interval, each seed's difference, a verdict for accuracy and for
-    macro F1."""
+    """The judged steps of :func:`koa_core.experiments.ablation.ablation_table` as a table:
+    per step the accuracy and the macro-F1 claim, each with its seed-aware interval, each
+    seed's difference, the verdict and what decided it (the words of the scorecard)."""
+    acc = [c for c in t["claims"] if c["metric"] == "accuracy"]
+    f1 = {tuple(c["configs"]): c for c in t["claims"] if c["metric"] == "macro_f1"}
     rows = []
-    for c in t["claims"]:
-        lo, hi = (100 * v for v in c["accuracy_ci"])
-        f1 = c["macro_f1_ci"]
-        rows.append({"claim": c["claim"], "difference": f"{c['better']} - {c['worse']}",
-                     "paper (points)": ("-" if c["paper_accuracy_points"] is None
-                                        else f"+{c['paper_accuracy_points']:.2f}"),
-                     "ours (points) [95 % CI]": f"{100 * c['accuracy']:+.2f} "
-                                                f"[{lo:+.2f}, {hi:+.2f}]",
-                     "per seed (points)": " · ".join(f"{100 * v:+.2f}"
-                                                     for v in c["accuracy_per_seed"]),
-                     "verdict (accuracy)": c["verdict"],
-                     "macro F1 [95 % CI]": f"{c['macro_f1']:+.3f} [{f1[0]:+.3f}, {f1[1]:+.3f}]",
-                     "verdict (macro F1)": c["verdict_macro_f1"]})
+    for c in acc:
+        m = f1[tuple(c["configs"])]
+        lo, hi = c["ci"]
+        rows.append({"claim": c["text"].rsplit(" (", 1)[0],
+                     "difference": " - ".join(c["configs"]),
+                     "paper (points)": "-" if c["paper"] is None else f"+{c['paper']:.2f}",
+                     "ours (points) [95 % CI]": f"{c['ours']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
+                     "per seed (points)": " · ".join(f"{v:+.2f}" for v in c["per_seed"]),
+                     "verdict (accuracy)": c["verdict"] + (f" ({c['reason']})"
+                                                           if c["reason"] else ""),
+                     "macro F1 [95 % CI]": f"{m['ours']:+.3f} [{m['ci'][0]:+.3f}, "
+                                           f"{m['ci'][1]:+.3f}]",
+                     "verdict (macro F1)": m["verdict"]})
     return pd.DataFrame(rows).set_index("claim")
 
 
@@ -220,7 +223,7 @@ def table5_figure(t: dict):
     for i, g in enumerate(names):
         seeds = t["configurations"][g].get("seed_accuracy") or []
         ax.scatter([100 * a for a in seeds], [i + 0.2] * len(seeds), color="k", s=12, zorder=3)
-    ax.barh(y - 0.2, [PAPER_TABLE5.get(g, 0) for g in names], 0.4,
+    ax.barh(y - 0.2, [TABLE5.get(g, 0) for g in names], 0.4,
             label="paper: test, Table 5")
     ax.set(yticks=y, yticklabels=names, xlabel="accuracy (%)", xlim=(0, 100))
     ax.invert_yaxis()

@@ -15,10 +15,12 @@ import yaml
 
 from koa_core.config import config_to_dict, load_config
 from koa_core.errors import KoaError
-from koa_core.report.paper import ABLATIONS, PAPER_TABLE5
+from koa_core.paper import TABLE5
+from koa_core.report.paper import ABLATIONS
 from koa_core.infer.evaluate import evaluate_checkpoint
 from koa_core.train.engine import fit
 from koa_core.train.runs import read_run, summarize_run
+from koa_core.train.selection import LAST
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
@@ -42,7 +44,8 @@ def run_status(run_dir: str | Path, cfg) -> str:
     hist = read_history(run_dir)
     if hist.empty or not (run_dir / "best.safetensors").exists():
         return "partial"
-    score = hist[f"val_{cfg.train.select_metric}"].to_numpy()
+    score = (hist["epoch"] if cfg.train.select_metric == LAST
+             else hist[f"val_{cfg.train.select_metric}"]).to_numpy()
     stale = len(score) - 1 - int(np.argmax(score))  # fit keeps the first best epoch
     done = len(hist) >= cfg.train.epochs or stale >= cfg.train.patience
     return "complete" if done else "partial"
@@ -169,7 +172,7 @@ def run_ablation(runs_dir: str | Path, profiles: Sequence[str], sets: Sequence[s
                      "val macro F1": m["val"]["macro_f1"],
                      "test accuracy %": 100 * m["test"]["accuracy"],
                      "test macro F1": m["test"]["macro_f1"], "test QWK": m["test"]["qwk"],
-                     "paper test accuracy %": PAPER_TABLE5.get(names.get(c, c), np.nan),
+                     "paper test accuracy %": TABLE5.get(c.removeprefix("ablation-"), np.nan),
                      "run": run.name})
     df = pd.DataFrame(rows).set_index("configuration")
     df.insert(5, "ours vs row 1", df["test accuracy %"] - df["test accuracy %"].iloc[0])

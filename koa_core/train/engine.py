@@ -63,7 +63,7 @@ from koa_core.metrics.classification import classification_metrics
 from koa_core.model.network import build_model
 from koa_core.data.preprocess import Preprocessor
 from koa_core.runtime import amp_dtype, autocast, hardware_name, resolve_device, seed_everything
-from koa_core.train.selection import Selection
+from koa_core.train.selection import Selection, score as selection_score
 from koa_core.data.phantom import write_phantom
 from koa_core.train.runs import read_run
 
@@ -438,7 +438,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
 def _end_of_epoch(run: _Run, epoch: int, row: dict, metrics: dict) -> None:
     """Select, then (rank 0) save the checkpoint, the state and the history, in that order."""
     run.history.append(row)
-    improved = run.sel.update(row[f"val_{run.cfg.train.select_metric}"])
+    improved = run.sel.update(selection_score(row, run.cfg.train.select_metric))
     if run.rank != 0:
         return
     if improved and run.keep_state:

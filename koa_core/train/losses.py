@@ -2,7 +2,7 @@
 
 The main head is trained with the weighted focal loss of Lin et al.,
 ``L = -alpha_t (1 - p_t)^gamma log p_t``, with the per-class ``alpha`` of Table 2
-(:data:`koa_core.config.PAPER_ALPHA`) and ``gamma = 2``. The auxiliary early-stage heads
+(:data:`koa_core.paper.ALPHA`) and ``gamma = 2``. The auxiliary early-stage heads
 (§4: KL0-1-2 with label masking) add two masked focal terms, see :class:`KLMultiTaskLoss`.
 
 Beyond the paper (each off by default, each a row of the recipe ablation):
@@ -32,8 +32,6 @@ from koa_core.errors import KoaError
 from koa_core.model.ordinal import corn_loss
 
 __all__ = [
-    "PAPER_TABLE2_COUNTS",
-    "PAPER_TABLE2_SHARES_PCT",
     "FocalLoss",
     "KLMultiTaskLoss",
     "effective_influence_share",
@@ -45,13 +43,6 @@ __all__ = [
 ]
 
 NUM_CLASSES = 5
-
-# Table 2 of the paper: training images per grade (KL0..KL4; 9,786 in all) and the
-# "effective gradient influence share" (percent) the paper reports for alpha + gamma.
-# KL3 is 1,286 here but 1,086 in Table 1 and 1,786 in Fig. 1; 1,286 is the value that
-# agrees with Table 2's own percentage (13.14 %) and total (9,786).
-PAPER_TABLE2_COUNTS = (3857, 1770, 2578, 1286, 295)
-PAPER_TABLE2_SHARES_PCT = (19.5, 18.0, 12.8, 6.5, 37.2)
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -238,8 +229,8 @@ def resolve_alpha(
 ) -> Tensor:
     """Turn a ``loss.alpha`` setting into a float32 tensor of per-class weights.
 
-    ``spec`` is ``num_classes`` non-negative numbers (e.g. ``PAPER_ALPHA``, used as
-    given), ``"uniform"`` or ``"frequency"`` (inverse class frequency from
+    ``spec`` is ``num_classes`` non-negative numbers (e.g. :data:`koa_core.paper.ALPHA`,
+    used as given), ``"uniform"`` or ``"frequency"`` (inverse class frequency from
     ``class_counts``). Both named specs sum to 1, like the paper's alpha (which sums to
     0.999), so switching between them in an ablation does not rescale the loss, which
     matters because gradients are clipped at a fixed norm. Bad specs raise KoaError.
@@ -391,16 +382,16 @@ def effective_influence_share(
     ``after_alpha_gamma == after_alpha``. ``alpha`` takes anything :func:`resolve_alpha`
     takes (``"frequency"`` uses ``counts``).
 
-    The paper's shares (19.5, 18.0, 12.8, 6.5, 37.2 %) cannot be reproduced from its
-    own counts (3857, 1770, 2578, 1286, 295) and alpha (0.133, 0.267, 0.133, 0.133,
-    0.333). ``n_c alpha_c`` = 513.0, 472.6, 342.9, 171.0, 98.2 (sum 1597.7) gives
-    32.1, 29.6, 21.5, 10.7, 6.1 %. The paper's share divided by ``n_c alpha_c`` is
-    0.0380, 0.0381, 0.0373, 0.0380 for KL0-KL3 but 0.379 for KL4: the paper's numbers
-    are proportional to ``n_c alpha_c`` for KL0-3 and ten times that for KL4. A focal
-    factor would have to be equal for KL0-3 and 10x larger for KL4 (e.g. ``p = 0.90``
+    The paper's shares (:data:`koa_core.paper.TABLE2_SHARES_PCT`) cannot be reproduced
+    from its own counts (:data:`koa_core.paper.TABLE2_COUNTS`) and alpha
+    (:data:`koa_core.paper.ALPHA`). ``n_c alpha_c`` = 513.0, 472.6, 342.9, 171.0, 98.2
+    (sum 1597.7) gives 32.1, 29.6, 21.5, 10.7, 6.1 %. The paper's share divided by
+    ``n_c alpha_c`` is 0.0380, 0.0381, 0.0373, 0.0380 for KL0-KL3 but 0.379 for KL4: the
+    paper's numbers are proportional to ``n_c alpha_c`` for KL0-3 and ten times that for
+    KL4. A focal factor would have to be equal for KL0-3 and 10x larger for KL4 (e.g. ``p = 0.90``
     for KL0-3, ``p = 0.68`` for KL4); no natural assumption gives that (``p_c`` = class
     prior gives 20.6, 34.7, 20.4, 14.1, 10.1 %). The paper's shares also sum to 94.0 %,
-    not 100 %. A conjecture that fits: alpha_KL4 taken as 3.33 instead of 0.333
+    not 100 %. A conjecture that fits: alpha_KL4 taken ten times as large as printed
     (normalised 20.7, 19.0, 13.8, 6.9, 39.6 %; times 0.94: 19.4, 17.9, 13.0, 6.5,
     37.2 %, each within 0.2 points of the paper). That is a guess, not a documented
     computation, so it is not built in. Separately, the paper's KL3 count is 1,286 in

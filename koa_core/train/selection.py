@@ -5,13 +5,25 @@ After every epoch the selection metric (validation macro F1 by default) is offer
 :class:`Selection`: a strictly higher score than every earlier epoch selects this epoch (a
 tie keeps the earlier one; NaN never selects), and training stops before the next epoch
 once ``patience`` epochs in a row brought no better score.
+
+``select_metric: last`` is fixed-length training: every epoch is the selected one (its
+score is its epoch number), nothing stops early, and the record's figure is the last
+epoch's, chosen by nothing measured on the validation knees.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["Selection"]
+__all__ = ["LAST", "Selection", "score"]
+
+LAST = "last"
+
+
+def score(row: dict, metric: str) -> float:
+    """The selection score of one epoch's history row: its validation ``metric``, or its
+    epoch number for :data:`LAST`."""
+    return float(row["epoch"]) if metric == LAST else float(row[f"val_{metric}"])
 
 
 class Selection:

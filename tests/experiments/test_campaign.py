@@ -59,7 +59,7 @@ def test_bad_plans_are_one_line_errors(tmp_path, bad, match):
 def test_campaign_records_each_run_and_skips_finished_ones(tmp_path, capsys):
     plan = _plan(tmp_path)
     args = ["campaign", str(plan), "--runs", str(tmp_path / "runs"), "--records",
-            str(tmp_path / "rec"), "--n-boot", "50", "--data-encoding", "phantom PNG"]
+            str(tmp_path / "rec"), "--data-encoding", "phantom PNG"]
     assert main(args + ["--only", "raw-s1", "--only", "proposed"]) == 0  # raw-s2 not asked
     out = capsys.readouterr().out
     assert "3 run(s) trained, 0 already recorded, 0 left" in out

@@ -14,10 +14,13 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from koa_core import report
-from koa_core.config import PAPER_ALPHA, config_to_dict, load_config  # noqa: E402
+from koa_core.config import config_to_dict, load_config  # noqa: E402
 from koa_core.data.index import discover  # noqa: E402
 from koa_core.errors import KoaError  # noqa: E402
 from koa_core.data.phantom import render_knee  # noqa: E402
+from koa_core.paper import (  # noqa: E402
+    ALPHA, TABLE1, TABLE2_COUNTS, TABLE2_SHARES_PCT, TABLE3, TABLE4, TABLE5, TABLE7,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -68,11 +71,16 @@ def test_paper_count_slips_and_table5():
     slips = report.paper_count_slips()
     assert {"1,786", "1,286", "1,086"} <= set(slips["paper says"])
     # the conclusion's "Weighted F1" 0.6127 -> 0.6712 are Tables 3-4's macro F1 values
+    assert {"9,786", "448 (KL2) / 1,657", "sum to 94.0 %"} <= set(slips["paper says"])
+    assert "agrees with Table 2's 13.14 % of 9,786" in set(slips["but"])
+    assert "Table 3 and Table 1: 447 / 1,656" in set(slips["but"])
     (row,) = slips[slips["quantity"].str.startswith("Weighted F1")].itertuples()
-    assert report.PAPER_TABLE3["macro"][2] == 0.6127 and report.PAPER_TABLE4["macro"][2] == 0.6712
-    assert f"{report.PAPER_TABLE3['weighted'][2]:.4f}" in row.but
+    assert row.quantity == "Weighted F1 0.6127 -> 0.6712"
+    assert TABLE3["macro"][2] == 0.6127 and TABLE4["macro"][2] == 0.6712
+    assert f"{TABLE3['weighted'][2]:.4f}" in row.but
     assert [a for _, _, a in report.ABLATIONS] == [61.84, 65.10, 70.47, 72.06]
-    assert report.PAPER_TABLE5["Proposed (dual-stream + attention)"] == 72.06
+    assert [c for _, c, _ in report.ABLATIONS] == [f"ablation-{c}" for c in TABLE5]
+    assert TABLE5["proposed"] == 72.06
 
 
 # ---------------------------------------------------------------- setup and data
@@ -200,16 +208,13 @@ def test_clahe_figure(knees):
 
 # ---------------------------------------------------------------- loss
 def test_influence_table_matches_the_library():
-    from koa_core.train.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
-
-    t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA,
-                               paper=PAPER_TABLE2_SHARES_PCT)
+    t = report.influence_table(TABLE2_COUNTS, ALPHA, paper=TABLE2_SHARES_PCT)
     assert t.loc["KL0", "share before %"] == pytest.approx(39.41, abs=0.01)
     assert t["after alpha %"].tolist() == pytest.approx([32.1, 29.58, 21.46, 10.7, 6.15],
                                                          abs=0.02)
     assert t.loc["KL4", "paper %"] == 37.2
-    conj = report.influence_table(PAPER_TABLE2_COUNTS, [0.133, 0.267, 0.133, 0.133, 3.33])
-    assert (0.94 * conj["after alpha %"]).tolist() == pytest.approx(PAPER_TABLE2_SHARES_PCT,
+    conj = report.influence_table(TABLE2_COUNTS, [0.133, 0.267, 0.133, 0.133, 3.33])
+    assert (0.94 * conj["after alpha %"]).tolist() == pytest.approx(TABLE2_SHARES_PCT,
                                                                      abs=0.25)
 
 
@@ -389,11 +394,13 @@ def test_kl4_table():
     assert t.loc["KL4 found", "ours"] == m["confusion_matrix"][4][4]
     assert t.loc["KL4 found", "paper (Table 4)"] == 40
     assert t.loc["KL4 recall", "paper (Table 4)"] == pytest.approx(40 / 51, abs=1e-4)
+    assert t["paper (Table 4)"].tolist() == [0.7843, 40, 51]
+    assert t["paper (Table 3)"].tolist() == [0.8039, 41, 51]
 
 
 def test_comparison_table():
     t = report.comparison_table()
-    assert len(t) == len(report.PAPER_TABLE7) + len(report.PUBLISHED)
+    assert len(t) == len(TABLE7) + len(report.PUBLISHED)
     assert "chosen with test accuracy" in " ".join(t.caveat)
     m = {**_metrics(0), "note": "synthetic phantom"}
     t = report.comparison_table(m, label="this book")
@@ -534,7 +541,7 @@ def test_majority_table_and_imbalance_text(index, stats):
 
 def test_counts_match_text():
     paper = report.paper_counts_table()
-    train = dict(zip("01234", report.PAPER_TABLE1["train"]))
+    train = dict(zip("01234", TABLE1["train"]))
     ours = report.counts_table({"counts": {"train": train,
                                            "val": dict(zip("01234", [328, 153, 212, 106, 26]))}})
     text = report.counts_match_text(ours, paper)
@@ -593,9 +600,7 @@ def test_clahe_verdict_quotes_the_ratios(knees):
 
 
 def test_influence_text_and_table2_verdict():
-    from koa_core.train.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
-
-    t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA, paper=PAPER_TABLE2_SHARES_PCT)
+    t = report.influence_table(TABLE2_COUNTS, ALPHA, paper=TABLE2_SHARES_PCT)
     text = report.influence_text(t, "the paper's counts")
     assert text.startswith("On the paper's counts (9,786 images), KL0 holds 39.4 % of the")
     assert f"{t.loc['KL4', 'after alpha %']:.1f} % of the influence after alpha" in text
@@ -691,14 +696,12 @@ def test_crop_text(index, val_only):
 
 
 def test_table2_reasons_and_conjecture_text():
-    from koa_core.train.losses import PAPER_TABLE2_COUNTS, PAPER_TABLE2_SHARES_PCT
-
-    t = report.influence_table(PAPER_TABLE2_COUNTS, PAPER_ALPHA, paper=PAPER_TABLE2_SHARES_PCT)
+    t = report.influence_table(TABLE2_COUNTS, ALPHA, paper=TABLE2_SHARES_PCT)
     text = report.table2_reasons(t)
     assert "- n·α is 513.0, 472.6, 342.9, 171.0 and 98.2 (sum 1597.7)" in text
     assert "shares of 32.1, 29.6, 21.5, 10.7 and 6.1 %" in text
     assert "0.379 for KL4" in text and "10.0 times" in text and "sum to 94.0 %" in text
-    conj = report.influence_table(PAPER_TABLE2_COUNTS, [0.133, 0.267, 0.133, 0.133, 3.33])
+    conj = report.influence_table(TABLE2_COUNTS, [0.133, 0.267, 0.133, 0.133, 3.33])
     guess = (0.94 * conj["after alpha %"]).round(1)
     assert "within 0.20 points (largest gap at KL2)" in report.conjecture_text(guess,
                                                                                 t["paper %"])

@@ -52,7 +52,7 @@ def test_published_chapters_refuse_a_record_without_provenance(tmp_path):
 
 def test_scorecard_markdown_is_computed_from_the_records(tmp_path):
     root = _records(tmp_path)
-    text = report.scorecard_markdown(root, profile="published", n_boot=200)
+    text = report.scorecard_markdown(root, profile="published")
     assert text.startswith("## The answer")  # the answer first, then the scorecard
     assert text.index("## The answer") < text.index("Compute behind") < text.index(
         "## Scorecard")
@@ -60,36 +60,55 @@ def test_scorecard_markdown_is_computed_from_the_records(tmp_path):
     assert "6 records" in text and "CPU test" in text
     assert "validation" in text  # the split that stands in for test is named
     assert "### Per grade (Tables 3 and 4)" in text and "| KL1     | F1" in text
-    table = report.scorecard_table(root, n_boot=200)
-    assert set(table.verdict) <= set(WORDS) | {v for v in table.verdict
-                                              if v.startswith("not comparable (")}
+    table = report.scorecard_table(root)
+    assert {v.split(" (")[0] for v in table.verdict} <= set(WORDS)
     # no record, no result: the page says so instead of showing anything else
     assert "No result records" in report.scorecard_markdown(tmp_path / "none")
 
 
-def test_summary_lines_are_computed_from_the_rows():
+def _claim(key, ours, paper, verdict, kind="value", metric="accuracy", reason="",
+           configs=("proposed",), grade=None, text=None):
+    from koa_core.experiments.scorecard import Claim
+
+    scale = 100.0 if metric == "accuracy" else 1.0
+    return Claim(key, text or key, "headline", "Table 4", kind, metric, grade, configs,
+                 "at least", paper, 1656, (paper - 1, paper + 1) if paper else None, ours,
+                 (ours - 1, ours + 1), (ours - 1, ours + 1), (ours - 1, ours + 1), (1, 2),
+                 None if paper is None else ours - paper, None, None, verdict, reason,
+                 scale=scale)
+
+
+def test_summary_lines_are_computed_from_the_claims():
+    from koa_core.experiments.groups import SelectionBias
     from koa_core.report.landing import summary_lines
 
-    def value(claim, ours, paper, verdict, group="proposed", gap=None):
-        return {"claim": claim, "kind": "value", "section": "headline", "ours": ours,
-                "ci_low": ours - 1, "ci_high": ours + 1, "per_seed": [ours - 1, ours + 1],
-                "paper": paper, "gap": ours - paper if gap is None else gap,
-                "verdict": verdict, "groups": [group], "handicap": "from scratch"}
-
-    rows = [value("accuracy of the proposed model (%)", 55.0, 72.06, "not comparable"),
-            value("KL1 F1 of the proposed model", 0.2, 0.668, "not comparable"),
-            value("KL4 recall of the proposed model", 0.94, 0.784, "exceeds the paper"),
-            {"claim": "a (x - y, accuracy points)", "kind": "difference",
-             "section": "table 5", "verdict": "inconclusive",
-             "verdict_macro_f1": "not reproduced"}]
-    lines = summary_lines(rows)
+    claims = [_claim("table4/accuracy", 55.0, 72.06, "not reproduced", reason="from scratch",
+                     text="accuracy of the proposed model (%)"),
+              _claim("table4/f1/KL1", 0.2, 0.668, "not reproduced", metric="f1", grade=1,
+                     text="KL1 F1 of the proposed model"),
+              _claim("table4/recall/KL4", 0.94, 0.784, "exceeds the paper", metric="recall",
+                     grade=4, text="KL4 recall of the proposed model"),
+              _claim("steps/accuracy/x-y", 1.0, 1.5, "inconclusive", kind="difference",
+                     configs=("x", "y")),
+              _claim("steps/macro_f1/x-y", 0.01, None, "confounded", kind="difference",
+                     metric="macro_f1", configs=("x", "y"))]
+    bias = [SelectionBias("proposed", 3, (10, 16, 35), (20, 26, 40), True,
+                          (0.56, 0.51, 0.54), (0.565, 0.465, 0.508))]
+    lines = summary_lines(claims, bias)
     assert len(lines) == 3
-    assert "55.00 [54.00, 56.00] %" in lines[0] and "*not comparable* (from scratch)" in lines[0]
-    assert "1 claimed steps, on accuracy 1 inconclusive; on macro F1 1 not reproduced" in lines[1]
+    assert "55.00 [54.00, 56.00] %" in lines[0]
+    assert "*not reproduced* (deviations: from scratch)" in lines[0]
+    assert "the last epoch scores 54.00 %, the epochs around the chosen one 51.00 %" in lines[0]
+    assert "1 claimed steps, on accuracy 1 inconclusive; on macro F1 1 confounded" in lines[1]
     assert "KL1 F1 of the proposed model, 0.200 against the paper's 0.668" in lines[2]
     assert "Exceeds the paper:** KL4 recall." in lines[2]
-    rows[2]["verdict"] = "reproduced"
-    assert "Nothing of the proposed model exceeds the paper" in summary_lines(rows)[2]
+    claims[2] = _claim("table4/recall/KL4", 0.94, 0.784, "reproduced", metric="recall",
+                       grade=4, text="KL4 recall of the proposed model")
+    assert "Nothing of the proposed model exceeds the paper" in summary_lines(claims)[2]
+    # a row not testable on this data is left out of the largest gap
+    claims[1] = _claim("table4/f1/KL1", 0.2, 0.668, "not testable on this data", metric="f1",
+                       grade=1, text="KL1 F1 of the proposed model")
+    assert "KL1" not in summary_lines(claims)[2]
 
 
 def test_landing_assets_compute_box_and_downloads(tmp_path):
@@ -97,14 +116,14 @@ def test_landing_assets_compute_box_and_downloads(tmp_path):
 
     root = _records(tmp_path)
     assets = tmp_path / "book" / "generated"
-    text = report.scorecard_markdown(root, n_boot=100, assets=assets)
+    text = report.scorecard_markdown(root, assets=assets)
     assert (assets / "summary.png").stat().st_size > 10_000
     assert "](generated/summary.png)" in text
     names = zipfile.ZipFile(assets / "koa-predictions.zip").namelist()
     assert len(names) == 6 and all(n.endswith("val_predictions.csv") for n in names)
     assert len(zipfile.ZipFile(assets / "koa-records.zip").namelist()) > 6
     again = (assets / "koa-records.zip").read_bytes()
-    report.scorecard_markdown(root, n_boot=100, assets=assets)
+    report.scorecard_markdown(root, assets=assets)
     assert (assets / "koa-records.zip").read_bytes() == again  # same inputs, same bytes
     assert "{download}`every record" in text
     assert "- **Runs:** 6 trainings on CPU test" in text
@@ -119,12 +138,15 @@ def test_selected_record_name_reads_selection_or_applies_the_rule(tmp_path):
 
 
 def test_table5_table_and_claims(tmp_path):
-    table, t = report.table5_table(_records(tmp_path), n_boot=200)
+    table, t = report.table5_table(_records(tmp_path))
     assert list(table.index) == ["Single-stream (CLAHE only)", "Single-stream (Raw only)",
                                  "Proposed (cross-attention + gate)"]
     assert table.loc["Single-stream (Raw only)", "paper test accuracy %"] == "65.10"
     claims = report.table5_claims(t)
     assert "raw - clahe" in set(claims["difference"])
+    # two seeds a side: the scorecard's word, and why
+    assert set(claims["verdict (accuracy)"]) == {"too few seeds (seeds: raw 2, clahe 2)",
+                                                 "too few seeds (seeds: proposed 2, raw 2)"}
 
 
 def test_data_caveats_follow_the_records():

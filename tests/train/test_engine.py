@@ -306,6 +306,26 @@ def test_selection_follows_validation_macro_f1(tmp_path, monkeypatch, cache):
     assert any(not torch.equal(best[k], v) for k, v in snapshots[3].items())
 
 
+def test_fixed_length_training_scores_its_last_epoch(tmp_path, monkeypatch, cache):
+    """select_metric last: the same falling scores train every epoch (no early stop) and
+    the checkpoint, best.json and its metrics are the last epoch's."""
+    scripted = iter([0.6, 0.4, 0.3])
+    real = engine._validate
+
+    def fake(model, views, grades, cfg, device, dtype):
+        out = real(model, views, grades, cfg, device, dtype)
+        out["val_macro_f1"] = next(scripted)
+        return out
+
+    monkeypatch.setattr(engine, "_validate", fake)
+    cfg = _cfg(cache, **{"train.epochs": 3, "train.patience": 1,
+                         "train.select_metric": "last", "train.max_steps_per_epoch": 1})
+    summary = engine.fit(cfg, tmp_path / "run", progress=False)
+    assert summary["epochs_run"] == 3
+    side = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert side["epoch"] == 3 and side["select_metric"] == "last"
+
+
 @pytest.mark.parametrize("keep_state", [True, False])
 def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state, plain_run, cache):
     """best.safetensors re-evaluated on the validation split gives best.json's confusion

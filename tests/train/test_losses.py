@@ -7,11 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from koa_core.config import PAPER_ALPHA
 from koa_core.errors import KoaError
+from koa_core.paper import ALPHA, TABLE2_COUNTS, TABLE2_SHARES_PCT
 from koa_core.train.losses import (
-    PAPER_TABLE2_COUNTS,
-    PAPER_TABLE2_SHARES_PCT,
     FocalLoss,
     KLMultiTaskLoss,
     effective_influence_share,
@@ -37,7 +35,7 @@ def test_gamma0_alpha_is_sum_over_n_not_weighted_mean():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(8, 5, generator=g)
     target = torch.tensor([0, 1, 2, 3, 4, 4, 1, 0])
-    alpha = torch.tensor(PAPER_ALPHA)
+    alpha = torch.tensor(ALPHA)
     got = focal_loss(logits, target, alpha=alpha, gamma=0.0)
     want = F.cross_entropy(logits, target, weight=alpha, reduction="sum") / 8
     torch.testing.assert_close(got, want)
@@ -112,7 +110,7 @@ def test_gradient_finite_for_extreme_logits():
     logits = torch.tensor([[80.0, -80.0, 0.0, 0.0, 0.0], [-80.0, 80.0, 0.0, 0.0, 0.0]],
                           requires_grad=True)
     target = torch.tensor([0, 0])  # one saturated-correct, one saturated-wrong
-    loss = focal_loss(logits, target, alpha=PAPER_ALPHA, gamma=2.0)
+    loss = focal_loss(logits, target, alpha=ALPHA, gamma=2.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
@@ -122,9 +120,9 @@ def test_bf16_logits_computed_in_float32():
     same (bf16-representable) logits exactly, not a bf16 approximation of it."""
     logits = torch.randn(4, 5).bfloat16()
     target = torch.tensor([0, 1, 2, 3])
-    loss = focal_loss(logits, target, alpha=PAPER_ALPHA)
+    loss = focal_loss(logits, target, alpha=ALPHA)
     assert loss.dtype == torch.float32
-    assert torch.equal(loss, focal_loss(logits.float(), target, alpha=PAPER_ALPHA))
+    assert torch.equal(loss, focal_loss(logits.float(), target, alpha=ALPHA))
 
 
 @pytest.mark.parametrize("margin", [20.0, 5.0, -30.0])
@@ -151,18 +149,18 @@ def test_focal_loss_rejects_bad_args(bad):
 
 
 def test_focal_module_matches_function_and_alpha_is_buffer():
-    mod = FocalLoss(alpha=PAPER_ALPHA, gamma=2.0)
+    mod = FocalLoss(alpha=ALPHA, gamma=2.0)
     assert "alpha" in dict(mod.named_buffers())
     logits, target = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
     torch.testing.assert_close(mod(logits, target),
-                               focal_loss(logits, target, alpha=PAPER_ALPHA, gamma=2.0))
+                               focal_loss(logits, target, alpha=ALPHA, gamma=2.0))
     assert FocalLoss().alpha is None
 
 
 @pytest.mark.parametrize(
     "spec, counts, expected",
     [
-        (PAPER_ALPHA, None, list(PAPER_ALPHA)),
+        (ALPHA, None, list(ALPHA)),
         ([0.133, 0.267, 0.133, 0.133, 0.333], None, [0.133, 0.267, 0.133, 0.133, 0.333]),
         ("uniform", None, [0.2] * 5),
         ("Uniform", None, [0.2] * 5),
@@ -178,7 +176,7 @@ def test_resolve_alpha(spec, counts, expected):
 
 
 def test_resolve_alpha_frequency_sums_to_one_on_table2_counts():
-    got = resolve_alpha("frequency", PAPER_TABLE2_COUNTS)
+    got = resolve_alpha("frequency", TABLE2_COUNTS)
     assert got.sum().item() == pytest.approx(1.0, abs=1e-6)
     assert got.argmax().item() == 4  # the rarest grade gets the largest weight
 
@@ -213,7 +211,7 @@ def _outputs(batch, aux=True, seed=0, requires_grad=False):
 
 
 def test_multitask_only_late_grades_masks_aux():
-    crit = KLMultiTaskLoss(alpha=PAPER_ALPHA, gamma=2.0, aux_binary_weight=0.3,
+    crit = KLMultiTaskLoss(alpha=ALPHA, gamma=2.0, aux_binary_weight=0.3,
                            aux_early_weight=0.3)
     out = _outputs(4, requires_grad=True)
     res = crit(out, torch.tensor([3, 4, 4, 3]))
@@ -226,18 +224,18 @@ def test_multitask_only_late_grades_masks_aux():
 
 @pytest.mark.parametrize("aux_value", ["absent", None])
 def test_multitask_without_aux_heads(aux_value):
-    crit = KLMultiTaskLoss(alpha=PAPER_ALPHA)
+    crit = KLMultiTaskLoss(alpha=ALPHA)
     out = _outputs(5, aux=False)
     if aux_value is None:
         out["aux_binary"] = out["aux_early"] = None
     target = torch.tensor([0, 1, 2, 3, 4])
     res = crit(out, target)
-    torch.testing.assert_close(res["loss"], focal_loss(out["logits"], target, PAPER_ALPHA))
+    torch.testing.assert_close(res["loss"], focal_loss(out["logits"], target, ALPHA))
     assert res["aux_binary"].item() == 0.0 and res["aux_early"].item() == 0.0
 
 
 def test_multitask_components_and_weights():
-    crit = KLMultiTaskLoss(alpha=PAPER_ALPHA, gamma=2.0, aux_binary_weight=0.5,
+    crit = KLMultiTaskLoss(alpha=ALPHA, gamma=2.0, aux_binary_weight=0.5,
                            aux_early_weight=0.25)
     out = _outputs(6, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, 4, 2])
@@ -261,23 +259,23 @@ def test_multitask_components_and_weights():
 
 def test_multitask_alpha_buffer_moves_with_module():
     """alpha is a buffer: .to() changes its dtype and device with the module."""
-    crit = KLMultiTaskLoss(alpha=PAPER_ALPHA)
+    crit = KLMultiTaskLoss(alpha=ALPHA)
     buffers = dict(crit.named_buffers())
     assert any(k.endswith("alpha") for k in buffers)
     moved = crit.to(torch.float64)
     alpha = [v for k, v in moved.named_buffers() if k.endswith("alpha")][0]
     assert alpha.dtype == torch.float64
-    assert alpha.tolist() == pytest.approx(list(PAPER_ALPHA))
-    meta = KLMultiTaskLoss(alpha=PAPER_ALPHA).to("meta")
+    assert alpha.tolist() == pytest.approx(list(ALPHA))
+    meta = KLMultiTaskLoss(alpha=ALPHA).to("meta")
     assert all(v.device.type == "meta" for v in meta.buffers())
 
 
 @pytest.mark.parametrize(
     "counts, alpha, p_correct",
     [
-        (PAPER_TABLE2_COUNTS, PAPER_ALPHA, None),
-        (PAPER_TABLE2_COUNTS, PAPER_ALPHA, [0.9, 0.5, 0.7, 0.8, 0.6]),
-        (PAPER_TABLE2_COUNTS, "frequency", None),
+        (TABLE2_COUNTS, ALPHA, None),
+        (TABLE2_COUNTS, ALPHA, [0.9, 0.5, 0.7, 0.8, 0.6]),
+        (TABLE2_COUNTS, "frequency", None),
         ([10, 20, 30, 40, 0], "uniform", None),
     ],
 )
@@ -290,7 +288,7 @@ def test_influence_share_sums_to_one(counts, alpha, p_correct):
 
 
 def test_influence_share_before_matches_table2_percentages():
-    res = effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA)
+    res = effective_influence_share(TABLE2_COUNTS, ALPHA)
     table2_pct = [39.41, 18.09, 26.34, 13.14, 3.02]
     # 295 / 9786 = 3.0145 %: the paper prints 3.02, apparently so the column sums to 100.
     assert [100 * v for v in res["before"]] == pytest.approx(table2_pct, abs=0.01)
@@ -302,23 +300,23 @@ def test_influence_share_before_matches_table2_percentages():
 
 def test_influence_share_focal_factor_and_paper_discrepancy():
     p = [0.9, 0.9, 0.9, 0.9, 0.9 - 0.1 * (math.sqrt(10) - 1)]  # (1-p_KL4) = sqrt(10) * 0.1
-    res = effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA, gamma=2.0, p_correct=p)
+    res = effective_influence_share(TABLE2_COUNTS, ALPHA, gamma=2.0, p_correct=p)
     # Only a KL4-specific 10x focal factor brings the model near the paper's shares,
     # which themselves sum to 94 %, not 100 % (see the docstring).
-    assert sum(PAPER_TABLE2_SHARES_PCT) == pytest.approx(94.0)
+    assert sum(TABLE2_SHARES_PCT) == pytest.approx(94.0)
     scaled = [94.0 * v for v in res["after_alpha_gamma"]]
-    assert scaled == pytest.approx(list(PAPER_TABLE2_SHARES_PCT), abs=0.25)
+    assert scaled == pytest.approx(list(TABLE2_SHARES_PCT), abs=0.25)
 
 
 @pytest.mark.parametrize(
     "counts, alpha, p_correct, match",
     [
-        ([], PAPER_ALPHA, None, "empty"),
-        ([0, 0, 0, 0, 0], PAPER_ALPHA, None, "positive"),
-        (PAPER_TABLE2_COUNTS, [0.2] * 4, None, "5 values"),
-        (PAPER_TABLE2_COUNTS, PAPER_ALPHA, [0.5] * 4, "5 values"),
-        (PAPER_TABLE2_COUNTS, PAPER_ALPHA, [0.5, 0.5, 1.5, 0.5, 0.5], r"\[0, 1\]"),
-        (PAPER_TABLE2_COUNTS, PAPER_ALPHA, [1.0] * 5, "all zero"),
+        ([], ALPHA, None, "empty"),
+        ([0, 0, 0, 0, 0], ALPHA, None, "positive"),
+        (TABLE2_COUNTS, [0.2] * 4, None, "5 values"),
+        (TABLE2_COUNTS, ALPHA, [0.5] * 4, "5 values"),
+        (TABLE2_COUNTS, ALPHA, [0.5, 0.5, 1.5, 0.5, 0.5], r"\[0, 1\]"),
+        (TABLE2_COUNTS, ALPHA, [1.0] * 5, "all zero"),
     ],
 )
 def test_influence_share_errors(counts, alpha, p_correct, match):
@@ -349,7 +347,7 @@ def test_soft_focal_with_one_hot_targets_equals_focal(gamma):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(16, 5, generator=g) * 3
     target = torch.randint(0, 5, (16,), generator=g)
-    alpha = torch.tensor(PAPER_ALPHA)
+    alpha = torch.tensor(ALPHA)
     q = F.one_hot(target, 5).float()
     got = soft_focal_loss(logits, q, gamma=gamma, weight=alpha[target])
     assert float(got) == pytest.approx(float(focal_loss(logits, target, alpha, gamma)),
@@ -372,9 +370,9 @@ def test_soft_focal_matches_float64_reference_for_confident_and_wrong_samples():
 def test_normalise_alpha_mean_one_over_training_labels_keeps_ratios():
     from koa_core.train.losses import normalise_alpha
 
-    a = torch.tensor(PAPER_ALPHA)
-    n = torch.tensor(PAPER_TABLE2_COUNTS, dtype=torch.float32)
-    b = normalise_alpha(a, PAPER_TABLE2_COUNTS)
+    a = torch.tensor(ALPHA)
+    n = torch.tensor(TABLE2_COUNTS, dtype=torch.float32)
+    b = normalise_alpha(a, TABLE2_COUNTS)
     assert float((b * n).sum() / n.sum()) == pytest.approx(1.0, rel=1e-6)
     assert torch.allclose(b / b[0], a / a[0])
     assert float(b[0] / a[0]) == pytest.approx(9786 / 1597.7, rel=1e-3)  # ~6.1x
@@ -388,8 +386,8 @@ def test_sord_changes_only_the_main_term_and_spares_the_near_miss():
     outputs_far = {"logits": torch.tensor([[6.0, 0, 0, 0, 0]]), "aux_binary": None,
                    "aux_early": None}
     y = torch.tensor([2])
-    hard = KLMultiTaskLoss(alpha=PAPER_ALPHA)
-    soft = KLMultiTaskLoss(alpha=PAPER_ALPHA, sord=2.0)
+    hard = KLMultiTaskLoss(alpha=ALPHA)
+    soft = KLMultiTaskLoss(alpha=ALPHA, sord=2.0)
     # hard labels: calling KL2 "KL3" or "KL0" with the same confidence costs the same
     assert float(hard(outputs_near, y)["main"]) == pytest.approx(
         float(hard(outputs_far, y)["main"]))
@@ -403,7 +401,7 @@ def test_aux_alpha_weights_auxiliary_samples_by_their_grade_alpha():
            "aux_binary": torch.randn(12, 2, generator=g),
            "aux_early": torch.randn(12, 3, generator=g)}
     y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 1, 1])
-    alpha = torch.tensor(PAPER_ALPHA)
+    alpha = torch.tensor(ALPHA)
     plain = KLMultiTaskLoss(alpha=alpha)(out, y)
     weighted = KLMultiTaskLoss(alpha=alpha, aux_alpha=True)(out, y)
     early = y <= 2
@@ -427,9 +425,9 @@ def test_defaults_are_the_papers():
     logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 3, 4, 0])
     assert float(focal_loss(logits, y)) == pytest.approx(float(focal_loss(logits, y, gamma=2.0)))
-    share = effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA,
+    share = effective_influence_share(TABLE2_COUNTS, ALPHA,
                                       p_correct=[0.9, 0.5, 0.9, 0.9, 0.5])
-    assert share == effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA, gamma=2.0,
+    assert share == effective_influence_share(TABLE2_COUNTS, ALPHA, gamma=2.0,
                                               p_correct=[0.9, 0.5, 0.9, 0.9, 0.5])
 
 
@@ -457,12 +455,12 @@ def test_loss_errors_name_what_is_wrong():
                                        r"image weight 0$"):
         normalise_alpha(torch.tensor([0.0, 0, 0, 0, 1]), [10, 10, 10, 10, 0])
     with pytest.raises(KoaError, match=r"^class counts: expected 5 values"):
-        normalise_alpha(torch.tensor(PAPER_ALPHA), [1, 2, 3])
+        normalise_alpha(torch.tensor(ALPHA), [1, 2, 3])
     # a training set of 1 image is still a positive mass
-    assert float(normalise_alpha(torch.tensor(PAPER_ALPHA), [0, 0, 0, 0, 1])[4]) == \
+    assert float(normalise_alpha(torch.tensor(ALPHA), [0, 0, 0, 0, 1])[4]) == \
         pytest.approx(1.0)
     with pytest.raises(KoaError, match=r"^class counts: empty$"):
-        effective_influence_share([], PAPER_ALPHA)
+        effective_influence_share([], ALPHA)
     with pytest.raises(KoaError, match=r"^class counts: total must be positive$"):
         effective_influence_share([0, 0, 0, 0, 0], "uniform")
     assert effective_influence_share([1, 0, 0, 0, 0], "uniform")["before"][0] == 1.0
@@ -471,9 +469,9 @@ def test_loss_errors_name_what_is_wrong():
 
 
 def test_influence_share_takes_counts_as_a_tensor():
-    t = torch.tensor(PAPER_TABLE2_COUNTS)
-    assert effective_influence_share(t, PAPER_ALPHA) == \
-        effective_influence_share(list(PAPER_TABLE2_COUNTS), PAPER_ALPHA)
+    t = torch.tensor(TABLE2_COUNTS)
+    assert effective_influence_share(t, ALPHA) == \
+        effective_influence_share(list(TABLE2_COUNTS), ALPHA)
 
 
 def test_influence_share_refuses_weights_that_are_all_zero():
@@ -481,9 +479,9 @@ def test_influence_share_refuses_weights_that_are_all_zero():
                                        "are all zero$"):
         effective_influence_share([5, 0, 0, 0, 0], [0.0, 1, 1, 1, 1])
     with pytest.raises(KoaError, match="^p_correct: expected 5 values"):
-        effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA, p_correct=[0.5])
+        effective_influence_share(TABLE2_COUNTS, ALPHA, p_correct=[0.5])
     # with one shared p the focal factor cancels: after_alpha_gamma == after_alpha
-    s = effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA)
+    s = effective_influence_share(TABLE2_COUNTS, ALPHA)
     assert s["after_alpha_gamma"] == pytest.approx(s["after_alpha"])
 
 
@@ -509,7 +507,7 @@ def test_influence_share_refuses_weights_that_are_all_zero():
     (lambda: resolve_alpha([0.2] * 6), KoaError, "loss.alpha: expected 5 values (KL0..KL4), got 6"),
     (lambda: resolve_alpha([0.0] * 5),
      KoaError, "loss.alpha: at least one class weight must be positive"),
-    (lambda: effective_influence_share(PAPER_TABLE2_COUNTS, PAPER_ALPHA, p_correct=[1.0] * 5),
+    (lambda: effective_influence_share(TABLE2_COUNTS, ALPHA, p_correct=[1.0] * 5),
      KoaError, "effective_influence_share: alpha-and-focal-weighted weights are all zero"),
 ])
 def test_loss_errors_are_whole_sentences(call, kind, message):
@@ -528,7 +526,7 @@ def test_the_objective_passes_its_gamma_and_alpha_to_every_term():
     out = {"logits": torch.randn(8, 5, generator=g), "aux_binary": torch.randn(8, 2, generator=g),
            "aux_early": torch.randn(8, 3, generator=g)}
     y = torch.tensor([0, 1, 2, 3, 4, 2, 1, 0])
-    alpha = torch.tensor(PAPER_ALPHA)
+    alpha = torch.tensor(ALPHA)
     early = y <= 2
     hard = KLMultiTaskLoss(alpha=alpha, gamma=0.5)(out, y)
     assert float(hard["main"]) == pytest.approx(
@@ -550,7 +548,7 @@ def test_aux_alpha_with_one_early_knee_divides_by_one():
     out = {"logits": torch.zeros(3, 5), "aux_binary": None,
            "aux_early": torch.tensor([[2.0, 0.0, 0.0], [0.0] * 3, [0.0] * 3])}
     y = torch.tensor([0, 3, 4])  # one knee of KL0-2
-    alpha = torch.tensor(PAPER_ALPHA)
+    alpha = torch.tensor(ALPHA)
     got = KLMultiTaskLoss(alpha=alpha, aux_alpha=True)(out, y)["aux_early"]
     one = focal_loss(out["aux_early"][:1], y[:1], gamma=2.0)
     assert float(got) == pytest.approx(float(one * alpha[0]), rel=1e-6)

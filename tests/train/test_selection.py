@@ -60,3 +60,14 @@ def test_patience_message():
 def test_a_fresh_selection_has_not_stopped():
     sel = Selection(patience=1)
     assert sel.stale == 0 and not sel.stop  # the first epoch always runs
+
+
+def test_last_scores_each_epoch_by_its_number():
+    """Fixed-length training: every epoch is selected in turn, nothing stops early."""
+    from koa_core.train.selection import LAST, score
+
+    sel = Selection(patience=1)
+    for e, f1 in enumerate([0.6, 0.4, 0.3], 1):
+        row = {"epoch": e, "val_macro_f1": f1}
+        assert sel.update(score(row, LAST)) is True and not sel.stop
+        assert score(row, "macro_f1") == f1
