@@ -129,7 +129,8 @@ def test_the_interval_covers_the_truth_at_3_and_5_seeds(k):
     accuracy (Wilson knee part) and of a paired difference (0.05 between two methods;
     jackknife knee part) each holds the truth in at least 93 % of them. The two-level
     bootstrap that stood here before (knees, then k seeds, scaled by √(k/(k−1))) held it
-    in OLD of them."""
+    in 87.8 % (accuracy) and 89.5 % (difference) of them at 3 seeds, 91.7 % and 92.8 % at
+    5."""
     rng = np.random.default_rng(k)
     hit = {"accuracy": 0, "difference": 0}
     sims = 600
