@@ -32,13 +32,19 @@ import numpy as np
 
 from koa_core.errors import KoaError
 
-__all__ = ["METHODS", "Conformal", "fit_conformal", "grade_scores", "quantile", "set_label",
-           "set_stats"]
+__all__ = ["METHODS", "Conformal", "fit_conformal", "grade_scores", "least_knees", "quantile",
+           "set_label", "set_stats"]
 
 METHODS = ("ordinal", "lac")
-# the least calibration knees per threshold: below it the quantile is the largest score or
-# infinite and the guarantee says nothing # ours
-MIN_KNEES = 20
+
+
+def least_knees(coverage: float) -> int:
+    """The fewest calibration scores whose quantile for ``coverage`` is finite: n with
+    ⌈(n + 1)·coverage⌉ ≤ n (9 at 90 %). Fewer would put every grade in every set."""
+    n = 1
+    while math.ceil((n + 1) * coverage) > n:
+        n += 1
+    return n
 
 
 def quantile(scores: np.ndarray, coverage: float) -> float:
@@ -130,17 +136,18 @@ def fit_conformal(probs: np.ndarray, y: np.ndarray, coverage: float = 0.90,
         raise KoaError(f"--coverage must lie between 0 and 1, got {coverage}")
     p, y = np.asarray(probs, float), np.asarray(y)
     true = grade_scores(p, method)[np.arange(len(y)), y]
+    least = least_knees(coverage)
     if class_conditional:
         counts = np.bincount(y, minlength=p.shape[1])
-        if counts.min() < MIN_KNEES:
-            raise KoaError(f"class-conditional sets need at least {MIN_KNEES} calibration "
-                           f"knees of every grade; the fewest here: {counts.min()} "
-                           f"(KL{counts.argmin()})")
+        if counts.min() < least:
+            raise KoaError(f"class-conditional sets at {coverage:g} need at least {least} "
+                           f"calibration knees of every grade; the fewest here: "
+                           f"{counts.min()} (KL{counts.argmin()})")
         t = tuple(quantile(true[y == g], coverage) for g in range(p.shape[1]))
     else:
-        if len(y) < MIN_KNEES:
-            raise KoaError(f"conformal sets need at least {MIN_KNEES} calibration knees; "
-                           f"got {len(y)}")
+        if len(y) < least:
+            raise KoaError(f"conformal sets at {coverage:g} need at least {least} calibration "
+                           f"knees; got {len(y)}")
         t = (quantile(true, coverage),)
     return Conformal(method, coverage, class_conditional, t, int(len(y)))
 

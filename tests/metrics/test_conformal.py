@@ -91,11 +91,13 @@ def test_sets_cover_what_they_promise_and_ordinal_sets_are_runs():
 
 
 def test_class_conditional_needs_knees_of_every_grade():
+    assert cp.least_knees(0.9) == 9 and cp.least_knees(0.8) == 4
+    assert math.isinf(cp.quantile(np.ones(8), 0.9)) and cp.quantile(np.ones(9), 0.9) == 1
     p, y = _data(200, 4)
-    y[y == 4] = 3
-    with pytest.raises(KoaError, match="every grade.*KL4"):
+    y[np.flatnonzero(y == 4)[8:]] = 3  # eight KL4 knees: one short at 90 %
+    with pytest.raises(KoaError, match="at least 9 calibration knees of every grade.*8 .KL4"):
         cp.fit_conformal(p, y, class_conditional=True)
-    with pytest.raises(KoaError, match="at least 20 calibration knees"):
+    with pytest.raises(KoaError, match="at least 9 calibration knees; got 5"):
         cp.fit_conformal(p[:5], y[:5])
     with pytest.raises(KoaError, match="between 0 and 1"):
         cp.fit_conformal(p, y, coverage=1.2)
