@@ -27,6 +27,7 @@ from koa_core.report.data import (
     sample_table, share_figure, source_name, split_counts, stats_provenance,
 )
 from koa_core.report.clahe import clahe_figure, clahe_measures, clahe_table, clahe_verdict
+from koa_core.report.conformal import conformal_figure, half_split_table
 from koa_core.report.loss import (
     conjecture_text, focal_figure, influence_table, influence_text, table2_reasons,
     table2_verdict,
@@ -78,6 +79,7 @@ __all__ = [
     "clahe_measures",
     "clahe_table",
     "clahe_verdict",
+    "conformal_figure",
     "comparison_table",
     "config_table",
     "conjecture_text",
@@ -92,6 +94,7 @@ __all__ = [
     "focal_figure",
     "gate_figure",
     "gate_table",
+    "half_split_table",
     "imbalance_text",
     "influence_table",
     "influence_text",
