@@ -34,14 +34,16 @@ import yaml
 from koa_core.errors import KoaError
 from koa_core.config import load_config
 from koa_core.experiments.campaign import load_plan
+from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from koa_core.report.common import ensure_phantom
 from koa_core.report.grader import stage_grader
 from koa_core.report.landing import scorecard_markdown
+from koa_core.report.model_card import PAGE as MODEL_CARD, model_card_markdown
 
 __all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
            "validate_parameters",
            "resolve_parameters", "convert", "execute", "build_html", "run_book",
-           "write_scorecard", "input_stamp", "shared_inputs", "book_config"]
+           "write_scorecard", "write_model_card", "input_stamp", "shared_inputs", "book_config"]
 
 INJECTED_TAG = "injected-parameters"
 HIDE_TAG = "remove-input"  # the values (absolute paths) are shown by each chapter itself
@@ -279,6 +281,18 @@ def write_scorecard(root: Path, params: dict, profile: str) -> Path:
     return path
 
 
+def write_model_card(root: Path) -> Path:
+    """``book/model_card.md``: the shipped checkpoint's model card, from its sidecar, its
+    CPU re-evaluation and the data statistics (:mod:`koa_core.report.model_card`)."""
+    path = root / "book" / f"{MODEL_CARD}.md"
+    results = root / "results"
+    text = model_card_markdown(DEFAULT_CHECKPOINT, results / "gpu" / "shipped-val-cpu.json",
+                               results / "data-stats.json")
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
 def build_html(root: str | Path, strict: bool = True, config: Path | None = None) -> Path:
     """``jupyter-book build ROOT [-W -n --keep-going] [--config FILE]``; returns
     ``ROOT/_build/html``."""
@@ -377,6 +391,7 @@ def run_book(profile: str = "demo", data: str | None = None, sets: list[str] | N
     params = resolve_parameters(prof, parse_sets(sets), data, build_dir, root)
     build_dir.mkdir(parents=True, exist_ok=True)
     write_scorecard(root, params, prof["name"])
+    write_model_card(root)
     os.environ.setdefault("KOA_CACHE_DIR", str(build_dir / "cache"))
     chapters = sorted((root / "notebooks").glob("*.py"))
     if only:
