@@ -90,7 +90,8 @@ def conformal_figure(table: pd.DataFrame, coverage: float = 0.90):
         left.plot(grades, [row[f"{g} coverage"] for g in grades], **style)
         right.plot(grades, [row[f"{g} size"] for g in grades], **style)
     left.axhline(coverage, color="k", lw=0.8, ls="--")
-    left.set(ylabel="coverage (held-out half)", ylim=(0, 1.02), title="does the set hold the grade?")
+    left.set(ylabel="coverage (held-out half)", ylim=(0, 1.02),
+             title="does the set hold the grade?")
     right.set(ylabel="mean grades in the set", ylim=(0, 5.2), title="how many grades it names")
     right.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
