@@ -18,13 +18,19 @@ Prints figures, asserts nothing (speed goals are not tests). Measured in one run
   with torch fp32 on the validation split: the share of knees given the same grade and the
   largest and mean absolute difference of the probabilities.
 
-With ``--bomb`` it measures instead what a decompression bomb costs (:func:`bench_bomb`):
-the peak resident memory of a fresh process that reads one crafted PNG - a 1-bit
-30,000 x 30,000 image of about 110 KB and a 16-bit RGBA 12,000 x 12,000 one of about
-1 MB - through :func:`koa_core.data.imaging.read_image` (the header is refused before any
-pixel is decoded), beside OpenCV decoding the same bytes with no header check (what a
-reader pays that looks at the size only after decoding) and a process that only imports
-the reader. The goal - under 1 GB on every bomb - is a figure here, not a test.
+With ``--bomb`` it measures instead what a hostile file costs (:func:`bench_bomb`): the
+peak resident memory, the seconds and the outcome of a fresh process that meets one
+crafted file - decompression bombs (a 1-bit 30,000 x 30,000 PNG of about 110 KB, a 16-bit
+RGBA 12,000 x 12,000 one, a 1 MB deflated DICOM of 1 GiB of zeros, a 6 MB RLE 16-bit RGB
+8000 x 8000 DICOM), header floods (4 million empty PNG chunks or JPEG segments, a TIFF of
+100,000 pages) and legal files that must stay bounded (a 16-bit RGB PNG just under the
+decoded-size limit, a JPEG YBR 8000 x 8000 DICOM, and ``koa predict --cam --report`` on a
+7999 x 7999 PNG) - through :func:`koa_core.data.imaging.read_image` or ``koa predict``,
+beside the same command on a normal knee, OpenCV decoding the PNG bombs with no header check
+(what a reader pays that looks at the size only after decoding) and a process that only
+imports the reader. The files are written by this module's ``write_*`` functions, which the
+hostile-file tests share at small sizes. The goal - no bomb costs 1 GB more than a normal
+knee - is a figure here, not a test.
 
 On a GPU it also samples the GPU's utilisation during the timed training steps, and runs
 training fed by the real input pipeline (cached views, augmentation in DataLoader
@@ -66,7 +72,9 @@ from koa_core.runtime import cpu_has_bf16
 from koa_core.train.feed import batch_input
 from koa_core.train.losses import KLMultiTaskLoss
 
-__all__ = ["bench_bomb", "format_bomb", "format_table", "run_benchmarks", "write_png_bomb"]
+__all__ = ["bench_bomb", "format_bomb", "format_table", "run_benchmarks", "write_deflated_dicom",
+           "write_jpeg_dicom", "write_jpeg_segments", "write_png_bomb", "write_png_chunks",
+           "write_rle_dicom", "write_tiff_pages"]
 
 
 # ---------------------------------------------------------------- memory
@@ -446,33 +454,42 @@ def format_table(r: dict) -> str:
 
 
 # ------------------------------------------------------------------ decompression bombs
-BOMBS = {"1-bit 30000x30000": (30_000, 30_000, 1, 0),
-         "16-bit RGBA 12000x12000": (12_000, 12_000, 16, 6)}
-
 _BOMB_CHILD = """
-import resource, sys
+import json, sys
 how, path = sys.argv[1], sys.argv[2]
+outcome = ""
 if how == "opencv":  # OpenCV as it comes (its own limit is 2**30 pixels), no header check
     import cv2, numpy as np
-    data = open(path, "rb").read()
     try:
-        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except Exception:
-        pass
-else:
+        img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        outcome = "not decoded" if img is None else "decoded %dx%d" % img.shape[1::-1]
+    except Exception as exc:
+        outcome = "not decoded"
+elif how in ("read", "import"):
     from koa_core.data.imaging import read_image
     from koa_core.errors import KoaError
-    if how == "koa":
+    if how == "read":
         try:
-            read_image(path)
-        except KoaError:
-            pass
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            outcome = "read %dx%d" % read_image(path)[0].shape[1::-1]
+        except KoaError as exc:
+            outcome = "refused: " + str(exc)[len(path) + 2:]
+else:  # koa predict, with the pictures for "pictures"
+    import contextlib, io, tempfile
+    from koa_core.cli import main
+    with tempfile.TemporaryDirectory() as out:
+        args = ["predict", path, "--engine", "torch", "--quiet", "--out", out + "/g.csv"]
+        if how == "pictures":
+            args += ["--cam", out + "/cams", "--report", out + "/report"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = main(args)
+    outcome = "graded" if rc == 0 else "exit %d" % rc
+peak = 0
 try:  # this process's own high-water mark: ru_maxrss can carry the parent's over exec
     peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-except OSError:
-    pass
-print(peak)
+except (OSError, StopIteration):
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_kb": peak, "outcome": outcome}))
 """
 
 
@@ -502,39 +519,277 @@ def write_png_bomb(path: str | Path, width: int, height: int, bit_depth: int = 1
     return path
 
 
-def _child_peak_mb(how: str, path: Path) -> float:
+def write_png_chunks(path: str | Path, chunks: int, extra_bytes: int = 0) -> Path:
+    """A valid 64 x 64 grey PNG with ``chunks`` ancillary chunks (``knEe``: ancillary,
+    private, safe to copy) before its image data, each empty but the first, which holds
+    ``extra_bytes`` zeros: Pillow's header parser steps through every one of them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes = b"") -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)
+    idat = zlib.compress(bytes(65 * 64), 9)
+    path = Path(path)
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr))
+        if chunks:
+            fh.write(chunk(b"knEe", bytes(extra_bytes)))
+        empty, left = chunk(b"knEe"), chunks - 1
+        while left > 0:  # a million at a time
+            n = min(left, 1_000_000)
+            fh.write(empty * n)
+            left -= n
+        fh.write(chunk(b"IDAT", idat) + chunk(b"IEND"))
+    return path
+
+
+def write_jpeg_segments(path: str | Path, segments: int) -> Path:
+    """A valid 64 x 64 grey JPEG with ``segments`` empty comment segments (COM, 4 bytes
+    each) before its image data: Pillow's header parser steps through every one."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (64, 64)).save(buf, "JPEG")
+    enc = buf.getvalue()
+    path = Path(path)
+    with open(path, "wb") as fh:
+        fh.write(enc[:2])  # SOI
+        left = segments
+        while left > 0:
+            n = min(left, 1_000_000)
+            fh.write(b"\xff\xfe\x00\x02" * n)
+            left -= n
+        fh.write(enc[2:])
+    return path
+
+
+def write_tiff_pages(path: str | Path, pages: int) -> Path:
+    """A little-endian TIFF of ``pages`` 1 x 1 grey pages (all sharing one pixel), written
+    directly: Pillow's writer takes minutes for 10,000 pages."""
+    import struct
+
+    entries = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+               (273, 4, 8), (277, 3, 1), (278, 3, 1), (279, 4, 1)]  # tag, type, value
+    size = 2 + 12 * len(entries) + 4
+    path = Path(path)
+    with open(path, "wb") as fh:
+        fh.write(b"II*\0" + struct.pack("<I", 12) + b"\x80\0\0\0")  # header, the pixel
+        body = b"".join(struct.pack("<HHII", tag, kind, 1, value) for tag, kind, value in entries)
+        for k in range(pages):
+            following = 12 + (k + 1) * size if k + 1 < pages else 0
+            fh.write(struct.pack("<H", len(entries)) + body + struct.pack("<I", following))
+    return path
+
+
+def _dicom_header(rows: int, columns: int, samples: int, bits: int, photometric: str,
+                  tsyntax: str):
+    """A secondary-capture dataset without pixel data: the image's header only."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(tsyntax)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, samples
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit, ds.PixelRepresentation = bits - 1, 0
+    return ds
+
+
+def write_deflated_dicom(path: str | Path, rows: int, columns: int) -> Path:
+    """An 8-bit grey DICOM in the Deflated Explicit VR Little Endian transfer syntax whose
+    pixel data is rows x columns zeros (32768 x 32768: 1 GiB in a file of about 1 MB).
+    pydicom writes the file meta and the header; the pixel data element is deflated as
+    it is written, so its zeros never exist in memory here."""
+    import struct
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = _dicom_header(rows, columns, 1, 8, "MONOCHROME2", DeflatedExplicitVRLittleEndian)
+    meta, body = DicomBytesIO(), DicomBytesIO()
+    for fp in (meta, body):
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    write_dataset(body, ds)
+    n = rows * columns
+    element = b"\xe0\x7f\x10\x00OB\0\0" + struct.pack("<I", n + n % 2)  # (7FE0,0010)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path = Path(path)
+    with open(path, "wb") as fh:
+        fh.write(bytes(128) + b"DICM" + meta.getvalue())
+        fh.write(comp.compress(body.getvalue() + element))
+        block, left = bytes(2 ** 24), n + n % 2
+        while left > 0:
+            fh.write(comp.compress(block[:min(left, len(block))]))
+            left -= len(block)
+        fh.write(comp.flush())
+    return path
+
+
+def write_rle_dicom(path: str | Path, rows: int, columns: int, samples: int = 3,
+                    bits: int = 16) -> Path:
+    """An RLE Lossless DICOM (RGB for three samples) of zeros: each of its samples x bytes
+    segments is runs of 128 zeros, 2 bytes each (8000 x 8000 16-bit RGB: 6 MB)."""
+    import struct
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    ds = _dicom_header(rows, columns, samples, bits, "RGB" if samples == 3 else "MONOCHROME2",
+                       RLELossless)
+    n = rows * columns
+    rest = n % 128  # a last, shorter run (one byte: a literal run of one)
+    segment = b"\x81\x00" * (n // 128) + (bytes([257 - rest if rest > 1 else 0, 0])
+                                            if rest else b"")
+    segments = samples * bits // 8
+    offsets = [64 + k * len(segment) for k in range(segments)]
+    header = struct.pack("<16I", segments, *offsets, *[0] * (15 - segments))
+    ds.PixelData = encapsulate([header + segment * segments])
+    ds["PixelData"].VR = "OB"
+    path = Path(path)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_jpeg_dicom(path: str | Path, rgb: np.ndarray, quality: int = 90) -> Path:
+    """A JPEG Baseline DICOM (YBR_FULL_422: Pillow's 4:2:2 YCbCr) of an RGB uint8 array."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, "JPEG", quality=quality, subsampling=1)
+    ds = _dicom_header(rgb.shape[0], rgb.shape[1], 3, 8, "YBR_FULL_422", JPEGBaseline8Bit)
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.LossyImageCompression = "01"
+    path = Path(path)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+_HOW = {"read": "read_image", "pictures": "koa predict --cam --report"}
+
+
+def _bomb_cases() -> dict:
+    """Each bomb: (the writer of its file into a folder, how koa meets it, whether OpenCV
+    alone decodes it too). The legal ones must be read (or graded) in bounded memory."""
+    def png(*args):
+        return lambda d: write_png_bomb(d / "bomb.png", *args)
+
+    return {
+        "PNG 1-bit 30000x30000": (png(30_000, 30_000), "read", True),
+        "PNG 16-bit RGBA 12000x12000": (png(12_000, 12_000, 16, 6), "read", True),
+        "PNG 16-bit RGB 6600x6600 (legal)": (png(6_600, 6_600, 16, 2), "read", True),
+        "PNG 4,000,000 empty chunks": (
+            lambda d: write_png_chunks(d / "bomb.png", 4_000_000), "read", False),
+        "JPEG 4,000,000 empty segments": (
+            lambda d: write_jpeg_segments(d / "bomb.jpg", 4_000_000), "read", False),
+        "TIFF 100,000 1x1 pages": (
+            lambda d: write_tiff_pages(d / "bomb.tif", 100_000), "read", False),
+        "DICOM deflated, 1 GiB of zeros": (
+            lambda d: write_deflated_dicom(d / "bomb.dcm", 32_768, 32_768), "read", False),
+        "DICOM RLE 16-bit RGB 8000x8000": (
+            lambda d: write_rle_dicom(d / "bomb.dcm", 8_000, 8_000), "read", False),
+        "DICOM JPEG YBR 8000x8000 (legal)": (
+            lambda d: write_jpeg_dicom(d / "bomb.dcm", np.zeros((8_000, 8_000, 3), np.uint8)),
+            "read", False),
+        "PNG 7999x7999 (legal), pictures": (png(7_999, 7_999, 8, 0), "pictures", False),
+    }
+
+
+def _child(how: str, path: Path) -> dict:
+    """Peak RSS (MB: VmHWM, else ru_maxrss), wall seconds and outcome of a fresh process."""
+    import json
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", _BOMB_CHILD, how, str(path)], env=env,
-                         capture_output=True, text=True, timeout=600, check=True)
-    return round(int(out.stdout.strip().splitlines()[-1]) / 1024, 1)  # KiB on Linux
+                         capture_output=True, text=True, timeout=900)
+    seconds = round(time.perf_counter() - t0, 1)
+    if out.returncode != 0:  # killed, or a traceback: recorded, not raised
+        last = (out.stderr.strip().splitlines() or [""])[-1][:120]
+        return {"mb": None, "seconds": seconds,
+                "outcome": f"crashed (exit {out.returncode}) {last}".strip()}
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"mb": round(row["peak_kb"] / 1024, 1), "seconds": seconds,  # KiB on Linux
+            "outcome": row["outcome"]}
+
+
+def _normal_knee(folder: Path) -> Path:
+    """A 224 x 224 phantom knee: what koa costs on an ordinary input."""
+    write_phantom(folder / "phantom", per_class=1, seed=0, size=224)
+    return sorted((folder / "phantom").rglob("*.png"))[0]
 
 
 def bench_bomb() -> dict:
-    """Peak RSS (MB: VmHWM, else ru_maxrss) of a fresh process reading each
-    :data:`BOMBS` PNG: through koa's reader, through OpenCV alone (no header check: what the
-    reader cost when it looked at the size after decoding), and of koa's bare imports."""
+    """What each bomb of :func:`_bomb_cases` costs, each in a fresh process: peak RSS,
+    seconds and outcome through koa (``read_image``, or ``koa predict --cam --report``),
+    beside the same command on a normal 224-pixel knee (``baseline_mb``), OpenCV alone
+    decoding the PNG bombs (no header check: what the reader cost when it looked at the
+    size after decoding) and, for the pictures, ``koa predict`` without them. The goal:
+    no bomb costs 1 GB more than a normal knee (``over_baseline_mb``)."""
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (w, h, bits, colour) in BOMBS.items():
-            path = write_png_bomb(Path(tmp) / "bomb.png", w, h, bits, colour)
-            rows[name] = {"file_kb": round(path.stat().st_size / 1024, 1),
-                          "koa_read_image_mb": _child_peak_mb("koa", path),
-                          "opencv_decode_mb": _child_peak_mb("opencv", path),
-                          "imports_only_mb": _child_peak_mb("import", path)}
-    return {"bombs": rows, "goal_mb": 1024,
-            "met": all(r["koa_read_image_mb"] < 1024 for r in rows.values())}
+        knee = _normal_knee(Path(tmp))
+        imports = _child("import", knee)["mb"]
+        baseline = {how: _child(how, knee)["mb"] for how in _HOW}
+        for name, (write, how, opencv) in _bomb_cases().items():
+            path = write(Path(tmp))
+            koa = _child(how, path)
+            row = {"file_kb": round(path.stat().st_size / 1024, 1), "how": _HOW[how],
+                   "koa_mb": koa["mb"], "seconds": koa["seconds"], "outcome": koa["outcome"],
+                   "baseline_mb": baseline[how]}
+            row["over_baseline_mb"] = (None if koa["mb"] is None
+                                       else round(koa["mb"] - baseline[how], 1))
+            if opencv:
+                row["opencv_decode_mb"] = _child("opencv", path)["mb"]
+            if how == "pictures":
+                row["without_pictures_mb"] = _child("predict", path)["mb"]
+            rows[name] = row
+            path.unlink()
+    goal = 1024
+    return {"bombs": rows, "imports_only_mb": imports, "goal_mb": goal,
+            "met": all(r["over_baseline_mb"] is not None and r["over_baseline_mb"] < goal
+                       for r in rows.values())}
 
 
 def format_bomb(r: dict) -> str:
     """The --bomb table."""
-    lines = [f"{'bomb':<26}{'file KB':>9}{'koa MB':>9}{'OpenCV MB':>11}{'imports MB':>12}"]
-    for name, b in r["bombs"].items():
-        lines.append(f"{name:<26}{b['file_kb']:>9}{b['koa_read_image_mb']:>9}"
-                     f"{b['opencv_decode_mb']:>11}{b['imports_only_mb']:>12}")
-    lines.append(f"peak RSS under {r['goal_mb']} MB with koa's reader: "
-                 + ("yes" if r["met"] else "NO"))
-    return "\n".join(lines)
+    def cell(value, width):
+        return f"{'-' if value is None else value:>{width}}"
 
+    lines = [f"{'bomb':<36}{'file KB':>9}{'koa MB':>9}{'normal MB':>11}{'s':>7}"
+             f"{'OpenCV MB':>11}  outcome"]
+    for name, b in r["bombs"].items():
+        koa = b.get("koa_mb", b.get("koa_read_image_mb"))
+        lines.append(f"{name:<36}{cell(b['file_kb'], 9)}{cell(koa, 9)}"
+                     f"{cell(b.get('baseline_mb', b.get('imports_only_mb')), 11)}"
+                     f"{cell(b.get('seconds'), 7)}{cell(b.get('opencv_decode_mb'), 11)}  "
+                     f"{b.get('outcome', '')[:70]}")
+        if "without_pictures_mb" in b:
+            lines.append(f"{'':<36}(koa predict without the pictures: "
+                         f"{b['without_pictures_mb']} MB)")
+    if "imports_only_mb" in r:
+        lines.append(f"koa's reader, imports only: {r['imports_only_mb']} MB")
+    lines.append(f"every bomb under {r['goal_mb']} MB over the same command on a normal "
+                 "knee: " + ("yes" if r["met"] else "NO"))
+    return "\n".join(lines)

@@ -35,6 +35,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "validate",
+    "validate_preprocess",
 ]
 
 
@@ -142,6 +143,13 @@ def _int_at_least(lo: int):
     return rule
 
 
+def _int_in(lo: int, hi: int):
+    def rule(v):
+        ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+        return None if ok else f"an integer in [{lo}, {hi}]"
+    return rule
+
+
 def _optional(rule):
     return lambda v: None if v is None else rule(v)
 
@@ -231,27 +239,65 @@ RULES = {
 }
 
 
+def _check(rule, section: str, key: str, value: Any, origin: str) -> None:
+    """One value against its rule: one KoaError line naming the key, the value and what is
+    allowed."""
+    problem = rule(value)
+    if problem is None and key.endswith("seed") and value >= 2 ** 32:
+        problem = "an integer in [0, 2^32)"
+    if problem is not None:
+        raise KoaError(f"{origin}: {section}.{key} = {value!r}: must be {problem}")
+
+
+def _check_tiles(tiles: int, size: int, where: str, origin: str) -> None:
+    if tiles > size:
+        raise KoaError(f"{origin}: preprocess.clahe_tiles = {tiles!r}: must be at most "
+                       f"{where} ({size}), one pixel per tile")
+
+
 def validate(cfg: Config, origin: str = "config") -> Config:
     """Check every field against :data:`RULES`; the first violation is one KoaError line
     naming the key, the value and what is allowed."""
     for section, rules in RULES.items():
         values = getattr(cfg, section)
         for key, rule in rules.items():
-            value = getattr(values, key)
-            problem = rule(value)
-            if problem is None and key.endswith("seed") and value >= 2 ** 32:
-                problem = "an integer in [0, 2^32)"
-            if problem is not None:
-                raise KoaError(f"{origin}: {section}.{key} = {value!r}: must be {problem}")
-    if cfg.preprocess.clahe_tiles > cfg.data.image_size:
-        raise KoaError(f"{origin}: preprocess.clahe_tiles = {cfg.preprocess.clahe_tiles!r}: "
-                       f"must be at most data.image_size ({cfg.data.image_size}), one pixel "
-                       "per tile")
+            _check(rule, section, key, getattr(values, key), origin)
+    _check_tiles(cfg.preprocess.clahe_tiles, cfg.data.image_size, "data.image_size", origin)
     if cfg.model.head == "corn" and cfg.loss.sord > 0:
         raise KoaError(f"{origin}: loss.sord = {cfg.loss.sord!r}: must be 0 with "
                        "model.head = 'corn' (CORN trains its own ordinal tasks; soft labels "
                        "are for the softmax head)")
     return cfg
+
+
+# A checkpoint's input side (its sidecar's ``preprocess.size``): the configuration's
+# lower bound, and an upper one past which one knee's views and activations no longer fit
+# a machine's memory (the paper's crops are 224).
+MAX_IMAGE_SIZE = 1024
+SIDECAR_PREPROCESS_RULES = {
+    "size": _int_in(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+    **RULES["preprocess"],
+    "input_clahe_tiles": _int_in(1, MAX_IMAGE_SIZE),
+}
+_OPTIONAL_IN_SIDECAR = ("input_clahe_clip", "input_clahe_tiles")  # older sidecars lack them
+
+
+def validate_preprocess(values: Any, origin: str = "sidecar") -> dict:
+    """A checkpoint sidecar's ``preprocess`` entry checked as a configuration's preprocess
+    section is (:data:`RULES`), with ``size`` as ``data.image_size`` (bounded by
+    :data:`MAX_IMAGE_SIZE`) and the CLAHE tile grid at most ``size``. Returns ``values``."""
+    if not isinstance(values, dict):
+        raise KoaError(f"{origin}: preprocess must be a mapping of the preprocessing "
+                       f"settings, found {type(values).__name__}")
+    for key, rule in SIDECAR_PREPROCESS_RULES.items():
+        if key not in values:
+            if key in _OPTIONAL_IN_SIDECAR:
+                continue
+            raise KoaError(f"{origin}: preprocess.{key} is missing (the preprocessing "
+                           "needed to use the weights)")
+        _check(rule, "preprocess", key, values[key], origin)
+    _check_tiles(values["clahe_tiles"], values["size"], "preprocess.size", origin)
+    return values
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -8,14 +8,20 @@ library), by this documented rule:
 
 1. read with :func:`pydicom.dcmread`; a file without the ``DICM`` preamble is read again with
    ``force=True`` and kept only if it then holds an image (older files without the
-   preamble), else it is refused as not a DICOM file;
+   preamble), else it is refused as not a DICOM file. A dataset in the Deflated transfer
+   syntax is inflated first by a bounded decompressor, no further than
+   :data:`~koa_core.data.raster.MAX_FILE_BYTES` (what a plain file may hold): a 1 MB file
+   can inflate to gigabytes, and pydicom inflates it whole;
 2. only single-frame images are accepted (a knee radiograph is one frame; a multi-frame
    object is a series or a cine loop, and grading one frame of it silently could mislead),
-   with 8 to 16 stored bits (``BitsStored``), no more than :data:`~koa_core.data.raster.MAX_PIXELS`
-   pixels, and photometric interpretation MONOCHROME1, MONOCHROME2, RGB or YBR_*;
+   with 8 to 16 stored bits (``BitsStored``), a decoded size (Rows x Columns x
+   SamplesPerPixel x NumberOfFrames at BitsAllocated) within the one rule of
+   :func:`~koa_core.data.raster.check_decoded_size` - read from the header, before any
+   pixel is decoded, whatever the transfer syntax - and photometric interpretation
+   MONOCHROME1, MONOCHROME2, RGB or YBR_*;
 3. the stored values are decoded by pydicom (bits above ``BitsStored`` are masked, signed
-   values sign-extended); a compressed transfer syntax whose decoder plugin is not installed
-   is refused with one line naming the plugin to install;
+   values sign-extended; colour is kept as stored); a compressed transfer syntax whose
+   decoder plugin is not installed is refused with one line naming the plugin to install;
 4. the Modality LUT is applied: the Modality LUT Sequence, or ``RescaleSlope`` and
    ``RescaleIntercept`` (:func:`pydicom.pixels.apply_modality_lut`);
 5. the VOI transform is applied when present: the first VOI LUT of the VOI LUT Sequence,
@@ -32,9 +38,14 @@ library), by this documented rule:
    black. A constant image (an empty range) becomes all zeros, with no division by zero;
 7. MONOCHROME1 (the smallest value is displayed white) is inverted, ``255 - x``, so that
    bone is bright as in MONOCHROME2, the convention of the PNGs the model was trained on;
-8. colour (RGB, or YBR_*, which pydicom converts to RGB) becomes luma with the BT.601
-   weights as in :mod:`~koa_core.data.raster`, then steps 6 (minimum..maximum) applies; the
-   Modality and VOI LUTs are defined for monochrome images only and are not applied.
+8. colour becomes luma, then step 6 (minimum..maximum) applies: RGB with the BT.601 weights
+   as in :mod:`~koa_core.data.raster`; YBR_FULL and YBR_PARTIAL (a JPEG's YCbCr) are
+   kept as decoded and their Y, which is that luma (scaled, for PARTIAL), is taken as it
+   is. The Modality and VOI LUTs are defined for monochrome images only and are not
+   applied.
+
+Steps 4 to 8 run a strip of rows at a time (:data:`STRIP_PIXELS` pixels), so the float
+values exist for one strip only: an image costs its decoded array and the 8-bit result.
 
 A Presentation LUT is not applied: in a DX image its INVERSE shape accompanies
 MONOCHROME1 and describes the same inversion as step 7. Every problem is one
@@ -50,6 +61,7 @@ import io
 import logging
 import threading
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +69,10 @@ import numpy as np
 from koa_core.data import raster
 from koa_core.errors import KoaError
 
-__all__ = ["decode_dicom", "has_dicom_magic", "is_dicom", "read_dicom"]
+__all__ = ["STRIP_PIXELS", "decode_dicom", "has_dicom_magic", "is_dicom", "read_dicom"]
+
+STRIP_PIXELS = 2 ** 18  # pixels per strip of steps 4-8 (their float values: 2 MiB a copy)
+_INFLATE_STEP = 2 ** 20  # bytes a deflated dataset is inflated by at a time
 
 _MAGIC_OFFSET = 128
 _MAGIC = b"DICM"
@@ -168,24 +183,15 @@ def decode_dicom(data: bytes, name: str = "image") -> tuple[np.ndarray, dict]:
 
 
 def _decode(data: bytes, name: str) -> tuple[np.ndarray, dict]:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except InvalidDicomError:
-        ds = _read_forced(data)
-        if ds is None:
-            raise KoaError(f"{name}: not a DICOM file") from None
-    except Exception:  # pydicom raises many kinds on a damaged header
-        raise KoaError(f"{name}: not a readable DICOM file (truncated or corrupt?)") from None
-
+    ds = _read_dataset(data, name)
     rows, cols, photometric, colour, bits_stored = _check_header(ds, name)
     _check_finite(ds, name)
     tsyntax = _transfer_syntax(ds)
     _check_decodable(ds, tsyntax, name, rows * cols * _int(ds.get("SamplesPerPixel"), 1))
-    try:
-        arr = ds.pixel_array
+    from pydicom.pixels import get_decoder
+
+    try:  # raw: colour as stored (pydicom's YBR to RGB goes through float32 copies)
+        arr, decoded = get_decoder(tsyntax).as_array(ds, raw=True)
     except Exception:
         raise KoaError(f"{name}: pixel data ({tsyntax.name}) could not be decoded "
                        "(truncated or corrupt?)") from None
@@ -195,21 +201,117 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, dict]:
         if arr.ndim != 3 or arr.shape[-1] != 3:
             raise KoaError(f"{name}: {photometric} pixel data of shape {arr.shape} "
                            "(rows x columns x 3 expected)")
-        rgb = arr.astype(np.float64)
-        values = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
-        lo, hi = float(values.min()), float(values.max())
+        values_of, lo, hi = _luma(str(decoded.get("photometric_interpretation", ""))), None, None
     else:
         if arr.ndim != 2:
             raise KoaError(f"{name}: pixel data of shape {arr.shape} (rows x columns expected)")
-        values, lo, hi = _grayscale_pipeline(arr, ds, meta, name)
-    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(values).all()):
-        raise KoaError(f"{name}: the rescale or window gives values that are not finite "
-                       "(NaN or infinite); refused rather than graded as a blank image")
-    img = _to_uint8(values, lo, hi)
+        values_of, lo, hi = _grayscale_pipeline(ds, meta, name)
+    img = _render(arr, values_of, lo, hi, name)
     if photometric == "MONOCHROME1":
-        img = 255 - img
+        np.subtract(255, img, out=img)
     meta.update(_describe(ds, bits_stored, tsyntax))
-    return np.ascontiguousarray(img), meta
+    return img, meta
+
+
+def _read_dataset(data: bytes, name: str):
+    """Step 1: the dataset, read by pydicom (a deflated one inflated within the cap)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = _read_deflated(data, name)
+        return ds if ds is not None else pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        ds = _read_forced(data)
+        if ds is None:
+            raise KoaError(f"{name}: not a DICOM file") from None
+        return ds
+    except KoaError:
+        raise
+    except Exception:  # pydicom raises many kinds on a damaged header
+        raise KoaError(f"{name}: not a readable DICOM file (truncated or corrupt?)") from None
+
+
+def _read_deflated(data: bytes, name: str):
+    """A dataset in the Deflated transfer syntax, read as pydicom reads it but with its
+    deflate stream inflated by :func:`_inflate`; None for any other transfer syntax."""
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    try:
+        preamble = read_preamble(fp, True)
+        file_meta = _read_file_meta_info(fp)
+    except Exception:  # not a file meta: pydicom's own reading says what it is
+        return None
+    if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    body = _inflate(memoryview(data)[fp.tell():], name)
+    dataset = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    ds = FileDataset(io.BytesIO(), dataset, preamble, file_meta, is_implicit_VR=False,
+                     is_little_endian=True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
+def _inflate(stream: memoryview, name: str) -> bytes:
+    """A raw deflate stream inflated a step at a time, refused once it passes
+    :data:`~koa_core.data.raster.MAX_FILE_BYTES` (nothing past the cap is inflated)."""
+    cap = raster.MAX_FILE_BYTES
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts, size = [], 0
+    for start in range(0, len(stream), _INFLATE_STEP):
+        pending = stream[start:start + _INFLATE_STEP]
+        while not inflater.eof:
+            out = inflater.decompress(pending, min(_INFLATE_STEP, cap + 1 - size))
+            pending = inflater.unconsumed_tail
+            size += len(out)
+            if size > cap:
+                raise KoaError(f"{name}: the deflated dataset inflates to more than {cap:,} "
+                               "bytes, the limit for one image (refused before it is read)")
+            parts.append(out)
+            if not out and not pending:  # this step's input is used up
+                break
+        if inflater.eof:
+            break
+    return b"".join(parts)
+
+
+def _render(arr: np.ndarray, values_of, lo: float | None, hi: float | None,
+            name: str) -> np.ndarray:
+    """Steps 4-8 a strip of rows at a time: ``values_of`` maps a strip of decoded values
+    to the values to display; ``lo``/``hi`` None takes their own range (a first pass)."""
+    step = max(1, STRIP_PIXELS // max(1, arr.shape[1]))
+    strips = [slice(i, i + step) for i in range(0, arr.shape[0], step)]
+
+    def finite(values):
+        if not np.isfinite(values).all():
+            raise KoaError(f"{name}: the rescale or window gives values that are not finite "
+                           "(NaN or infinite); refused rather than graded as a blank image")
+        return values
+
+    if lo is None:
+        ranges = [(float(v.min()), float(v.max()))
+                  for v in (finite(values_of(arr[s])) for s in strips)]
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    finite(np.array([lo, hi]))
+    img = np.empty(arr.shape[:2], np.uint8)
+    for s in strips:
+        img[s] = _to_uint8(finite(values_of(arr[s])), lo, hi)
+    return img
+
+
+def _luma(decoded_as: str):
+    """Step 8's values of a strip of colour pixels: Y of YBR_FULL / YBR_PARTIAL as decoded,
+    else BT.601 luma of RGB (pydicom decodes YBR_ICT and YBR_RCT to RGB)."""
+    if decoded_as.startswith(("YBR_FULL", "YBR_PARTIAL")):
+        return lambda strip: strip[..., 0].astype(np.float64)
+
+    def luma(strip):
+        rgb = strip.astype(np.float64)
+        return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    return luma
 
 
 def _check_header(ds, name: str) -> tuple[int, int, str, bool, int]:
@@ -228,10 +330,9 @@ def _check_header(ds, name: str) -> tuple[int, int, str, bool, int]:
     rows, cols = int(ds.Rows), int(ds.Columns)
     if rows * cols == 0:
         raise KoaError(f"{name}: empty image ({cols}x{rows} pixels)")
-    if rows * cols > raster.MAX_PIXELS:
-        raise KoaError(f"{name}: {cols}x{rows} pixels is larger than the "
-                       f"{raster.MAX_PIXELS:,}-pixel limit")
-    frames = _int(ds.get("NumberOfFrames"), 1)
+    frames = max(1, _int(ds.get("NumberOfFrames"), 1))
+    raster.check_decoded_size(name, cols, rows, max(1, _int(ds.get("SamplesPerPixel"), 1)),
+                              _int(ds.BitsAllocated, 8), frames)
     if frames > 1:
         raise KoaError(f"{name}: {frames} frames (a single-frame radiograph expected)")
     photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
@@ -337,39 +438,45 @@ def _check_decodable(ds, tsyntax, name: str, samples: int) -> None:
     raise KoaError(f"{name}: {what}, which needs a decoder plugin: pip install {plugin}")
 
 
-def _grayscale_pipeline(arr: np.ndarray, ds, meta: dict, name: str):
-    """Steps 4-5: Modality LUT, then the VOI transform; returns (values, lo, hi)."""
+def _grayscale_pipeline(ds, meta: dict, name: str):
+    """Steps 4-5 as a function of a strip of stored values (the Modality LUT, then the VOI
+    transform), with the VOI transform's output range (None, None without one)."""
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
-    try:
-        values = apply_modality_lut(arr, ds)
-    except Exception as exc:
-        raise KoaError(f"{name}: cannot apply the Modality LUT ({_first_line(exc)})") from None
     voi_seq = ds.get("VOILUTSequence")
     has_lut = bool(voi_seq) and all(k in voi_seq[0] for k in ("LUTDescriptor", "LUTData"))
     has_window = ds.get("WindowCenter") not in (None, "") and \
         ds.get("WindowWidth") not in (None, "")
+    what = "VOI LUT" if has_lut else "window"
+    lo = hi = None
     try:
         if has_lut:
             first_map, entries = int(voi_seq[0].LUTDescriptor[1]), \
                 int(voi_seq[0].LUTDescriptor[0]) or 2 ** 16
             table = apply_voi(np.arange(first_map, first_map + entries), ds, 0)
             lo, hi = float(table.min()), float(table.max())
-            values = apply_voi(values, ds, 0)
             meta["voi_lut"] = True
         elif has_window:
             lo, hi = (float(v) for v in apply_windowing(np.array([-np.inf, np.inf]), ds, 0))
-            values = apply_windowing(values, ds, 0)
             meta["window"] = [_first(ds.WindowCenter), _first(ds.WindowWidth)]
-        else:
-            values = np.asarray(values, dtype=np.float64)
-            lo, hi = float(values.min()), float(values.max())
-    except KoaError:
-        raise
     except Exception as exc:
-        what = "VOI LUT" if has_lut else "window"
         raise KoaError(f"{name}: cannot apply the {what} ({_first_line(exc)})") from None
-    return values, lo, hi
+
+    def values_of(strip: np.ndarray) -> np.ndarray:
+        try:
+            values = apply_modality_lut(strip, ds)
+        except Exception as exc:
+            raise KoaError(f"{name}: cannot apply the Modality LUT ({_first_line(exc)})") \
+                from None
+        try:
+            if has_lut:
+                return apply_voi(values, ds, 0)
+            if has_window:
+                return apply_windowing(values, ds, 0)
+            return np.asarray(values, dtype=np.float64)
+        except Exception as exc:
+            raise KoaError(f"{name}: cannot apply the {what} ({_first_line(exc)})") from None
+    return values_of, lo, hi
 
 
 def _to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:

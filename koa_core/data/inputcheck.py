@@ -32,6 +32,10 @@ Flags:
   joint's fine detail is not there).
 * ``low-contrast``: the crop's intensity spread below half the training crops' 0.1 %
   quantile: blank, saturated or washed out.
+
+A profile is fitted on at least 20 training images with contrast: blank ones (an intensity
+spread under one grey level) are left out and counted, and too few images, or statistics
+that come out degenerate, are refused in one line.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ FLAG_WORDS = {
     "low-contrast": "almost no contrast",
 }
 _QUANTILE = 0.995  # share of training crops each learned threshold lets through
+MIN_IMAGES = 20  # training images a profile is fitted on, at least
+MIN_SPREAD = 1.0  # grey levels: a crop whose intensities spread less is blank
 _TWIN_CLIP = 5.0
 
 
@@ -107,10 +113,16 @@ def _fit_template(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mean knee thumbnail and each thumbnail's correlation with it. A second pass
     leaves out the inverted knees (about 1 % of the public dataset's crops are stored
     bone-dark), which would otherwise pull the mean towards flat grey."""
-    template = _template(thumbs)
-    corrs = np.array([_corr(t, template) for t in thumbs])
-    template = _template(thumbs[corrs > 0])
-    return template, np.array([_corr(t, template) for t in thumbs])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a flat mean: judged below
+        template = _template(thumbs)
+        corrs = np.array([_corr(t, template) for t in thumbs])
+        if (corrs > 0).any():
+            template = _template(thumbs[corrs > 0])
+            corrs = np.array([_corr(t, template) for t in thumbs])
+    if not (corrs > 0).any() or not np.isfinite(template).all():
+        raise KoaError("the training images' statistics are degenerate (no image resembles "
+                       "their mean thumbnail): profile images that vary like knees")
+    return template, corrs
 
 
 def _fit_enhanced(crops: Sequence[np.ndarray], twin_crops: Sequence[np.ndarray]) -> dict:
@@ -141,20 +153,50 @@ def _fit_knee(crops: Sequence[np.ndarray], twin_crops: Sequence[np.ndarray]) -> 
             "inverted_in_training": int((fits[0][1] < 0).sum())}
 
 
+def _with_contrast(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The images whose crop has an intensity spread (:data:`MIN_SPREAD`); at least
+    :data:`MIN_IMAGES` of them, or one line saying how many there were."""
+    kept = [im for im in images if _crop224(im).std() >= MIN_SPREAD]
+    if len(kept) < MIN_IMAGES:
+        raise KoaError(f"an input profile needs at least {MIN_IMAGES} training images with "
+                       f"contrast (an intensity spread of at least {MIN_SPREAD:g} grey level); "
+                       f"{len(kept)} of the {len(images)} drawn have it")
+    return kept
+
+
+def _check_finite(profile: dict) -> dict:
+    """Refuse a profile whose statistics are degenerate (NaN or infinite anywhere)."""
+    def numbers(v):
+        if isinstance(v, dict):
+            return [x for item in v.values() for x in numbers(item)]
+        if isinstance(v, (list, tuple)):
+            return [x for item in v for x in numbers(item)]
+        return [v] if isinstance(v, float) else []
+
+    if not np.isfinite(numbers(profile)).all():
+        raise KoaError("the training images' statistics are degenerate (a NaN or infinite "
+                       "value in the input profile): profile images that vary like knees")
+    return profile
+
+
 def fit_profile(images: Sequence[np.ndarray], what: str) -> dict:
-    """The ``input_profile`` of a set of decoded training images (``what`` names them)."""
-    if len(images) < 20:
-        raise KoaError(f"an input profile needs at least 20 training images ({len(images)} "
-                       "given)")
-    shapes = np.array([im.shape for im in images], np.float64)
+    """The ``input_profile`` of a set of decoded training images (``what`` names them).
+    Blank images (no intensity spread) are left out and counted; too few images with
+    contrast, or statistics that are degenerate, are one line."""
+    if len(images) < MIN_IMAGES:
+        raise KoaError(f"an input profile needs at least {MIN_IMAGES} training images "
+                       f"({len(images)} given)")
+    kept = _with_contrast(images)
+    shapes = np.array([im.shape for im in kept], np.float64)
     aspects = shapes[:, 1] / shapes[:, 0]
-    crops = [_crop224(im) for im in images]  # each image and its twin cropped once
-    twin_crops = [_crop224(apply_clahe(im, _TWIN_CLIP, 8)) for im in images]
-    return {"version": PROFILE_VERSION, "images": len(images), "what": what,
-            "enhanced": _fit_enhanced(crops, twin_crops), "knee": _fit_knee(crops, twin_crops),
-            "min_side": int(shapes.min()),
-            "aspect": [float(aspects.min()), float(aspects.max())],
-            "min_std": float(np.quantile([x.std() for x in crops], 0.001))}
+    crops = [_crop224(im) for im in kept]  # each image and its twin cropped once
+    twin_crops = [_crop224(apply_clahe(im, _TWIN_CLIP, 8)) for im in kept]
+    return _check_finite({
+        "version": PROFILE_VERSION, "images": len(kept), "what": what,
+        "blank_left_out": len(images) - len(kept),
+        "enhanced": _fit_enhanced(crops, twin_crops), "knee": _fit_knee(crops, twin_crops),
+        "min_side": int(shapes.min()), "aspect": [float(aspects.min()), float(aspects.max())],
+        "min_std": float(np.quantile([x.std() for x in crops], 0.001))})
 
 
 @dataclass

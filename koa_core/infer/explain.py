@@ -8,6 +8,11 @@ separately even though the trunk's weights are shared.
 
 Hooks are always released (``try/finally``) and errors propagate: we do not use the
 library's context manager, whose ``__exit__`` swallows ``IndexError``.
+
+:func:`cam_picture` draws a map over the image it was computed for, inside the crop the
+model looked at; ``koa predict --cam`` gives it a copy of the input no larger than
+:data:`~koa_core.infer.knee_report.PICTURE_SIDE` (:func:`~koa_core.infer.knee_report.shrink`),
+so a picture's float work is bounded whatever the input's size.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LogitsOnly", "grad_cam", "overlay", "save_cam_overlays", "stream_layers"]
+__all__ = ["LogitsOnly", "cam_picture", "grad_cam", "overlay", "save_cam_overlays",
+           "stream_layers"]
 
 
 class LogitsOnly(nn.Module):
@@ -70,6 +76,18 @@ def overlay(gray: np.ndarray, cam_map: np.ndarray, weight: float = 0.45) -> np.n
     rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32) / 255.0
     return show_cam_on_image(rgb, cam_map.astype(np.float32), use_rgb=True,
                              image_weight=1 - weight)
+
+
+def cam_picture(gray: np.ndarray, cam_map: np.ndarray, box: tuple[int, int, int, int],
+                weight: float = 0.45) -> np.ndarray:
+    """RGB uint8 picture of a grayscale image with its heat map (same shape) drawn inside
+    the crop box ``(top, left, height, width)`` only: heat where the model looked, the
+    plain image elsewhere."""
+    top, left, h, w = box
+    pic = np.repeat(gray[..., None], 3, axis=2)
+    pic[top:top + h, left:left + w] = overlay(gray[top:top + h, left:left + w],
+                                              cam_map[top:top + h, left:left + w], weight)
+    return pic
 
 
 def save_cam_overlays(model: nn.Module, views: np.ndarray, out_dir: str | Path, stem: str,

@@ -15,6 +15,7 @@ with torch on the validation knees.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -26,18 +27,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from koa_core.config import validate_preprocess
 from koa_core.data.cache import ViewCache, default_cache_dir
 from koa_core.data.index import discover
 from koa_core.data.preprocess import Preprocessor
+from koa_core.files import publish_mode
 from koa_core.errors import KoaError
 from koa_core.model.checkpoint import load_checkpoint, read_sidecar, sha256_file
 from koa_core.runtime import require
 
-__all__ = ["META_QUANT", "META_SIDECAR", "calibration_views", "export_onnx", "onnx_cache_path",
-           "quantize_int8", "set_metadata"]
+__all__ = ["META_QUANT", "META_SIDECAR", "OnnxWriteError", "calibration_views", "export_onnx",
+           "onnx_cache_path", "quantize_int8", "set_metadata"]
 
 META_SIDECAR = "koa_sidecar"
 META_QUANT = "koa_quantization"
+
+
+class OnnxWriteError(KoaError):
+    """An ONNX file could not be written where it was asked for (a cache folder that is
+    not writable, a full disk); nothing was left there."""
 
 
 class _ProbsAndGate(torch.nn.Module):
@@ -79,15 +87,19 @@ def set_metadata(model_proto, sidecar: dict, quantization: str) -> None:
 def _atomic_save(model_proto, out: Path) -> Path:
     import onnx
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
         onnx.save(model_proto, tmp)
+        publish_mode(tmp)  # mkstemp made it 0600
         os.replace(tmp, out)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise KoaError(f"{out}: cannot write the ONNX file ({exc.strerror or exc})") from None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OnnxWriteError(f"{out}: cannot write the ONNX file "
+                             f"({exc.strerror or exc})") from None
     return out
 
 
@@ -99,7 +111,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path,
     out = Path(out)
     model, sidecar = load_checkpoint(checkpoint)
     model = model.float().eval()
-    size = int(sidecar["preprocess"]["size"])
+    size = Preprocessor.from_sidecar(sidecar).size
     example = torch.zeros((2, 2, size, size), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         path = Path(tmp) / "model.onnx"
@@ -163,16 +175,32 @@ def calibration_views(root: str | Path, sidecar: dict, n: int = 64) -> np.ndarra
     records = discover(root).split("train")
     if not records:
         raise KoaError(f"{root}: no training split to calibrate on (ROOT/train/0..4)")
+    if "preprocess" in sidecar:  # its values in their ranges before any pixel is touched
+        validate_preprocess(sidecar["preprocess"], "checkpoint sidecar")
     pick = np.random.default_rng(0).choice(len(records), min(n, len(records)), replace=False)
     chosen = [records[i] for i in sorted(pick)]
     pre = Preprocessor.from_sidecar(sidecar)
     return np.asarray(ViewCache().get(chosen, pre, root=str(root)))
 
 
-def onnx_cache_path(checkpoint: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Where the float32 ONNX export of a safetensors checkpoint is kept (by weights digest)."""
-    digest = read_sidecar(checkpoint).get("weights_sha256")
-    if not digest:
-        digest = sha256_file(Path(checkpoint))
+def onnx_cache_path(checkpoint: str | Path, cache_dir: str | Path | None = None,
+                    digest: str | None = None) -> Path:
+    """Where the float32 ONNX export of a safetensors checkpoint is kept: named by the
+    SHA-256 of the weights file itself (``digest``, computed when not given; never the
+    sidecar's claim, so other weights beside a copied sidecar never find this export) and
+    of what the graph is built from besides the weights (the sidecar's model settings and
+    input size)."""
+    digest = digest or sha256_file(Path(checkpoint))
+    side = read_sidecar(checkpoint)
+
+    def entry(d, key):
+        return d.get(key) if isinstance(d, dict) else None
+
+    model = entry(entry(side, "config"), "model")
+    if isinstance(model, dict):
+        model = {k: v for k, v in model.items() if k != "pretrained"}
+    graph = json.dumps({"model": model, "size": entry(entry(side, "preprocess"), "size")},
+                       sort_keys=True, default=str)
     base = Path(cache_dir) if cache_dir else default_cache_dir()
-    return base / "onnx" / f"{digest[:32]}-fp32.onnx"
+    return base / "onnx" / (f"{digest[:32]}-{hashlib.sha256(graph.encode()).hexdigest()[:12]}"
+                            "-fp32.onnx")

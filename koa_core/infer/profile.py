@@ -35,7 +35,9 @@ def check_for(sidecar: dict) -> InputCheck | None:
 def store_profile(checkpoint: str | Path, root: str | Path, n: int = 1000, seed: int = 0,
                   command: str | None = None) -> dict:
     """Fit the input profile on ``n`` training images of ``root`` (drawn with ``seed``; the
-    validation and test splits are never read) and store it in the checkpoint's sidecar."""
+    validation and test splits are never read) and store it in the checkpoint's sidecar.
+    Too few images with contrast among them is one line, and the sidecar is left as it
+    was (:func:`~koa_core.data.inputcheck.fit_profile`)."""
     ckpt = Path(checkpoint)
     if ckpt.suffix.lower() != ".safetensors":
         raise KoaError(f"{ckpt}: profile the .safetensors checkpoint (its sidecar keeps the "
@@ -46,6 +48,8 @@ def store_profile(checkpoint: str | Path, root: str | Path, n: int = 1000, seed:
     images = profile_images([r.path for r in records], n, seed)
     profile = fit_profile(images, f"{len(images)} of the {len(records)} training images of "
                                   f"{Path(root).name}, drawn with seed {seed}")
+    if profile["blank_left_out"]:  # fitted on the images with contrast only
+        profile["what"] += f" ({profile['blank_left_out']} blank ones left out)"
     profile.update(provenance(command))
     update_sidecar(ckpt, {"input_profile": profile})
     return profile

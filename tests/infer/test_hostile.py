@@ -243,26 +243,32 @@ def test_output_names_are_unique_per_input():
     assert _out_stems(["x/a.webp", "y/b.webp"]) == ["a", "b"]  # plain names when unique
 
 
-def test_reports_cams_and_csv_inside_the_input_are_left_out(tiny_run, tmp_path, capsys):
+def test_reports_cams_and_csv_are_distinct_and_never_inside_the_input(tiny_run, tmp_path,
+                                                                      capsys):
     knee = _knee(tiny_run)
     scans = tmp_path / "scans"
     files = [_png(scans / "x" / "a.png", knee), _png(scans / "y" / "a.png", knee[::-1].copy()),
              _png(scans / "y" / "a-2.png", knee[:, ::-1].copy()),
              _png(scans / ("L" * 240 + ".png"), knee)]  # legal, but too long with a suffix
+    outs = tmp_path / "outs"
+    outs.mkdir()
     args = ["predict", str(scans), "--checkpoint", _ckpt(tiny_run), "--quiet",
-            "--out", str(scans / "grades.csv"), "--report", str(scans / "report"),
-            "--cam", str(scans / "cams")]
-    for run in range(2):  # the second run meets the first one's pictures in the walk
+            "--out", str(outs / "grades.csv"), "--report", str(outs / "report"),
+            "--cam", str(outs / "cams")]
+    for _ in range(2):  # the second run replaces the first one's pictures
         assert main(args) == 0
-        err = capsys.readouterr().err
-        assert ("left out the output folder" in err) == (run == 1) and "Traceback" not in err
-        rows = _rows(scans / "grades.csv")
+        assert "Traceback" not in capsys.readouterr().err
+        rows = _rows(outs / "grades.csv")
         assert sorted(r["path"] for r in rows) == sorted(map(str, files))
         assert all(r["grade"] and not r["error"] for r in rows)
-    pictures = sorted((scans / "report").glob("*_report.png"))
-    assert len(pictures) == 4 and len(list((scans / "cams").glob("*.png"))) == 8
-    index = (scans / "report" / "index.html").read_text()
+    pictures = sorted((outs / "report").glob("*_report.png"))
+    assert len(pictures) == 4 and len(list((outs / "cams").glob("*.png"))) == 8
+    index = (outs / "report" / "index.html").read_text()
     assert all(p.name in index for p in pictures)
+    assert main([*args[:5], "--report", str(scans / "report")]) == 2  # among the inputs
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inside the input folder" in err[0]
+    assert not (scans / "report").exists()
 
 
 def test_a_picture_that_cannot_be_written_fails_that_file_only(tiny_run, tmp_path, capsys,
