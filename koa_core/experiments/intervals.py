@@ -33,16 +33,14 @@ import numpy as np
 from scipy import stats
 
 from koa_core.errors import KoaError
-from koa_core.metrics.classification import confusion_figure
+from koa_core.metrics.classification import Z95, confusion_figure, wilson
 
 __all__ = ["METHOD", "Estimate", "borrowed_spread", "combine", "jackknife_interval",
-           "seed_difference", "seed_figure", "seed_half_width", "wilson"]
+           "seed_difference", "seed_figure", "seed_half_width"]
 
 METHOD = ("seed part t(0.975, k−1)·s/√k over the k seeds' figures, knee part a Wilson score "
           "interval (a proportion of knees) or a delete-one-knee jackknife (any other "
           "figure), added in quadrature on each side; nothing resampled at random")
-
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -56,16 +54,6 @@ class Estimate:
     per_seed: tuple[float, ...]
     seed_ids: tuple[int, ...]
     seed_spread: bool
-
-
-def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``p`` of ``n``."""
-    if not n > 0 or not np.isfinite(p):
-        return (float("nan"), float("nan"))
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * np.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / d
-    return (float(centre - half), float(centre + half))
 
 
 def seed_half_width(values, inflate: float = 1.0) -> float:

@@ -24,10 +24,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from koa_core.experiments.groups import confounders, deviations, enhanced
-from koa_core.experiments.intervals import Estimate, Z95, seed_difference, seed_figure, wilson
+from koa_core.experiments.intervals import Estimate, seed_difference, seed_figure
 from koa_core.experiments.verdicts import (CONFOUNDED, NOT_COMPARABLE, NOT_REPRODUCED,
                                            NOT_TESTABLE, TOO_FEW_SEEDS, Evidence, judge,
                                            paper_error, tolerance)
+from koa_core.metrics.classification import Z95, wilson
 from koa_core.paper import AT_LEAST, CLAIMS as PAPER_CLAIMS, PaperClaim
 
 __all__ = ["Claim", "OURS", "SECTIONS", "compare", "judge_claims", "needs_raw"]

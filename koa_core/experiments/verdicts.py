@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from koa_core.experiments.intervals import Z95
+from koa_core.metrics.classification import Z95
 from koa_core.paper import ABOUT, AT_LEAST, AT_MOST
 
 __all__ = ["CONFOUNDED", "EXCEEDS", "Evidence", "HELPS", "HURTS", "INCONCLUSIVE",

@@ -17,8 +17,8 @@ import numpy as np
 
 from koa_core.errors import KoaError
 
-__all__ = ["LABELS", "classification_metrics", "confusion_figure", "confusion_scores",
-           "format_report", "majority_rate"]
+__all__ = ["LABELS", "Z95", "classification_metrics", "confusion_figure", "confusion_scores",
+           "format_report", "majority_rate", "wilson"]
 
 LABELS = (0, 1, 2, 3, 4)
 _K = len(LABELS)
@@ -40,6 +40,19 @@ def _as_grades(y: Any, what: str) -> np.ndarray:
         raise KoaError(f"{what}: grades must lie in 0..{_K - 1}, "
                        f"found {int(arr.min())}..{int(arr.max())}")
     return arr
+
+
+Z95 = 1.959963984540054  # the normal 97.5 % quantile
+
+
+def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``p`` of ``n``."""
+    if not n > 0 or not np.isfinite(p):
+        return (float("nan"), float("nan"))
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * np.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / d
+    return (float(centre - half), float(centre + half))
 
 
 def majority_rate(y_true: Sequence[int] | np.ndarray) -> float:

@@ -7,6 +7,7 @@ from scipy import stats
 
 from koa_core.errors import KoaError
 from koa_core.experiments import intervals
+from koa_core.metrics.classification import wilson
 
 Y = np.repeat(np.arange(5), [320, 150, 200, 100, 30])
 
@@ -23,7 +24,7 @@ def _runs(preds, y=Y):
 def test_wilson_matches_scipy():
     for k, n in ((25, 27), (0, 51), (40, 51), (600, 826)):
         ref = stats.binomtest(k, n).proportion_ci(method="wilson")
-        assert intervals.wilson(k / n, n) == pytest.approx((ref.low, ref.high), abs=1e-9)
+        assert wilson(k / n, n) == pytest.approx((ref.low, ref.high), abs=1e-9)
 
 
 def test_agreeing_seeds_give_the_knee_only_interval():
@@ -33,7 +34,7 @@ def test_agreeing_seeds_give_the_knee_only_interval():
     assert three.ci == pytest.approx(three.knee_ci)
     assert three.ci == pytest.approx(one.ci)
     # the knee part of a proportion is the Wilson interval on its knees
-    assert three.knee_ci == pytest.approx(intervals.wilson((same == Y).mean(), len(Y)))
+    assert three.knee_ci == pytest.approx(wilson((same == Y).mean(), len(Y)))
     assert not one.seed_spread and three.seed_spread
 
 
