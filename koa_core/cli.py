@@ -186,10 +186,23 @@ def _cmd_evaluate(args) -> int:
     print(f"{m['checkpoint']} on {args.data} [{args.split}], n = {m['n']}{extra}; "
           f"{m['precision']}")
     print(format_report(m))
+    if m.get("conformal"):
+        print(_evaluated_sets(m["conformal"]))
     return 0
 
 
+def _evaluated_sets(c: dict) -> str:
+    """The conformal sets' coverage and size on the evaluated knees, overall and per grade."""
+    lo, hi = c["coverage_ci"]
+    per = "; ".join(f"KL{g} {v['coverage']:.2f} ({v['mean_set_size']:.1f})"
+                    for g, v in c["per_grade"].items())
+    return (f"sets of grades ({c['method']}, target {100 * c['target']:g} %): coverage "
+            f"{c['coverage']:.3f} [{lo:.3f}, {hi:.3f}], {c['mean_set_size']:.2f} grades per "
+            f"set; per grade, coverage (mean size): {per}")
+
+
 def _cmd_predict(args) -> int:
+    _check_output_kinds(args)  # before the heavy imports: a FIFO is one line at once
     from koa_core.infer.predict import BatchOptions, grade_batch
 
     to_csv = bool(args.out)
@@ -213,11 +226,22 @@ def _cmd_predict(args) -> int:
         where = f"; the rows of the files graded so far are in {args.out}" if to_csv else ""
         print(f"koa: error: interrupted{where}", file=sys.stderr)
         return 130
-    if args.json:
-        print(json.dumps([p.to_dict() for p in result.kept], indent=2))
-    if to_csv or result.skipped or result.left_out:
+    if args.json:  # to_dict gives null for a number that is not finite: never bare NaN
+        print(json.dumps([p.to_dict() for p in result.kept], indent=2, allow_nan=False))
+    if to_csv or result.skipped or result.followed or result.repeated:
         print(result.summary(args.out), file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _check_output_kinds(args) -> None:
+    """Refuse a CSV or report index that exists and is not a regular file (a FIFO would
+    block for ever) without opening it; grade_batch checks every output again."""
+    from koa_core.files import check_output_file
+
+    if args.out:
+        check_output_file(args.out, "the CSV")
+    if args.report:
+        check_output_file(Path(args.report) / "index.html", "the report's index")
 
 
 @contextlib.contextmanager
@@ -283,9 +307,17 @@ def _sidecar_writer_args(p, what: str, split: str) -> None:
 
 
 def _add_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit the checkpoint's temperature on the validation "
-                       "knees and store it in its sidecar (probabilities, not grades, change)")
-    _sidecar_writer_args(p, "the temperature", "val")
+    p = sub.add_parser("calibrate", help="fit the checkpoint's temperature and its conformal "
+                       "sets of grades on the validation knees and store them in its sidecar "
+                       "(probabilities and sets, not grades, change)")
+    _sidecar_writer_args(p, "the temperature and the conformal sets", "val")
+    p.add_argument("--coverage", type=float, default=0.90, help="the share of knees whose "
+                   "set of grades holds the true grade (default 0.90)")
+    p.add_argument("--sets", choices=("ordinal", "lac"), default="ordinal",
+                   help="ordinal: runs of neighbouring grades (KL1–KL3; default); lac: the "
+                   "grades probable enough, contiguous or not")
+    p.add_argument("--class-conditional", action="store_true", help="one threshold per "
+                   "true grade, so that each grade (KL4 too) gets the coverage on its own")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--allow-leakage", action="store_true")
@@ -305,7 +337,13 @@ def _add_input_profile(sub) -> None:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="grade knee images and folders (CSV, Grad-CAM, reports)")
+    p = sub.add_parser(
+        "predict", help="grade knee images and folders (CSV, Grad-CAM, reports)",
+        epilog="Each grade comes with its set of grades at the coverage koa calibrate fitted "
+        "(e.g. 'set KL1–KL3 at 90 %': for 90 % of knees like the validation knees the true "
+        "grade is in the set; a flagged input is not such a knee). What the shipped "
+        "checkpoint is for and not for, and how it grades: its model card, the book's page "
+        "book/model_card.md (written by make book). A research tool, not a diagnosis.")
     p.add_argument("images", nargs="+", metavar="DIR_OR_FILE",
                    help="image files (PNG, JPEG, WebP, TIFF, DICOM) or folders to walk")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or an ONNX file from "
@@ -313,7 +351,8 @@ def _add_predict(sub) -> None:
     _add_engine(p)
     _add_uncalibrated(p)
     p.add_argument("--out", metavar="CSV", help="write one row per file here (grade, "
-                   "probabilities, gate, precision, error), each row as soon as it is graded")
+                   "probabilities, set of grades, gate, precision, error), each row as soon "
+                   "as it is graded")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--cam", metavar="DIR", help="write each stream's Grad-CAM over the input "
                    "image, at its own resolution, here")
@@ -334,12 +373,13 @@ def _add_uncalibrated(p) -> None:
 
 def _cmd_calibrate(args) -> int:
     from koa_core.model.checkpoint import sidecar_path
-    from koa_core.infer.evaluate import calibrate_checkpoint
+    from koa_core.infer.evaluate import SetOptions, calibrate_checkpoint
 
     c = calibrate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                              cache_dir=args.cache_dir, allow_leakage=args.allow_leakage,
                              progress=not args.quiet, engine=args.engine,
-                             command=args.command_line)
+                             command=args.command_line,
+                             sets=SetOptions(args.coverage, args.sets, args.class_conditional))
     x = c["cross_fitted"]
     print(f"temperature {c['temperature']:.3f} fitted on {c['knees']} validation knees and "
           f"stored in {sidecar_path(args.checkpoint)}\n"
@@ -347,7 +387,18 @@ def _cmd_calibrate(args) -> int:
           f"ECE {c['ece']['before']:.4f} -> {c['ece']['after']:.4f} (fitted on these knees)\n"
           f"  cross-fitted over patients: NLL {x['nll']:.4f}, ECE {x['ece']:.4f} "
           f"(fold temperatures {', '.join(f'{t:.3f}' for t in x['fold_temperatures'])})")
+    print(_sets_line(c["conformal"], c["conformal_skipped"]))
     return 0
+
+
+def _sets_line(conf: dict | None, skipped: str | None) -> str:
+    if conf is None:
+        return f"  no sets of grades stored: {skipped}"
+    m = conf["measured"]
+    per = "per grade " if conf["class_conditional"] else ""
+    return (f"  {conf['method']} sets of grades at {100 * conf['coverage']:g} % ({per}"
+            f"threshold{'s' if per else ''} from {conf['n']} knees): on them, coverage "
+            f"{m['coverage']:.3f}, {m['mean_set_size']:.2f} grades per set on average")
 
 
 def _cmd_input_profile(args) -> int:
@@ -464,14 +515,44 @@ def _cmd_export(args) -> int:
         raise KoaError("--dataset is required: say what the run was trained on, in words")
     if args.run is None:
         raise KoaError("name the run folder to export")
+    _check_export_out(args.out, Path(args.run) / "best.safetensors", args.run,
+                      sidecar_too=True)
     path = export_run(args.run, args.out, dataset=args.dataset, note=args.note,
                       dtype=args.dtype)
+    _publish(path, path.with_suffix(".json"))
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
+def _check_export_out(out: str, src: Path, run: str | None, sidecar_too: bool) -> None:
+    """Refuse, before anything is written, an export whose --out (or, for a safetensors
+    export, the sidecar beside it) is the source checkpoint, its sidecar or any file of its
+    run folder, or is not a regular file (a FIFO, a device, a folder)."""
+    from koa_core.files import check_output_file, refuse_same_file
+
+    outs = {"--out": Path(out)}
+    if sidecar_too:
+        outs["the sidecar of --out"] = Path(out).with_suffix(".json")
+    sources = [src, src.with_suffix(".json")]
+    if run and Path(run).is_dir():
+        sources += sorted(p for p in Path(run).iterdir() if p.is_file())
+    refuse_same_file(outs, sources, source="the source checkpoint, its sidecar or a file of "
+                     "its run")
+    for path in outs.values():
+        check_output_file(path, "the export")
+
+
+def _publish(*paths: Path) -> None:
+    """Exported files get the umask's mode (their writers create them 0600)."""
+    from koa_core.files import publish_mode
+
+    for path in paths:
+        publish_mode(path)
+
+
 def _export_onnx(args) -> int:
     from koa_core.infer.backends import calibration_views, export_onnx
+    from koa_core.locking import FolderLock
     from koa_core.model.checkpoint import read_sidecar
     from koa_core.model.checkpoint import resolve_checkpoint
 
@@ -479,6 +560,7 @@ def _export_onnx(args) -> int:
         else resolve_checkpoint(args.run)
     if not src.is_file():
         raise KoaError(f"{src}: no such checkpoint")
+    _check_export_out(args.out, src, args.run, sidecar_too=False)
     calibration = None
     if args.int8:
         if not args.calibrate:
@@ -488,7 +570,9 @@ def _export_onnx(args) -> int:
                                         args.calibration_images)
     elif args.calibrate:
         raise KoaError("--calibrate is only used with --int8")
-    path = export_onnx(src, args.out, calibration=calibration)
+    with FolderLock(Path(args.out).parent, "exporting a checkpoint"):
+        path = export_onnx(src, args.out, calibration=calibration)
+        _publish(path)
     kind = f"int8, calibrated on {len(calibration)} training knees" if args.int8 else "fp32"
     print(f"wrote {path} ({kind}) from {src}")
     return 0

@@ -11,19 +11,25 @@ temperature in the checkpoint's sidecar where ``koa calibrate`` fitted one.
 * :class:`OrtBackend` runs an ONNX file written by :func:`~koa_core.infer.onnx.export_onnx`
   (fp32, or int8 from :func:`~koa_core.infer.onnx.quantize_int8`), whose metadata carries
   the checkpoint's sidecar, so the pixels match training exactly as with the safetensors
-  checkpoint.
+  checkpoint. That metadata is checked as a checkpoint's sidecar is, the file's input and
+  outputs against what the exporter writes, and every output it gives against being
+  probabilities (finite, in [0, 1], rows summing to 1), all in one line when refused.
 
 :func:`load_backend` is the one owner of the engine names (:data:`ENGINES`) and of the
-choice ``auto`` makes. The ONNX functions are re-exported here for callers that hold a
+choice ``auto`` makes. Every engine runs a safetensors checkpoint only after
+:func:`~koa_core.model.checkpoint.check_checkpoint`; the ONNX export is cached under the
+weights' own SHA-256, and a cache that cannot be written means torch runs instead, said in
+one line on stderr. The ONNX functions are re-exported here for callers that hold a
 backend and need the file it runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +37,22 @@ import torch
 
 from koa_core.config import ENGINES
 from koa_core.errors import KoaError
-from koa_core.infer.onnx import (META_QUANT, META_SIDECAR, calibration_views, export_onnx,
-                                 onnx_cache_path, quantize_int8)
+from koa_core.infer.onnx import (META_QUANT, META_SIDECAR, OnnxWriteError, calibration_views,
+                                 export_onnx, onnx_cache_path, quantize_int8)
+from koa_core.metrics.conformal import Conformal
 from koa_core.metrics.calibration import apply_temperature, sidecar_temperature
-from koa_core.model.checkpoint import load_checkpoint, read_sidecar
+from koa_core.model.checkpoint import check_checkpoint, check_sidecar, load_checkpoint
 from koa_core.model.inference import check_tta, predict_views
 from koa_core.runtime import amp_dtype, cpu_has_bf16, require, resolve_device
 
 __all__ = ["ENGINES", "OrtBackend", "TorchBackend", "calibration_views", "export_onnx",
            "load_backend", "onnx_cache_path", "quantize_int8", "resolve_engine"]
 
+# What koa export --onnx writes: one uint8 input and these outputs, (batch, width) each;
+# the gate only for a dual-stream model.
+INPUT = "views"
+OUTPUTS = (("probabilities", 5), ("gate", 2))
+SUM_TOLERANCE = 1e-3  # a softmax row sums to 1 within float error, int8 files included
 
 
 class _Calibrated:
@@ -54,6 +66,13 @@ class _Calibrated:
     def temperature(self) -> float | None:
         """The temperature applied to this backend's probabilities (None: plain softmax)."""
         return sidecar_temperature(self.sidecar) if self.calibrated else None
+
+    @property
+    def conformal(self) -> Conformal | None:
+        """The sets of grades ``koa calibrate`` fitted on its temperature-scaled
+        probabilities (None: none stored, or the plain softmax asked for)."""
+        entry = self.sidecar.get("conformal")
+        return Conformal.from_dict(entry) if entry and self.calibrated else None
 
     def _scaled(self, probs: np.ndarray) -> np.ndarray:
         t = self.temperature
@@ -83,38 +102,106 @@ class TorchBackend(_Calibrated):
         return self._scaled(p), g
 
 
+def _session(path: Path, threads: int | None):
+    ort = require("onnxruntime", "--engine onnxruntime")
+    if not path.is_file():
+        raise KoaError(f"{path}: no such ONNX file")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KoaError(f"{path}: not a readable ONNX model ({first[:200]})") from None
+
+
+def _metadata_sidecar(path: Path, meta: dict) -> dict:
+    """The checkpoint sidecar an ONNX file carries, checked as a checkpoint's is."""
+    if META_SIDECAR not in meta:
+        raise KoaError(f"{path}: not an ONNX file written by koa export --onnx "
+                       "(no koa_sidecar metadata)")
+    try:
+        side = json.loads(meta[META_SIDECAR])
+    except ValueError as exc:
+        raise KoaError(f"{path}: its koa_sidecar metadata is not valid JSON ({exc})") from None
+    if not isinstance(side, dict):
+        raise KoaError(f"{path}: its koa_sidecar metadata must be a JSON object, found a "
+                       f"JSON {type(side).__name__}")
+    return side
+
+
+def _shape(dims) -> str:
+    return "(" + ", ".join(str(d) for d in dims) + ")"
+
+
+def _check_signature(path: Path, session, side: dict) -> int:
+    """The sidecar's settings in their ranges, and the input and outputs koa export --onnx
+    writes for its model, declared as such (a dimension left symbolic is checked on every
+    run); returns the input size."""
+    dual = check_sidecar(side, f"{path} (koa_sidecar metadata)").model.streams == "dual"
+    want = OUTPUTS[:1 + dual]
+    outs = [(o.name, list(o.shape)) for o in session.get_outputs()]
+    if len(outs) != len(want) or any(
+            name != w or len(dims) != 2 or (isinstance(dims[1], int) and dims[1] != width)
+            for (name, dims), (w, width) in zip(outs, want)):
+        listed = ", ".join(f"{name} {_shape(dims)}" for name, dims in outs)
+        raise KoaError(f"{path}: its {len(outs)} output{'s' * (len(outs) != 1)} "
+                       f"({listed}) are not what koa export --onnx writes for this model: "
+                       + " and ".join(f"{w} (batch, {width})" for w, width in want))
+    ins = session.get_inputs()
+    size = (side.get("preprocess") or {}).get("size", 224)
+    dims = list(ins[0].shape) if len(ins) == 1 else []
+    if len(ins) != 1 or ins[0].name != INPUT or len(dims) != 4 or dims[1] != 2 or any(
+            isinstance(d, int) and d != size for d in dims[2:]):
+        listed = ", ".join(f"{i.name} {_shape(i.shape)}" for i in ins)
+        raise KoaError(f"{path}: its inputs ({listed}) are not what koa export --onnx "
+                       f"writes for this model: views (batch, 2, {size}, {size})")
+    return size
+
+
+def _probabilities(path: Path, name: str, values, width: int) -> np.ndarray:
+    """An output checked to be ``width`` probabilities a row: in [0, 1], summing to 1. A
+    row of NaN is left for the caller to report as that knee's error."""
+    values = np.asarray(values, np.float32)
+    if values.ndim != 2 or values.shape[1] != width:
+        raise KoaError(f"{path}: its {name} output has shape {_shape(values.shape)}, not "
+                       f"(batch, {width}); refused")
+    rows = values[~np.isnan(values).any(axis=1)]
+    if len(rows) and (not np.isfinite(rows).all() or rows.min() < 0 or rows.max() > 1
+                      or np.abs(rows.sum(axis=1) - 1).max() > SUM_TOLERANCE):
+        raise KoaError(f"{path}: its {name} output is not probabilities (values from "
+                       f"{rows.min():.3g} to {rows.max():.3g}, rows summing to "
+                       f"{rows.sum(axis=1).min():.3g}-{rows.sum(axis=1).max():.3g}); refused")
+    return values
+
+
 class OrtBackend(_Calibrated):
-    """An ONNX file written by :func:`export_onnx`, run by ONNX Runtime on the CPU."""
+    """An ONNX file written by :func:`export_onnx`, run by ONNX Runtime on the CPU. Its
+    metadata (the checkpoint's sidecar, range-checked), its input and outputs, and what it
+    gives for a blank knee are checked when it is loaded; every output it gives is
+    checked to be probabilities."""
 
     engine = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        ort = require("onnxruntime", "--engine onnxruntime")
         path = Path(path)
-        if not path.is_file():
-            raise KoaError(f"{path}: no such ONNX file")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise KoaError(f"{path}: not a readable ONNX model ({first[:200]})") from None
+        self.session = _session(path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
-        if META_SIDECAR not in meta:
-            raise KoaError(f"{path}: not an ONNX file written by koa export --onnx "
-                           "(no koa_sidecar metadata)")
-        self.sidecar = json.loads(meta[META_SIDECAR])
+        self.sidecar = _metadata_sidecar(path, meta)
         self.quantization = meta.get(META_QUANT, "fp32")
         self.precision = "onnxruntime " + ("int8" if self.quantization.startswith("int8")
                                            else "fp32")
         self.checkpoint = path
         self.source: Path | None = None  # the safetensors checkpoint it was exported from
         self._cam_model = None
+        size = _check_signature(path, self.session, self.sidecar)
         self._gated = len(self.session.get_outputs()) == 2
+        probe, _ = self._run(np.zeros((1, 2, size, size), np.uint8))
+        if not np.isfinite(probe).all():
+            raise KoaError(f"{path}: its probabilities for a blank image are not finite "
+                           "(NaN); refused")
 
     @property
     def cam_model(self):
@@ -125,8 +212,16 @@ class OrtBackend(_Calibrated):
         return self._cam_model
 
     def _run(self, x: np.ndarray):
-        out = self.session.run(None, {"views": x})
-        return out[0], (out[1] if self._gated else None)
+        try:
+            out = self.session.run(None, {INPUT: x})
+        except Exception as exc:  # onnxruntime's own types: a graph that cannot run
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
+            raise KoaError(f"{self.checkpoint}: ONNX Runtime could not run it "
+                           f"({first[:200]})") from None
+        probs = _probabilities(self.checkpoint, "probabilities", out[0], OUTPUTS[0][1])
+        gate = (_probabilities(self.checkpoint, "gate", out[1], OUTPUTS[1][1])
+                if self._gated else None)
+        return probs, gate
 
     def predict(self, views, batch_size: int = 64, tta: str | None = None):
         check_tta(tta)
@@ -164,45 +259,69 @@ def resolve_engine(engine: str) -> str:
     return "onnxruntime"
 
 
+class _CacheUnwritable(KoaError):
+    """The ONNX export cannot be written to the cache (its folder, a full disk)."""
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why nothing can be written in ``folder`` (made if missing), or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".koa-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def load_backend(checkpoint: str | Path, engine: str = "torch",
                  device: str | torch.device | None = None,
                  cache_dir: str | Path | None = None):
     """The backend for ``engine`` (torch, onnxruntime, onnxruntime-int8).
 
-    An ``.onnx`` checkpoint always runs on ONNX Runtime. ``onnxruntime`` with a safetensors
-    checkpoint exports it once to the cache (keyed by its weights' digest) and runs that;
-    ``onnxruntime-int8`` needs calibration images, so it takes an ONNX file made by
-    ``koa export --onnx --int8 --calibrate ROOT``; ``auto``: :func:`resolve_engine`."""
+    An ``.onnx`` checkpoint always runs on ONNX Runtime. A safetensors checkpoint goes
+    through :func:`~koa_core.model.checkpoint.check_checkpoint` on every engine; with
+    ``onnxruntime`` it is exported once to the cache (keyed by the weights' own SHA-256)
+    and that export runs, or torch runs it, saying so in one line on stderr, when the
+    cache cannot be written. ``onnxruntime-int8`` needs calibration images, so it takes an
+    ONNX file made by ``koa export --onnx --int8 --calibrate ROOT``; ``auto``:
+    :func:`resolve_engine`."""
     if engine not in ENGINES:
         raise KoaError(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
     path = Path(checkpoint)
-    if path.suffix.lower() != ".onnx":
-        engine = resolve_engine(engine)
     if path.suffix.lower() == ".onnx":  # whatever the engine: the file says what it is
         backend = OrtBackend(path)
         if engine == "onnxruntime-int8" and not backend.precision.endswith("int8"):
             raise KoaError(f"{path}: is a float32 ONNX file; --engine onnxruntime-int8 needs "
                            "one written by koa export --onnx --int8")
         return backend
+    engine = resolve_engine(engine)
     if engine == "torch":
         return TorchBackend(path, device)
     if engine == "onnxruntime-int8":
         raise KoaError("--engine onnxruntime-int8 needs an int8 ONNX file as --checkpoint "
                        "(calibrated on training knees): koa export --onnx --int8 --calibrate "
                        "ROOT --out model-int8.onnx")
-    backend = _cached_export(path, onnx_cache_path(path, cache_dir))
+    checked = check_checkpoint(path)
+    try:
+        backend = _cached_export(path, onnx_cache_path(path, cache_dir, checked.digest))
+    except _CacheUnwritable as exc:
+        print(f"koa: {exc}; grading with torch instead", file=sys.stderr, flush=True)
+        return TorchBackend(path, device)
     backend.source = path
     # the checkpoint's own sidecar, not the copy frozen into the cached export: a
     # temperature fitted after the export was cached still applies
-
-    backend.sidecar = read_sidecar(path)
+    backend.sidecar = checked.sidecar
     return backend
 
 
 def _cached_export(path: Path, target: Path) -> OrtBackend:
     """The cached ONNX export of ``path``, made once; a cached file that ONNX Runtime
-    cannot read (a damaged or foreign file in the cache) is exported again, once."""
-    if target.exists():
+    cannot read (a damaged or foreign file in the cache) is exported again, once. A cache
+    that cannot take the export raises :class:`_CacheUnwritable` before exporting."""
+    again = target.exists()
+    if again:
         try:
             return OrtBackend(target)
         except KoaError as exc:
@@ -211,8 +330,15 @@ def _cached_export(path: Path, target: Path) -> OrtBackend:
                   flush=True)
             with contextlib.suppress(OSError):
                 target.unlink()
-    else:
+    problem = _unwritable(target.parent)
+    if problem:
+        raise _CacheUnwritable(f"cannot write the ONNX export of {path.name} to "
+                               f"{target.parent} ({problem})")
+    if not again:
         print(f"koa: exporting {path.name} to ONNX for ONNX Runtime, once (cached as "
               f"{target})", file=sys.stderr, flush=True)
-    export_onnx(path, target)
+    try:
+        export_onnx(path, target)
+    except OnnxWriteError as exc:
+        raise _CacheUnwritable(str(exc)) from None
     return OrtBackend(target)

@@ -9,7 +9,11 @@ rebuild preprocessing from the checkpoint's sidecar, so the pixels match trainin
 
 :func:`calibrate_checkpoint` (``koa calibrate``, beyond the paper) fits a temperature on the
 validation knees and stores it in the sidecar, with the calibration it buys (NLL, ECE,
-and both again cross-fitted over patients so the figure is not judged on its own fit).
+and both again cross-fitted over patients so the figure is not judged on its own fit), and
+the conformal threshold(s) of sets of grades with a stated coverage
+(:mod:`koa_core.metrics.conformal`) on the temperature-scaled probabilities. It refuses too
+few knees, and a temperature that would worsen the ECE even on its own knees.
+:func:`evaluate_checkpoint` reports a calibrated checkpoint's sets (coverage, set size).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from koa_core.config import validate_preprocess
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
 from koa_core.infer.backends import load_backend
@@ -33,18 +38,29 @@ from koa_core.metrics.classification import classification_metrics
 from koa_core.data.preprocess import Preprocessor
 from koa_core.model.inference import check_tta
 from koa_core.metrics.calibration import apply_temperature, calibration_report, ece, nll
-from koa_core.model.checkpoint import resolve_checkpoint, update_sidecar
+from koa_core.metrics.conformal import (Conformal, fit_conformal, set_report, set_stats,
+                                        too_few)
+from koa_core.model.checkpoint import resolve_checkpoint, sidecar_path, update_sidecar
 
 __all__ = [
     "EvalOptions",
+    "SetOptions",
     "calibrate_checkpoint",
     "evaluate_checkpoint",
     "preprocessor_from_sidecar",
 ]
 
+# koa calibrate's least validation set: the cross-fit halves need two patients, a
+# temperature fitted on a handful of knees of one grade says nothing
+MIN_CALIBRATION_KNEES = 5
+
+
 def preprocessor_from_sidecar(side: dict) -> Preprocessor:
     """The checkpoint's preprocessing, its input transform included
-    (:meth:`Preprocessor.from_sidecar`)."""
+    (:meth:`Preprocessor.from_sidecar`), its values checked against the configuration's
+    ranges first (:func:`~koa_core.config.validate_preprocess`)."""
+    if "preprocess" in side:
+        validate_preprocess(side["preprocess"], "checkpoint sidecar")
     return Preprocessor.from_sidecar(side)
 
 
@@ -110,6 +126,9 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
                     "ensemble": ([str(m.checkpoint) for m in members] if len(members) > 1
                                  else None),
                     **provenance(device=getattr(members[0], "device", torch.device("cpu")))})
+    if side.get("conformal") and len(members) == 1 and o.calibrated and not metrics["tta"]:
+        # the sets hold for probabilities made as at calibration: one model, its temperature
+        metrics["conformal"] = set_report(Conformal.from_dict(side["conformal"]), probs, y_true)
     if gates is not None:
         metrics["gate_raw_mean_by_grade"] = {
             str(g): float(gates[y_true == g, 0].mean()) for g in range(5) if (y_true == g).any()}
@@ -143,16 +162,30 @@ def _member_predict(member, records, root, cache_dir, progress, batch_size, tta=
     return member.predict(views, batch_size, tta=tta)
 
 
+@dataclass(frozen=True)
+class SetOptions:
+    """The conformal sets ``koa calibrate`` fits beside the temperature."""
+
+    coverage: float = 0.90  # ours: the share of knees whose set holds the true grade
+    method: str = "ordinal"  # ours: runs of neighbouring grades (metrics.conformal)
+    class_conditional: bool = False  # ours: one threshold per true grade
+
+
 def calibrate_checkpoint(checkpoint: str | Path, root: str | Path,
                          options: EvalOptions | None = None, command: str | None = None,
-                         **settings) -> dict:
+                         sets: SetOptions | None = None, **settings) -> dict:
     """Fit the temperature of ``checkpoint`` on the validation split of ``root`` and store
     it in the checkpoint's sidecar (``calibration``); returns what was stored. ``options``
     (or its fields as keywords): the :class:`EvalOptions` that apply (batch size, cache,
     leakage, device, progress, engine); ``command``: for the provenance.
 
-    The fit starts from the plain softmax, so calibrating again replaces the temperature
-    instead of stacking a second one. The test split is never read."""
+    The conformal sets (``sets``: :class:`SetOptions`) are fitted on the same knees'
+    temperature-scaled probabilities and stored as ``conformal``, with the coverage and set
+    sizes they reach there. The fit starts from the plain softmax, so calibrating again
+    replaces the temperature instead of stacking a second one. The test split is never
+    read. Too few validation knees (:data:`MIN_CALIBRATION_KNEES`, of two patients and two
+    grades at least), or a temperature that would worsen the ECE on the very knees it was
+    fitted on, is refused in one line and the sidecar is left as it was."""
     o = dataclasses.replace(options or EvalOptions(), **settings)
     ckpt = Path(checkpoint)
     if ckpt.suffix.lower() != ".safetensors":
@@ -161,20 +194,60 @@ def calibrate_checkpoint(checkpoint: str | Path, root: str | Path,
     member = load_backend(ckpt, o.engine, o.device, o.cache_dir)
     member.calibrated = False
     records = _split_records(root, "val", o.allow_leakage)
+    _check_calibration_set(records, root)
     probs, _ = _member_predict(member, records, root, o.cache_dir, o.progress, o.batch_size)
+    calibration = _fit_calibration(probs, records, ckpt)
+    made = {"engine": member.engine, "precision": member.precision,
+            **provenance(command, device=getattr(member, "device", torch.device("cpu")))}
+    calibration.update(made)
+    scaled = apply_temperature(probs, calibration["temperature"])
+    y = np.array([r.grade for r in records])
+    conformal, skipped = _fit_sets(scaled, y, sets or SetOptions(), made)
+    # too few knees for sets: none stored (an earlier calibration's are removed)
+    update_sidecar(ckpt, {"calibration": calibration, "conformal": conformal})
+    return {**calibration, "conformal": conformal, "conformal_skipped": skipped}
+
+
+def _fit_sets(scaled: np.ndarray, y: np.ndarray, s: SetOptions, made: dict
+              ) -> tuple[dict | None, str | None]:
+    """The sidecar's ``conformal`` entry, or None and why not (too few knees)."""
+    if not 0 < s.coverage < 1:
+        raise KoaError(f"--coverage must lie between 0 and 1, got {s.coverage}")
+    short = too_few(y, s.coverage, s.class_conditional, scaled.shape[1])
+    if short:
+        return None, short
+    conf = fit_conformal(scaled, y, s.coverage, s.method, s.class_conditional)
+    return {**conf.to_dict(), "split": "val", "measured": set_stats(conf.sets(scaled), y),
+            **made}, None
+
+
+def _check_calibration_set(records, root) -> None:
+    patients = {r.patient or r.path for r in records}
+    grades = {r.grade for r in records}
+    if (len(records) < MIN_CALIBRATION_KNEES or len(patients) < 2 or len(grades) < 2):
+        raise KoaError(f"{root}: koa calibrate needs at least {MIN_CALIBRATION_KNEES} "
+                       "validation knees, of at least 2 patients and 2 grades "
+                       f"({len(records)} knee(s) of {len(patients)} patient(s), "
+                       f"{len(grades)} grade(s) found)")
+
+
+def _fit_calibration(probs: np.ndarray, records, ckpt: Path) -> dict:
+    """The temperature fitted on the validation knees and what it buys, or one line when
+    it would make the ECE on those knees worse."""
     y = np.array([r.grade for r in records])
     report = calibration_report(probs, y, [r.patient or r.path for r in records])
     t = report["temperature_all"]
     scaled = apply_temperature(probs, t)
-    calibration = {
+    before, after = report["before"]["ece"], ece(scaled, y)
+    if after > before:
+        raise KoaError(f"the fitted temperature {t:.3f} would worsen the expected calibration "
+                       f"error on these {len(y)} validation knees (ECE {before:.4f} -> "
+                       f"{after:.4f}); not stored, {sidecar_path(ckpt)} is unchanged")
+    return {
         "temperature": t, "split": "val", "knees": int(len(y)),
         "nll": {"before": report["before"]["nll"], "after": nll(scaled, y)},
-        "ece": {"before": report["before"]["ece"], "after": ece(scaled, y)},
+        "ece": {"before": before, "after": after},
         "cross_fitted": {"nll": report["after"]["nll"], "ece": report["after"]["ece"],
                          "fold_temperatures": report["fold_temperatures"],
                          "what": "each patient's knees scaled by a temperature fitted on "
-                                 "the other half of the patients"},
-        "engine": member.engine, "precision": member.precision,
-        **provenance(command, device=getattr(member, "device", torch.device("cpu")))}
-    update_sidecar(ckpt, {"calibration": calibration})
-    return calibration
+                                 "the other half of the patients"}}

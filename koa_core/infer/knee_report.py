@@ -2,8 +2,11 @@
 
 How to read the picture (one row, left to right):
 
-1. **The input image** as the file holds it (gray, its own resolution), titled with the
-   file name and its size in pixels.
+1. **The input image** as the file holds it (gray), titled with the file name and its size
+   in pixels. Every image of the picture is drawn from a copy at most
+   :data:`PICTURE_SIDE` pixels on its long side (:func:`shrink`, area-averaged): the
+   picture is a few hundred pixels wide, and drawing a 64-megapixel knee at full
+   resolution cost gigabytes of float copies.
 2. **Raw stream: where it looked** - the Grad-CAM map of the raw view (paper §3.1, Fig. 7)
    drawn in colour over the image. Red/yellow = the regions that raised the score of the
    predicted grade most, blue = regions the decision hardly used. The colour scale under
@@ -13,7 +16,9 @@ How to read the picture (one row, left to right):
    drawn over that view when it is given, otherwise over the input image.
 4. **The grade**: a bar per Kellgren-Lawrence grade (KL0 healthy ... KL4 severe) with the
    model's probability of it; the predicted grade's bar has its own colour and the title
-   says "Predicted: KL2 minimal (62%)".
+   says "Predicted: KL2 minimal (62%)"; where the checkpoint carries conformal sets
+   (``koa calibrate``), the set's bars are outlined and named under it, "Set KL1–KL3 at
+   90 %".
 5. **The gate** (paper §2.4c): under the bars, "Stream weights: raw 0.62, CLAHE 0.38" -
    how much each view counted in the fused features (they add up to 1). Single-stream
    models have no gate and no such line, and only their own stream's map.
@@ -27,7 +32,8 @@ process that uses pyplot for something else. User text (file names, details) is 
 with ``parse_math=False`` so a ``$`` in a file name is shown as is.
 
 :func:`write_html_index` writes ``index.html`` for a batch: one table row per file with
-the grade, the five probabilities, the gate weights and a thumbnail linked to the picture
+the grade (and its set), the five probabilities, the gate weights and a thumbnail linked to
+the picture
 (or the error, in red, for a file that failed). The page is self-contained: inline CSS,
 no JavaScript, no external resources; every piece of text is HTML-escaped.
 """
@@ -43,12 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import cv2
 import numpy as np
 
 from koa_core import GRADE_NAMES
+from koa_core.metrics.conformal import set_label
 
-__all__ = ["CAM_LABEL", "CAPTION", "KneeReport", "build_figure", "index_entry",
-           "render_report", "write_html_index"]
+__all__ = ["CAM_LABEL", "CAPTION", "PICTURE_SIDE", "KneeReport", "build_figure", "index_entry",
+           "render_report", "shrink", "write_html_index"]
 
 STREAMS = ("raw", "clahe")
 STREAM_TITLES = {"raw": "Raw stream: where it looked", "clahe": "CLAHE stream: where it looked"}
@@ -60,8 +68,10 @@ FIGSIZE = (14.0, 4.2)
 CAM_ALPHA = 0.45
 PREDICTED_COLOR = "#d62728"
 OTHER_COLOR = "#a6b4c4"
+SET_COLOR = "#1f77b4"  # the outline of the set of grades
 _SUM_TOL = 1e-2  # probabilities / gate weights must add up to 1 within this (fp16 softmax)
 _NAME_CHARS = 40  # longer file names are shortened in the middle in the picture's title
+PICTURE_SIDE = 1024  # the long side of the copy every picture (and --cam file) is drawn from
 
 
 @dataclass
@@ -76,6 +86,28 @@ class KneeReport:
     cams: dict[str, np.ndarray]     # {"raw": map, "clahe": map}, each (H, W) in [0, 1]
     clahe_image: np.ndarray | None = None  # the CLAHE view (H, W), drawn under its map
     details: dict[str, str] = field(default_factory=dict)  # extra "key: value" lines
+    size: tuple[int, int] | None = None  # (H, W) as read, when ``image`` is a smaller copy
+    grade_set: Sequence[int] | None = None  # the conformal set of grades (koa calibrate)
+    set_coverage: float | None = None  # ... and the share of knees it is calibrated to hold
+
+
+def shrink(image: np.ndarray, box: tuple[int, int, int, int] | None = None,
+           side: int = PICTURE_SIDE) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """A copy of a 2-D image (or map) at most ``side`` pixels on its long side,
+    area-averaged, and the crop box ``(top, left, height, width)`` in its pixels (its edges
+    scaled); the image itself, and the box, when it is small enough already."""
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image, box
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # (width, height)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if box is None:
+        return small, None
+    sy, sx = size[1] / h, size[0] / w
+    top, left = min(round(box[0] * sy), size[1] - 1), min(round(box[1] * sx), size[0] - 1)
+    bottom, right = round((box[0] + box[2]) * sy), round((box[1] + box[3]) * sx)
+    return small, (top, left, max(1, bottom - top), max(1, right - left))
 
 
 # ---------------------------------------------------------------------------- validation
@@ -118,7 +150,8 @@ def _check_grade(grade) -> int:
 
 
 def _check(report: KneeReport):
-    """Validated (image, clahe_image, cams, probabilities, grade, gate) of a report."""
+    """Validated (image, clahe_image, cams, probabilities, grade, gate) of a report, the
+    arrays as drawn (:func:`shrink`: copies no larger than PICTURE_SIDE)."""
     image = np.asarray(report.image)
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"{report.name}: image must be a non-empty grayscale (H, W) array, "
@@ -129,6 +162,7 @@ def _check(report: KneeReport):
         if clahe.shape != image.shape:
             raise ValueError(f"{report.name}: clahe_image has shape {clahe.shape}, "
                              f"the image {image.shape}; they must match")
+        clahe = shrink(clahe)[0]
     unknown = set(report.cams) - set(STREAMS)
     if unknown:
         raise ValueError(f"{report.name}: unknown Grad-CAM stream(s) {sorted(unknown)}; "
@@ -137,15 +171,16 @@ def _check(report: KneeReport):
     for stream in STREAMS:  # always raw before CLAHE, whatever the dict's order
         if stream not in report.cams:
             continue
-        cam = np.asarray(report.cams[stream], dtype=np.float32)
+        cam = np.asarray(report.cams[stream])
         if cam.shape != image.shape:
             raise ValueError(f"{report.name}: the {stream} Grad-CAM has shape {cam.shape} but "
                              f"the image has {image.shape}; resize the map to the image first")
+        cam = shrink(cam.astype(np.float32, copy=False))[0]  # NaN stays NaN: area average
         if not np.isfinite(cam).all():
             raise ValueError(f"{report.name}: the {stream} Grad-CAM has NaN or inf values")
         cams[stream] = np.clip(cam, 0.0, 1.0)  # interpolation may overshoot [0, 1] slightly
     p = _check_probabilities(report.probabilities)
-    return image, clahe, cams, p, _check_grade(report.grade), _check_gate(report.gate)
+    return shrink(image)[0], clahe, cams, p, _check_grade(report.grade), _check_gate(report.gate)
 
 
 # ------------------------------------------------------------------------------- picture
@@ -190,8 +225,8 @@ def build_figure(report: KneeReport, dpi: int = 110):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    h, w = report.size or np.shape(report.image)[:2]
     image, clahe, cams, p, grade, gate = _check(report)
-    h, w = image.shape
 
     bottom_lines = []
     if report.details:
@@ -231,6 +266,8 @@ def build_figure(report: KneeReport, dpi: int = 110):
     bar_y = band + (0.85 if gate is not None else 0.45)
     ax = fig.add_axes(rect(x, bar_y, bar_w, fig_h - 0.45 - bar_y), label="probabilities")
     _draw_probabilities(ax, p, grade, gate)
+    if report.grade_set is not None:
+        _draw_set(ax, report.grade_set, report.set_coverage)
     _draw_lines(fig, bottom_lines, margin / fig_w, fig_h)
     return fig
 
@@ -279,7 +316,7 @@ def _draw_probabilities(ax, p: list[float], grade: int, gate) -> None:
                 color="white" if inside else "black",
                 fontweight="bold" if k == grade else "normal")
     ax.set_title(f"Predicted: {GRADE_NAMES[grade]} ({p[grade]:.0%})", fontsize=11,
-                 fontweight="bold", color=PREDICTED_COLOR)
+                 fontweight="bold", color=PREDICTED_COLOR, pad=14)
     ax.spines[["top", "right"]].set_visible(False)
     if gate is not None:
         ax.annotate(f"Stream weights: raw {gate[0]:.2f}, CLAHE {gate[1]:.2f}",
@@ -289,6 +326,21 @@ def _draw_probabilities(ax, p: list[float], grade: int, gate) -> None:
                     xy=(0.5, 0.0), xycoords=ax.xaxis.label, xytext=(0, -19),
                     textcoords="offset points", ha="center", va="top", fontsize=7.5,
                     color="dimgray")
+
+
+def set_words(grade_set: Sequence[int], coverage: float) -> str:
+    """``set KL1–KL3 at 90 %``: the conformal set as ``koa predict`` prints it."""
+    return f"set {set_label(np.isin(np.arange(len(GRADE_NAMES)), list(grade_set)))} at " \
+           f"{100 * coverage:g} %"
+
+
+def _draw_set(ax, grade_set: Sequence[int], coverage: float) -> None:
+    """The set of grades: its bars outlined, and in words under the title."""
+    for k in grade_set:
+        ax.barh(k, 1.0, height=0.86, fill=False, edgecolor=SET_COLOR, linewidth=1.4)
+    words = set_words(grade_set, coverage)
+    ax.text(0.5, 1.0, f"{words[0].upper()}{words[1:]} (outlined)",
+            transform=ax.transAxes, ha="center", va="bottom", fontsize=8.5, color=SET_COLOR)
 
 
 def _draw_lines(fig, lines: list[str], left: float, fig_h: float) -> None:
@@ -347,6 +399,7 @@ th { background: #eef1f4; }
 td.name { font-family: ui-monospace, Menlo, Consolas, monospace; word-break: break-all;
           max-width: 18em; }
 td.grade { font-weight: bold; white-space: nowrap; }
+.set { color: #1f77b4; font-weight: normal; }
 .error { color: #c00000; white-space: pre-wrap; }
 table.probs td { border: none; padding: 0 0.3em; font-size: 0.85em; white-space: nowrap; }
 .bar { display: inline-block; height: 0.7em; background: #a6b4c4; }
@@ -362,6 +415,8 @@ def index_entry(report: KneeReport, picture: str | None, error: str | None = Non
     return {"name": report.name, "picture": picture, "grade": int(report.grade),
             "probabilities": [float(v) for v in report.probabilities],
             "gate": None if report.gate is None else [float(v) for v in report.gate],
+            "set": (None if report.grade_set is None
+                    else set_words(report.grade_set, report.set_coverage)),
             "error": error}
 
 
@@ -390,6 +445,8 @@ def _row(entry: Mapping) -> str:
     grade_cell = html.escape(GRADE_NAMES[grade])
     if p is not None:
         grade_cell += f' <span class="muted">({html.escape(f"{p[grade]:.0%}")})</span>'
+    if entry.get("set"):  # the conformal set, as koa predict prints it
+        grade_cell += f'<br><span class="set">{html.escape(str(entry["set"]))}</span>'
     flags = entry.get("flags")
     if flags:  # koa_core.data.inputcheck: graded, but unlike the training knees
         grade_cell += ('<br><span class="error">input check: '

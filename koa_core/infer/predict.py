@@ -3,9 +3,9 @@
 ``koa predict DIR_OR_FILES...`` runs here:
 
 * **inputs** (:func:`collect_inputs`): files named on the command line are always tried;
-  folders are walked in sorted order (hidden entries skipped) for PNG, JPEG, WebP, TIFF and
-  DICOM files - DICOM also without a suffix, recognised by its ``DICM`` preamble. Other
-  files in a folder are skipped and counted.
+  folders are walked in sorted order (hidden entries skipped, symlinked subfolders followed
+  once) for PNG, JPEG, WebP, TIFF and DICOM files - DICOM also without a suffix,
+  recognised by its ``DICM`` preamble. Other files in a folder are skipped and counted.
 * **batches**: files are decoded and preprocessed by a small thread pool a batch ahead of
   the network, graded a batch at a time, and forgotten: memory stays flat however many
   files there are. A file that cannot be read, or whose prediction fails, gets its error
@@ -15,27 +15,42 @@
   image's size, DICOM photometry and pixel spacing, and the error. ``--out`` receives
   each row as soon as it is graded and is flushed, so an interrupted batch leaves a valid
   CSV of the files graded so far.
-* **explanations**: ``--cam DIR`` writes each stream's Grad-CAM over the input image at its
-  own resolution (the map is computed on the model's input, the crop of
-  :func:`~koa_core.data.preprocess.crop_box`, and drawn back where that crop came from);
+* **explanations**: ``--cam DIR`` writes each stream's Grad-CAM over the input image, at its
+  own resolution up to :data:`~koa_core.infer.knee_report.PICTURE_SIDE` pixels on the long
+  side (a larger one is drawn from an area-averaged copy, so the pictures cost what the
+  views do, whatever the input's size; the map is computed on the model's input, the crop
+  of :func:`~koa_core.data.preprocess.crop_box`, and drawn back where that crop came from);
   ``--report DIR`` writes one picture per knee (:mod:`koa_core.infer.knee_report`) and an
   ``index.html`` for the batch.
 
-Nothing is ever written beside the inputs: outputs go only where the options say. An
-output that is one of the inputs is refused; an output folder inside a walked input folder
-is left out of the walk (and the summary says so), so a later run does not grade its own
-pictures. CAM and report files are named after the input's stem, with a short digest of
-its path when two inputs share a stem or the stem is long, so that no two knees share a
-picture. Printed names escape control characters, and CSV cells that a spreadsheet would
-run as a formula (``= + - @``, tab, carriage return first) start with a single quote.
+Nothing is ever written beside the inputs: outputs go only where the options say, and
+they never clobber. :func:`check_outputs` refuses, in one line and before anything is
+written, an output that is the same file as an input or the checkpoint (device and inode:
+a hard link too), a CSV inside the ``--cam`` or ``--report`` folder, an output inside a
+walked input folder (a later run would grade it) and an output that is not a regular file
+(a FIFO would block for ever). One run at a time writes a CSV or a picture folder: the
+file, or the folder, is itself locked (:class:`~koa_core.locking.FileLock`). Pictures and
+the report index are drawn in a private hidden folder inside theirs and renamed into
+place, so nothing in their way (a FIFO, a hard link to an input) is opened. CAM and report
+files are named after the input's stem, with a short digest of its path when two inputs
+share a stem or the stem is long, so that no two knees share a picture. A folder reached
+again through a symlink (a loop, a second name) is skipped and counted. Names are
+shown as UTF-8 can hold them (a byte that is not UTF-8 as ``\\xff``, :func:`plain_text`);
+printed names escape control characters, and CSV cells that a spreadsheet would run as a
+formula (``= + - @``, tab, carriage return first) start with a single quote. JSON holds no
+NaN or infinity (null instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +61,8 @@ import numpy as np
 
 from koa_core import GRADE_NAMES
 from koa_core.errors import KoaError, printable
-from koa_core.files import check_writable
+from koa_core.files import check_output_file, check_writable, file_id, refuse_same_file
+from koa_core.locking import FileLock
 from koa_core.data.imaging import is_image_file, read_image
 from koa_core.data.preprocess import Preprocessor, apply_clahe, crop_box
 from koa_core.data.dicom import is_dicom
@@ -54,14 +70,18 @@ from koa_core.data.inputcheck import describe, summarize_flags
 from koa_core.infer.profile import check_for
 from koa_core.infer.backends import load_backend
 from koa_core.infer.evaluate import preprocessor_from_sidecar
-from koa_core.infer.explain import grad_cam, overlay, stream_layers
-from koa_core.infer.knee_report import KneeReport, render_report, write_html_index
-from koa_core.model.checkpoint import resolve_checkpoint
+from koa_core.infer.explain import cam_picture, grad_cam, stream_layers
+from koa_core.infer.knee_report import (KneeReport, render_report, set_words, shrink,
+                                        write_html_index)
+from koa_core.metrics.conformal import set_label
+from koa_core.model.checkpoint import resolve_checkpoint, sidecar_path
 
-__all__ = ["CSV_FIELDS", "BatchOptions", "BatchResult", "Prediction", "collect_inputs", "csv_cell",
-           "grade_batch", "iter_predictions", "predict_files", "write_predictions"]
+__all__ = ["CSV_FIELDS", "BatchOptions", "BatchResult", "Prediction", "check_outputs",
+           "collect_inputs", "csv_cell", "grade_batch", "iter_predictions", "plain_text",
+           "predict_files", "write_predictions"]
 
-CSV_FIELDS = ["path", "grade", "p0", "p1", "p2", "p3", "p4", "gate_raw", "gate_clahe",
+CSV_FIELDS = ["path", "grade", "p0", "p1", "p2", "p3", "p4", "set", "set_coverage",
+              "gate_raw", "gate_clahe",
               "precision", "engine", "temperature", "width", "height", "photometric",
               "pixel_spacing_mm", "input_check", "error"]
 
@@ -77,42 +97,89 @@ class Prediction:
     precision: str | None = None  # "fp32", "bf16 autocast", "onnxruntime int8": what ran
     engine: str | None = None
     temperature: float | None = None  # fitted by koa calibrate and applied (None: softmax)
+    grade_set: list[int] | None = None  # the conformal set (koa calibrate): its grades
+    set_coverage: float | None = None  # ... and the share of knees it is calibrated to hold
     size: list[int] | None = None  # [height, width] of the input image
     dicom: dict | None = None  # photometric interpretation, pixel spacing, window...
     input_flags: list[str] | None = None  # koa_core.data.inputcheck: [] when the image passed
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The fields that are set, as JSON holds them: names in UTF-8 (:func:`plain_text`),
+        a number that is not finite (a DICOM's NaN pixel spacing) as None."""
+        return {k: _plain(v) for k, v in self.__dict__.items() if v is not None}
 
     def line(self) -> str:
         """The printed line: control characters in the name or error are escaped, so a
         name holding a newline cannot forge a second result line."""
-        path = printable(self.path)
+        path = printable(plain_text(self.path))
         if self.error:
-            return f"{path}: error: {printable(self.error)}"
+            return f"{path}: error: {printable(plain_text(self.error))}"
         probs = " ".join(f"{p:.3f}" for p in self.probabilities)
         flags = f"  [input check: {', '.join(self.input_flags)}]" if self.input_flags else ""
-        return f"{path}: KL{self.grade} ({GRADE_NAMES[self.grade].split(' ', 1)[1]})  " \
-               f"p[KL0..KL4] = {probs}{flags}"
+        return f"{path}: KL{self.grade} ({GRADE_NAMES[self.grade].split(' ', 1)[1]}, " \
+               f"{self.probabilities[self.grade]:.2f})  p[KL0..KL4] = {probs}" \
+               f"{self.set_words()}{flags}"
+
+    def set_words(self) -> str:
+        """``  set KL1–KL3 at 90 %``, or nothing without a calibration."""
+        if self.grade_set is None:
+            return ""
+        return f"  set {self.set_label()} at {100 * self.set_coverage:g} %"
+
+    def set_label(self) -> str | None:
+        if self.grade_set is None:
+            return None
+        return set_label(np.isin(np.arange(5), self.grade_set))
 
     def row(self) -> dict:
         p = self.probabilities or [None] * 5
         g = self.gate or [None, None]
         d = self.dicom or {}
         spacing = d.get("pixel_spacing_mm")
-        return {"path": csv_cell(self.path), "grade": self.grade,
+        return {"path": csv_cell(plain_text(self.path)), "grade": self.grade,
                 **{f"p{k}": _fmt(p[k]) for k in range(5)},
+                "set": self.set_label(), "set_coverage": _fmt(self.set_coverage),
                 "gate_raw": _fmt(g[0]), "gate_clahe": _fmt(g[1]),
                 "precision": self.precision, "engine": self.engine,
                 "temperature": _fmt(self.temperature),
                 "width": self.size[1] if self.size else None,
                 "height": self.size[0] if self.size else None,
-                "photometric": csv_cell(d.get("photometric")),
+                "photometric": csv_cell(plain_text(d.get("photometric"))),
                 "pixel_spacing_mm": " ".join(f"{v:g}" for v in spacing) if spacing else None,
                 "input_check": ("; ".join(self.input_flags) or "ok"
                                 if self.input_flags is not None else None),
-                "error": csv_cell(self.error)}
+                "error": csv_cell(plain_text(self.error))}
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` as UTF-8 can hold it: the bytes of a file name that are not UTF-8 (kept by
+    ``os.fsdecode`` as lone surrogates) written as ``\\xff``; any other text unchanged."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file name's byte gives
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _plain(value):
+    """``value`` for JSON: strings through :func:`plain_text`, non-finite numbers None."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return plain_text(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {plain_text(str(k)): _plain(v) for k, v in value.items()}
+    return value
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -135,7 +202,9 @@ def _fmt(v: float | None) -> str | None:
 class Inputs:
     files: list[str] = field(default_factory=list)
     skipped: int = 0  # files in walked folders that are not images
-    left_out: list[str] = field(default_factory=list)  # output folders met in the walk
+    followed: int = 0  # symlinked subfolders walked
+    repeated: int = 0  # folders reached again through a link (a loop, a second name): skipped
+    walked: dict[str, str] = field(default_factory=dict)  # real path -> the folder named
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -148,48 +217,85 @@ def _real(path: str | Path) -> str:
     return os.path.realpath(os.path.abspath(path))
 
 
-def collect_inputs(paths: list[str], outputs: list[str | Path] = ()) -> Inputs:
+def collect_inputs(paths: list[str]) -> Inputs:
     """Files to grade: named files as given, folders walked (sorted, hidden entries
-    skipped). An empty name is refused (it is not the current folder); ``outputs`` (the
-    batch's own output files and folders) are left out of the walk and listed."""
+    skipped, symlinked subfolders followed once). An empty name is refused (it is not the
+    current folder)."""
     found = Inputs()
-    skip = {_real(o) for o in outputs if o}
     for arg in paths:
         if not str(arg).strip():
             raise KoaError("an empty file name was given (use . for the current folder)")
-        p = Path(arg)
-        if not p.is_dir():
+        if Path(arg).is_dir():
+            _walk(Path(arg), found)
+        else:
             found.files.append(arg)
-            continue
-        for dirpath, dirnames, filenames in os.walk(p):
-            kept = []
-            for d in sorted(dirnames):
-                if d.startswith("."):
-                    continue
-                if _real(Path(dirpath) / d) in skip:
-                    found.left_out.append(str(Path(dirpath) / d))
-                    continue
-                kept.append(d)
-            dirnames[:] = kept
-            for name in sorted(filenames):
-                f = Path(dirpath) / name
-                if name.startswith(".") or _real(f) in skip:
-                    continue
-                if _looks_like_image(f):
-                    found.files.append(str(f))
-                else:
-                    found.skipped += 1
     return found
 
 
-def check_outputs(files: list[str], out: str | Path | None, folders: list[str | Path]) -> None:
-    """Refuse an output that is one of the inputs (``koa predict a.webp --out a.webp`` would
-    replace the image with the CSV), or an output folder that is an input file."""
-    inputs = {_real(f): f for f in files}
-    for what, path in [("--out", out)] + [("output folder", f) for f in folders]:
-        if path and _real(path) in inputs:
-            raise KoaError(f"{path}: {what} is one of the input files; refused (it would be "
-                           "overwritten)")
+def _walk(root: Path, found: Inputs) -> None:
+    """Walk ``root`` into ``found``: each folder once, by (device, inode), however many
+    links lead to it; a link back up (a loop) or to a folder already walked is counted."""
+    visited = {file_id(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        found.walked[_real(here)] = str(root)
+        kept = []
+        for d in sorted(dirnames):
+            fid = None if d.startswith(".") else file_id(here / d)
+            if fid is None:
+                continue
+            if fid in visited:
+                found.repeated += 1
+                continue
+            visited.add(fid)
+            found.followed += os.path.islink(here / d)
+            kept.append(d)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            f = here / name
+            if name.startswith("."):
+                continue
+            if _looks_like_image(f):
+                found.files.append(str(f))
+            else:
+                found.skipped += 1
+
+
+def _inside(path: str | Path, folders: dict[str, str]) -> str | None:
+    """The entry of ``folders`` (real paths) that holds ``path`` or is it, if any."""
+    real = Path(_real(path))
+    for p in (real, *real.parents):
+        if str(p) in folders:
+            return folders[str(p)]
+    return None
+
+
+def check_outputs(inputs: Inputs, out: str | Path | None, cam_dir: str | Path | None = None,
+                  report_dir: str | Path | None = None, sources: list = ()) -> None:
+    """Refuse, in one line and before anything is written, outputs that would clobber:
+    the same file as an input or one of ``sources`` (the checkpoint and its sidecar), not
+    a regular file (a FIFO, a device, a folder), a CSV inside the CAM or report folder (or
+    the report's own index), or any output inside a walked input folder."""
+    folders = {"--cam": cam_dir, "--report": report_dir}
+    index = Path(report_dir) / "index.html" if report_dir else None
+    refuse_same_file({"--out": out, **folders, "the report's index": index},
+                     [*inputs.files, *sources])
+    if out:
+        check_output_file(out, "the CSV")
+    for what, folder in folders.items():
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise KoaError(f"{folder}: {what} names a file, not a folder")
+    if index is not None:
+        check_output_file(index, "the report's index")
+    for what, folder in folders.items():
+        if out and folder and _inside(out, {_real(folder): str(folder)}):
+            raise KoaError(f"{out}: --out lies inside the {what} folder {folder}; refused "
+                           "(the CSV would be overwritten)")
+    for what, path in [("--out", out), *folders.items()]:
+        root = _inside(path, inputs.walked) if path else None
+        if root is not None:
+            raise KoaError(f"{path}: {what} lies inside the input folder {root}; refused "
+                           "(nothing is written among the inputs: a later run would grade it)")
 
 
 # ------------------------------------------------------------------ grading
@@ -260,44 +366,74 @@ def cam_on_input(cam_map: np.ndarray, shape: tuple[int, int],
     return np.clip(full, 0.0, 1.0)
 
 
+@dataclass
+class _OutFolder:
+    """An output folder (``--cam``, ``--report``) and the private folder inside it where
+    each file is drawn under its final name before it is renamed into place: whatever is
+    in the way (a FIFO, a hard link to another file) is replaced, never opened."""
+
+    path: Path
+    drawing: Path
+
+    def place(self, drawn: str | Path) -> Path:
+        final = self.path / Path(drawn).name
+        os.replace(drawn, final)
+        return final
+
+
+@contextlib.contextmanager
+def _drawing_folder(folder: Path) -> Iterator[Path]:
+    """A private hidden folder inside ``folder``, removed with what is left in it."""
+    tmp = Path(tempfile.mkdtemp(prefix=".koa-drawing-", dir=folder))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _explain(backend, item: _Loaded, pred: Prediction, pre: Preprocessor, stem: str,
-             cam_dir: Path | None, report_dir: Path | None) -> None:
+             cam_dir: _OutFolder | None, report_dir: _OutFolder | None) -> None:
     model = backend.cam_model
-    shape = item.image.shape
-    clahe_full = apply_clahe(item.image, pre.clahe_clip, pre.clahe_tiles)
-    cams = {s: cam_on_input(grad_cam(model, item.views, pred.grade, s), shape, item.box)
+    # drawn from a copy at most PICTURE_SIDE pixels on its long side: the pictures cost
+    # what the views do, not what the input does (full-size float copies cost gigabytes)
+    image, box = shrink(item.image, item.box)
+    clahe = apply_clahe(image, pre.clahe_clip, pre.clahe_tiles)
+    cams = {s: cam_on_input(grad_cam(model, item.views, pred.grade, s), image.shape, box)
             for s in stream_layers(model)}
     if cam_dir is not None:
         pred.cams = []
         for stream, cam_map in cams.items():
-            path = cam_dir / f"{stem}_{stream}_cam.png"
-            under = item.image if stream == "raw" else clahe_full
-            top, left, h, w = item.box  # heat only where the model looked; the rest as is
-            pic = np.repeat(under[..., None], 3, axis=2)
-            pic[top:top + h, left:left + w] = overlay(under[top:top + h, left:left + w],
-                                                      cam_map[top:top + h, left:left + w])
+            path = cam_dir.drawing / f"{stem}_{stream}_cam.png"
+            pic = cam_picture(image if stream == "raw" else clahe, cam_map, box)
             if not cv2.imwrite(str(path), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write {path}")
-            pred.cams.append(str(path))
+            pred.cams.append(str(cam_dir.place(path)))
     if report_dir is not None:
-        details = {"precision": pred.precision, "engine": pred.engine}
-        if pre.input_clahe_clip is not None:
-            details["input transform"] = f"{pre.describe_input()} (as trained)"
-        if item.flags:
-            details["INPUT CHECK"] = describe(item.flags)
-        if pred.temperature is not None:
-            details["temperature"] = f"{pred.temperature:.3f} (koa calibrate)"
-        meta = item.meta or {}
-        if meta.get("pixel_spacing_mm"):
-            details["pixel spacing"] = " x ".join(f"{v:g}" for v in
-                                                  meta["pixel_spacing_mm"]) + " mm"
-        if meta.get("photometric"):
-            details["DICOM"] = meta["photometric"]
-        report = KneeReport(name=printable(Path(item.path).name), image=item.image,
+        report = KneeReport(name=printable(plain_text(Path(item.path).name)), image=image,
                             probabilities=pred.probabilities, grade=pred.grade,
-                            gate=pred.gate, cams=cams, clahe_image=clahe_full,
-                            details=details)
-        pred.report = str(render_report(report, report_dir / f"{stem}_report.png"))
+                            gate=pred.gate, cams=cams, clahe_image=clahe,
+                            details=_details(item, pred, pre), size=item.image.shape,
+                            grade_set=pred.grade_set, set_coverage=pred.set_coverage)
+        drawn = render_report(report, report_dir.drawing / f"{stem}_report.png")
+        pred.report = str(report_dir.place(drawn))
+
+
+def _details(item: _Loaded, pred: Prediction, pre: Preprocessor) -> dict[str, str]:
+    """The report picture's small print: what ran, the input transform and check, the
+    temperature, DICOM facts."""
+    details = {"precision": pred.precision, "engine": pred.engine}
+    if pre.input_clahe_clip is not None:
+        details["input transform"] = f"{pre.describe_input()} (as trained)"
+    if item.flags:
+        details["INPUT CHECK"] = describe(item.flags)
+    if pred.temperature is not None:
+        details["temperature"] = f"{pred.temperature:.3f} (koa calibrate)"
+    meta = item.meta or {}
+    if meta.get("pixel_spacing_mm"):
+        details["pixel spacing"] = " x ".join(f"{v:g}" for v in meta["pixel_spacing_mm"]) + " mm"
+    if meta.get("photometric"):
+        details["DICOM"] = meta["photometric"]
+    return details
 
 
 def _make_dir(path: str | Path | None, what: str) -> Path | None:
@@ -329,7 +465,15 @@ def iter_predictions(files: list[str], backend, cam_dir: str | Path | None = Non
 
 
 def _predictions(files, backend, prepare, cam_dir, report_dir, batch_size, workers):
+    with contextlib.ExitStack() as stack:
+        dirs = tuple(None if d is None else _OutFolder(d, stack.enter_context(_drawing_folder(d)))
+                     for d in (cam_dir, report_dir))
+        yield from _graded(files, backend, prepare, dirs, batch_size, workers)
+
+
+def _graded(files, backend, prepare, dirs, batch_size, workers):
     pre, check = prepare
+    conf = backend.conformal
     stems = _out_stems(files)
     batches = [list(range(i, min(i + batch_size, len(files))))
                for i in range(0, len(files), batch_size)]
@@ -360,9 +504,12 @@ def _predictions(files, backend, prepare, cam_dir, report_dir, batch_size, worke
                                   precision=backend.precision, engine=backend.engine,
                                   temperature=backend.temperature, size=list(item.image.shape),
                                   dicom=item.meta or None, input_flags=item.flags)
+                if conf is not None:
+                    pred.grade_set = np.flatnonzero(conf.sets(probs[j][None])[0]).tolist()
+                    pred.set_coverage = conf.coverage
                 j += 1
-                if cam_dir or report_dir:
-                    _explain_one(backend, item, pred, pre, stems[i], (cam_dir, report_dir))
+                if any(dirs):
+                    _explain_one(backend, item, pred, pre, stems[i], dirs)
                 yield pred
 
 
@@ -379,16 +526,26 @@ def _explain_one(backend, item, pred, pre, stem, dirs) -> None:
 
 def write_predictions(preds: Iterator[Prediction], out: str | Path, total: int | None = None,
                       progress: bool = False, echo=None) -> dict:
-    """Stream predictions into the CSV ``out``, a flushed row per file; counts by outcome."""
-    from tqdm.auto import tqdm
-
+    """Stream predictions into the CSV ``out``, a flushed row per file; counts by outcome.
+    The file is locked while it is written (:class:`~koa_core.locking.FileLock`): a second
+    writer is refused in one line and the first one's rows are left alone."""
     out = Path(out)
     check_writable(out)
+    check_output_file(out, "the CSV")
+    with FileLock(out, "writing it") as lock:
+        return _write_rows(preds, out, lock.fd, total, progress, echo)
+
+
+def _write_rows(preds, out: Path, fd: int, total, progress, echo) -> dict:
+    from tqdm.auto import tqdm
+
     counts = {"graded": 0, "failed": 0}
     try:
-        with open(out, "w", newline="") as fh, tqdm(total=total, unit="img",
-                                                      disable=not progress, desc="grading",
-                                                      leave=False) as bar:
+        os.ftruncate(fd, 0)  # the locked file: emptied only now that it is ours
+        with os.fdopen(os.dup(fd), "w", newline="", encoding="utf-8") as fh, \
+                tqdm(total=total, unit="img", disable=not progress, desc="grading",
+                     leave=False) as bar:
+            fh.seek(0)
             w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
             w.writeheader()
             fh.flush()
@@ -399,7 +556,7 @@ def write_predictions(preds: Iterator[Prediction], out: str | Path, total: int |
                 bar.update(1)
                 if echo is not None:
                     echo(pred)
-    except OSError as exc:  # a full disk (/dev/full), a vanished folder: name the CSV
+    except OSError as exc:  # a full disk, a vanished folder: name the CSV
         if exc.filename and Path(exc.filename) != out:
             raise
         raise KoaError(f"{out}: cannot write the CSV ({exc.strerror or exc})") from None
@@ -429,7 +586,11 @@ class BatchResult:
     files: int
     skipped: int  # files in walked folders that are not images
     failed: int = 0
-    left_out: list[str] = field(default_factory=list)  # output folders inside the inputs
+    followed: int = 0  # symlinked subfolders walked
+    repeated: int = 0  # folders reached again through a link, skipped
+    set_coverage: float | None = None  # the checkpoint's conformal sets (None: no sets)
+    no_sets: str | None = None  # why there are no sets, said once
+    set_sizes: list[int] = field(default_factory=list)
     flags: list[list[str]] = field(default_factory=list)
     kept: list[Prediction] = field(default_factory=list)
 
@@ -437,12 +598,39 @@ class BatchResult:
         """The batch's closing line: 'graded 9 of 10 file(s), 1 failed; ...'."""
         flagged = summarize_flags(self.flags)
         return (f"graded {self.files - self.failed} of {self.files} file(s), {self.failed} failed"
+                + (f"; {self.sets_words()}" if self.set_sizes or self.no_sets else "")
                 + (f"; {flagged}" if flagged else "")
                 + (f"; skipped {self.skipped} file(s) that are not images" if self.skipped
                    else "")
-                + "".join(f"; left out the output folder {printable(f)} inside the input"
-                          for f in self.left_out)
-                + (f"; rows in {printable(str(out))}" if out else ""))
+                + (f"; followed {self.followed} symlinked folder(s)" if self.followed else "")
+                + (f"; skipped {self.repeated} folder(s) already walked (reached again "
+                   "through a link)" if self.repeated else "")
+                + (f"; rows in {printable(plain_text(str(out)))}" if out else ""))
+
+
+    def sets_words(self) -> str:
+        """How many knees got a set of one, two, three or more grades, or why none did."""
+        if self.no_sets:
+            return f"no sets of grades ({self.no_sets})"
+        s = np.array(self.set_sizes)
+        return (f"sets at {100 * self.set_coverage:g} %: {(s == 1).sum()} of one grade, "
+                f"{(s == 2).sum()} of two, {(s >= 3).sum()} of three or more")
+
+
+@contextlib.contextmanager
+def _writers(opts: BatchOptions) -> Iterator[None]:
+    """Hold the batch's outputs for as long as it writes them: the CSV locked (created if
+    missing; removed again if the batch fails before its header), the CAM and report
+    folders created and locked. A second run on any of them is refused in one line."""
+    with contextlib.ExitStack() as stack:
+        if opts.out:
+            check_writable(opts.out)
+            stack.enter_context(FileLock(opts.out, "writing it"))
+        for folder, what in ((opts.cam_dir, "Grad-CAM"), (opts.report_dir, "report")):
+            if folder:
+                _make_dir(folder, what)
+                stack.enter_context(FileLock(folder, f"writing {what} pictures there"))
+        yield
 
 
 def grade_batch(paths: list[str], opts: BatchOptions | None = None,
@@ -450,39 +638,58 @@ def grade_batch(paths: list[str], opts: BatchOptions | None = None,
     """Grade files and folders (the one front door of ``koa predict`` and
     :func:`predict_files`): each file's Prediction goes to ``echo`` as soon as it is graded
     and, with ``opts.out``, into the CSV; a bad file gets an error entry and the rest go on.
-    An interrupt (KeyboardInterrupt) leaves the rows written so far and propagates."""
+    Outputs that would clobber are refused first (:func:`check_outputs`). An interrupt
+    (KeyboardInterrupt) leaves the rows written so far and propagates."""
     opts = opts or BatchOptions()
-    folders = [f for f in (opts.cam_dir, opts.report_dir) if f]
-    inputs = collect_inputs(paths, outputs=[opts.out, *folders] if opts.out else folders)
+    inputs = collect_inputs(paths)
     if not inputs.files:
         raise KoaError(f"no image files found in {', '.join(map(str, paths))} (PNG, JPEG, "
                        "WebP, TIFF or DICOM)")
-    check_outputs(inputs.files, opts.out, folders)
-    backend = load_backend(resolve_checkpoint(opts.checkpoint), opts.engine, opts.device)
-    backend.calibrated = opts.calibrated
-    preds = iter_predictions(inputs.files, backend, cam_dir=opts.cam_dir,
-                             report_dir=opts.report_dir, batch_size=opts.batch_size)
-    result = BatchResult(len(inputs.files), inputs.skipped, left_out=inputs.left_out)
+    checkpoint = resolve_checkpoint(opts.checkpoint)
+    check_outputs(inputs, opts.out, opts.cam_dir, opts.report_dir,
+                  sources=[checkpoint, sidecar_path(checkpoint)])
+    result = BatchResult(len(inputs.files), inputs.skipped, followed=inputs.followed,
+                         repeated=inputs.repeated)
+    with _writers(opts):
+        backend = load_backend(checkpoint, opts.engine, opts.device)
+        backend.calibrated = opts.calibrated
+        result.set_coverage, result.no_sets = _sets_of(backend, opts.calibrated)
+        preds = iter_predictions(inputs.files, backend, cam_dir=opts.cam_dir,
+                                 report_dir=opts.report_dir, batch_size=opts.batch_size)
+        try:
+            _consume(preds, opts, len(inputs.files), result, echo)
+        finally:  # an interrupted batch's pictures get their index too
+            preds.close()
+            if opts.report_dir and result.kept:
+                write_report_index(result.kept, opts.report_dir)
+    return result
 
+
+def _sets_of(backend, calibrated: bool) -> tuple[float | None, str | None]:
+    """The coverage of the checkpoint's sets, or why there are none."""
+    if backend.conformal is not None:
+        return backend.conformal.coverage, None
+    if not calibrated and backend.sidecar.get("conformal"):
+        return None, "--uncalibrated: the sets were fitted on the calibrated probabilities"
+    return None, "the checkpoint carries no conformal calibration; koa calibrate fits one"
+
+
+def _consume(preds, opts: BatchOptions, total: int, result: BatchResult, echo) -> None:
     def seen(p: Prediction) -> None:
         result.failed += bool(p.error)
+        if p.grade_set is not None:
+            result.set_sizes.append(len(p.grade_set))
         result.flags.append(p.input_flags or [])
         if opts.keep or opts.report_dir:
             result.kept.append(p)
         if echo is not None:
             echo(p)
 
-    try:
-        if opts.out:
-            write_predictions(preds, opts.out, total=len(inputs.files),
-                              progress=opts.progress, echo=seen)
-        else:
-            for p in preds:
-                seen(p)
-    finally:  # an interrupted batch's pictures get their index too
-        if opts.report_dir and result.kept:
-            write_report_index(result.kept, opts.report_dir)
-    return result
+    if opts.out:
+        write_predictions(preds, opts.out, total=total, progress=opts.progress, echo=seen)
+    else:
+        for p in preds:
+            seen(p)
 
 
 def predict_files(paths: list[str], checkpoint: str | Path | None = None,
@@ -496,8 +703,17 @@ def predict_files(paths: list[str], checkpoint: str | Path | None = None,
 
 
 def write_report_index(preds: list[Prediction], report_dir: str | Path) -> Path:
-    """``index.html`` of a batch's report pictures (one row per file, failures included)."""
-    entries = [{"name": p.path, "picture": Path(p.report).name if p.report else None,
+    """``index.html`` of a batch's report pictures (one row per file, failures included),
+    drawn beside them and renamed into place: whole or not at all, and nothing in its way
+    (a FIFO, a hard link) is opened."""
+    entries = [{"name": plain_text(p.path),
+                "picture": Path(p.report).name if p.report else None,
                 "grade": p.grade, "probabilities": p.probabilities, "gate": p.gate,
-                "flags": p.input_flags, "error": p.error} for p in preds]
-    return write_html_index(entries, report_dir, title="koa predict: knee KL grades")
+                "set": (None if p.grade_set is None
+                        else set_words(p.grade_set, p.set_coverage)),
+                "flags": p.input_flags, "error": plain_text(p.error)} for p in preds]
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _drawing_folder(folder) as tmp:
+        drawn = write_html_index(entries, tmp, title="koa predict: knee KL grades")
+        return _OutFolder(folder, tmp).place(drawn)

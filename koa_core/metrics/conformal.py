@@ -1,11 +1,11 @@
 """Grades with a coverage guarantee: split conformal prediction sets (ours, beyond the paper).
 
 Calibrated on held-out knees, a set of grades holds the true grade for at least the stated
-share of knees like them (say 90 %), whatever the model's quality (Vovk et al. 2005; Angelopoulos & Bates
-2021). A score says how badly a grade fits a knee's probabilities; the threshold is the
-finite-sample quantile of the calibration knees' scores at their true grades,
-the ⌈(n + 1)·coverage⌉-th smallest (:func:`quantile`), and a knee's set is every grade
-whose score is within it.
+share of knees like them (say 90 %), whatever the model's quality (Vovk et al. 2005;
+Angelopoulos & Bates 2021). A score says how badly a grade fits a knee's probabilities;
+the threshold is the finite-sample quantile of the calibration knees' scores at their true
+grades, the ⌈(n + 1)·coverage⌉-th smallest (:func:`quantile`), and a knee's set is every
+grade whose score is within it.
 
 Scores (:data:`METHODS`):
 
@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from koa_core.errors import KoaError
+from koa_core.metrics.classification import Z95, wilson
 
 __all__ = ["METHODS", "Conformal", "fit_conformal", "grade_scores", "least_knees", "quantile",
-           "set_label", "set_stats"]
+           "set_label", "set_report", "set_stats", "too_few"]
 
 METHODS = ("ordinal", "lac")
 
@@ -129,25 +130,35 @@ class Conformal:
         return cls(method, cov, cc, t, n)
 
 
+def too_few(y: np.ndarray, coverage: float, class_conditional: bool, classes: int = 5
+            ) -> str | None:
+    """Why these calibration grades are too few for ``coverage`` (None: enough)."""
+    least, y = least_knees(coverage), np.asarray(y)
+    if class_conditional:
+        counts = np.bincount(y, minlength=classes)
+        if counts.min() < least:
+            return (f"class-conditional sets at {coverage:g} need at least {least} "
+                    f"calibration knees of every grade; the fewest here: {counts.min()} "
+                    f"(KL{counts.argmin()})")
+    elif len(y) < least:
+        return (f"conformal sets at {coverage:g} need at least {least} calibration knees; "
+                f"got {len(y)}")
+    return None
+
+
 def fit_conformal(probs: np.ndarray, y: np.ndarray, coverage: float = 0.90,
                   method: str = "ordinal", class_conditional: bool = False) -> Conformal:
     """The threshold(s) for ``coverage`` from calibration knees' probabilities and grades."""
     if not 0 < coverage < 1:
         raise KoaError(f"--coverage must lie between 0 and 1, got {coverage}")
     p, y = np.asarray(probs, float), np.asarray(y)
+    short = too_few(y, coverage, class_conditional, p.shape[1])
+    if short:
+        raise KoaError(short)
     true = grade_scores(p, method)[np.arange(len(y)), y]
-    least = least_knees(coverage)
     if class_conditional:
-        counts = np.bincount(y, minlength=p.shape[1])
-        if counts.min() < least:
-            raise KoaError(f"class-conditional sets at {coverage:g} need at least {least} "
-                           f"calibration knees of every grade; the fewest here: "
-                           f"{counts.min()} (KL{counts.argmin()})")
         t = tuple(quantile(true[y == g], coverage) for g in range(p.shape[1]))
     else:
-        if len(y) < least:
-            raise KoaError(f"conformal sets at {coverage:g} need at least {least} calibration "
-                           f"knees; got {len(y)}")
         t = (quantile(true, coverage),)
     return Conformal(method, coverage, class_conditional, t, int(len(y)))
 
@@ -174,3 +185,26 @@ def set_stats(sets: np.ndarray, y: np.ndarray) -> dict:
     return {"coverage": float(hit.mean()), "mean_set_size": float(size.mean()),
             "per_grade": per, "sizes": {"1": int((size == 1).sum()), "2": int((size == 2).sum()),
                                         "3+": int((size >= 3).sum())}}
+
+
+def _mean_ci(v: np.ndarray) -> list[float]:
+    half = Z95 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return [float(v.mean() - half), float(v.mean() + half)]
+
+
+def set_report(conf: Conformal, probs: np.ndarray, y: np.ndarray) -> dict:
+    """What ``koa evaluate`` reports of a calibration on labelled knees: coverage (Wilson
+    95 % interval) and mean set size (normal interval), overall and per grade, the sizes
+    given, and the target."""
+    sets, y = conf.sets(probs), np.asarray(y)
+    hit, size = sets[np.arange(len(y)), y], sets.sum(1).astype(float)
+    per = {str(g): {"coverage": float(hit[y == g].mean()),
+                    "coverage_ci": list(wilson(hit[y == g].mean(), (y == g).sum())),
+                    "mean_set_size": float(size[y == g].mean()),
+                    "mean_set_size_ci": _mean_ci(size[y == g]), "n": int((y == g).sum())}
+           for g in range(sets.shape[1]) if (y == g).any()}
+    return {"target": conf.coverage, "method": conf.method,
+            "class_conditional": conf.class_conditional, "n": int(len(y)),
+            "coverage": float(hit.mean()), "coverage_ci": list(wilson(hit.mean(), len(y))),
+            "mean_set_size": float(size.mean()), "mean_set_size_ci": _mean_ci(size),
+            "per_grade": per, "sizes": set_stats(sets, y)["sizes"]}

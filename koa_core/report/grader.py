@@ -16,7 +16,8 @@ loads into ``HTML/grader/``, at build time and never committed:
 - ``ort/``: onnxruntime-web's WebAssembly build, the exact version pinned by
   ``web/package-lock.json`` (``npm ci`` in ``web/``; ``make install`` runs it), copied from
   ``web/node_modules``: no CDN, so the page works offline and from any static host;
-- ``grade.mjs``, ``imageops.mjs``, ``inputcheck.mjs``: the page's code (``web/src``);
+- ``grade.mjs``, ``imageops.mjs``, ``inputcheck.mjs``, ``conformal.mjs``: the page's code
+  (``web/src``; the sets of grades by the rule of :mod:`koa_core.metrics.conformal`);
 - ``grader.json``: the checkpoint's preprocessing and input-check profile (its sidecar),
   the grade names, the input check's words and the reports' research-tool caveat, read
   from the Python modules that define them, and the list of sample knees;
@@ -42,6 +43,7 @@ from koa_core.errors import KoaError
 from koa_core.infer.knee_report import CAPTION_NO_CAM
 from koa_core.infer.onnx import META_SIDECAR, export_onnx, onnx_cache_path, set_metadata
 from koa_core.infer.profile import check_for
+from koa_core.metrics.conformal import Conformal
 from koa_core.metrics.calibration import sidecar_temperature
 from koa_core.model.checkpoint import read_sidecar, resolve_checkpoint
 
@@ -52,7 +54,7 @@ __all__ = ["ORT_FILES", "PRECISION", "agreement", "build_grader", "build_standal
 REPO = Path(__file__).resolve().parents[2]
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 PRECISION = "int8 weights (per output channel), float32 arithmetic"
-JS_FILES = ("grade.mjs", "imageops.mjs", "inputcheck.mjs")
+JS_FILES = ("grade.mjs", "imageops.mjs", "inputcheck.mjs", "conformal.mjs")
 MARKERS = ("<!-- grader -->", "<!-- /grader -->")
 _MIN_QUANTIZED = 4096  # smaller tensors (biases, norms) stay float32
 MB = 1e6
@@ -219,6 +221,12 @@ def _agreement_words(a: dict) -> str:
             f"{a['max_probability_difference']:.3f}.")
 
 
+def _sets(sidecar: dict) -> dict | None:
+    """The sidecar's conformal sets, checked, as the page reads them (None: no sets)."""
+    entry = sidecar.get("conformal")
+    return Conformal.from_dict(entry).to_dict() if entry else None
+
+
 def grader_config(checkpoint: Path, model: Path, runtime: dict, samples: list[dict],
                   measured: dict | None) -> dict:
     """grader.json: what the page needs, read from the sidecar and the Python modules."""
@@ -230,6 +238,7 @@ def grader_config(checkpoint: Path, model: Path, runtime: dict, samples: list[di
     return {"class_names": list(GRADE_NAMES), "preprocess": sidecar["preprocess"],
             "input_profile": check.profile, "flag_words": FLAG_WORDS, "caveat": CAPTION_NO_CAM,
             "temperature": sidecar_temperature(sidecar),
+            "conformal": _sets(sidecar),
             "model": {"file": model.name, "precision": PRECISION,
                       "megabytes": model.stat().st_size / MB, "checkpoint": checkpoint.name,
                       "agreement": _agreement_words(measured) if measured else "",

@@ -146,8 +146,9 @@ def test_mixed_folder_csv_row_per_file_errors_and_dicom(tiny_run, tmp_path, caps
     assert stderr.splitlines() == [
         f"{folder / 'd_trunc.png'}: error: {PNG_ERROR}",
         f"{folder / 'e_text.png'}: error: {PNG_ERROR}",
-        f"graded 5 of 7 file(s), 2 failed; {flagged}; skipped 1 file(s) that are not images; "
-        f"rows in {out}",
+        f"graded 5 of 7 file(s), 2 failed; no sets of grades (the checkpoint carries no "
+        f"conformal calibration; koa calibrate fits one); {flagged}; skipped 1 file(s) that are "
+        f"not images; rows in {out}",
     ]
 
 

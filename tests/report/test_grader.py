@@ -20,6 +20,7 @@ import base64
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -31,6 +32,7 @@ import pytest
 from koa_core.data.imaging import read_gray
 from koa_core.data.inputcheck import InputCheck
 from koa_core.data.preprocess import Preprocessor
+from koa_core.metrics.conformal import Conformal, set_label
 from koa_core.report.grader import build_standalone, sample_files
 
 pytestmark = pytest.mark.slow
@@ -177,6 +179,15 @@ def test_page_grades_every_sample_knee_like_koa_predict(grader):
     assert probs <= (1e-3 if fp32 else 0.05), probs
     assert gates <= (1e-3 if fp32 else 0.05), gates
     assert [g["flags"] for g in got] == [r.input_flags for r in ref]
+    # the sets of grades: the page's rule is the Python rule, on the page's probabilities...
+    conf = Conformal.from_dict(_config(page)["conformal"])
+    assert [g["set"] for g in got] == [np.flatnonzero(conf.sets(np.array([g["probabilities"]]))[0])
+                                       .tolist() for g in got]
+    assert [g["setLabel"] for g in got] == [set_label(np.isin(np.arange(5), g["set"]))
+                                            for g in got]
+    # ... and gives koa predict's sets on the sample knees
+    same_sets = sum(g["set"] == r.grade_set for g, r in zip(got, ref))
+    assert same_sets >= (n if fp32 else n - 1), f"{same_sets} of {n} sets as koa predict"
 
 
 def test_clicking_a_sample_shows_grade_bars_weights_check_and_caveat(grader):
@@ -190,6 +201,9 @@ def test_clicking_a_sample_shows_grade_bars_weights_check_and_caveat(grader):
     assert page.locator(".kg-bar.kg-top").count() == 1
     assert page.locator(".kg-gate").inner_text().startswith("Stream weights: raw 0.")
     assert page.locator(".kg-check").inner_text().startswith("Input check: ")
+    cover = round(100 * _config(page)["conformal"]["coverage"])
+    assert re.match(rf"Set: KL\d(–KL\d)? at {cover} %", page.locator(".kg-set").inner_text())
+    assert page.locator(".kg-bar.kg-top.kg-inset").count() == 1  # the grade is in its set
     assert CAPTION_NO_CAM in page.locator(".kg-caveat").inner_text()
     assert page.locator(".kg-views canvas").count() == 2
 
@@ -276,3 +290,30 @@ def test_no_request_leaves_the_origin_and_nothing_is_stored(grader, origin):
     assert stored == log["stored_at_load"]  # grading stored nothing (the theme's mode aside)
     assert (stored["cookie"], stored["idb"], stored["caches"]) == ("", 0, 0)
     assert _errors(log["console"]) == []
+
+
+def test_a_phone_photo_is_graded_as_displayed_like_koa_predict(grader, tmp_path):
+    """A sample knee stored rotated with EXIF orientation 6 (and 3, 8), as phones store
+    photos: the page decodes it as the browser displays it and grades it as koa predict
+    does, which applies the same orientation."""
+    from PIL import Image
+
+    from koa_core.infer.predict import predict_files
+
+    page, _ = grader
+    sample = str(sample_files()[30]["path"])
+    knee = read_gray(sample)
+    turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+            8: Image.Transpose.ROTATE_270}
+    paths = []
+    for orientation, t in turn.items():
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"phone-{orientation}.jpg"
+        Image.fromarray(knee).transpose(t).save(path, exif=exif, quality=95)
+        paths.append(path)
+    got = [page.evaluate("([b, n]) => window.koaGrader.gradeBytes(b, n)",
+                         [base64.b64encode(p.read_bytes()).decode(), p.name]) for p in paths]
+    ref = predict_files([str(p) for p in paths], engine="onnxruntime")
+    assert [g["grade"] for g in got] == [r.grade for r in ref]
+    assert {r.grade for r in ref} == {predict_files([sample], engine="onnxruntime")[0].grade}

@@ -7,6 +7,7 @@
 import * as ort from './ort/ort.wasm.min.mjs';
 import { clahe, crop, cropBox, makeImage, resizeSquare, rgbaToGrey } from './imageops.mjs';
 import { inputFlags } from './inputcheck.mjs';
+import { conformalSet, setLabel } from './conformal.mjs';
 
 const BASE = new URL('./', import.meta.url);
 const MAX_PIXELS = 64000000;
@@ -93,7 +94,9 @@ async function runModel(v, size) {
     state.config.temperature);
   const gate = out.gate ? Array.from(out.gate.data) : null;
   const grade = probabilities.indexOf(Math.max(...probabilities));
-  return { probabilities, gate, grade };
+  const inSet = conformalSet(probabilities, state.config.conformal);
+  return { probabilities, gate, grade, set: inSet && inSet.flatMap((v, g) => (v ? [g] : [])),
+    setLabel: inSet && setLabel(inSet) };
 }
 
 /** Decode, check, preprocess and grade one image (a Blob), in this page. */
@@ -124,6 +127,9 @@ const STYLE = `
 #koa-grader .kg-bar .kg-track{flex:1;background:#eef1f5;height:1em;max-width:24em}
 #koa-grader .kg-bar .kg-fill{background:#a6b4c4;height:100%}
 #koa-grader .kg-bar.kg-top .kg-fill{background:#d62728}
+#koa-grader .kg-bar.kg-inset span:first-child{font-weight:700}
+#koa-grader .kg-bar.kg-inset .kg-track{outline:2px solid #1f77b4}
+#koa-grader .kg-set{margin:.3em 0}
 #koa-grader .kg-views{display:flex;gap:1em;margin:.5em 0}
 #koa-grader .kg-views figure{margin:0;text-align:center;font-size:.85em}
 #koa-grader .kg-flag{color:#9a5b00;font-weight:600}
@@ -140,13 +146,23 @@ function greyCanvas(img) {
   return c;
 }
 
-function bars(probabilities, grade, names) {
+function bars(probabilities, grade, names, set) {
   return probabilities.map((p, k) => {
     const fill = el('div', { class: 'kg-fill', style: `width:${(100 * p).toFixed(1)}%` });
-    return el('div', { class: `kg-bar${k === grade ? ' kg-top' : ''}`, 'data-grade': k },
+    const cls = `kg-bar${k === grade ? ' kg-top' : ''}${set && set.includes(k) ? ' kg-inset' : ''}`;
+    return el('div', { class: cls, 'data-grade': k },
       el('span', {}, names[k]), el('div', { class: 'kg-track' }, fill),
       el('span', {}, `${(100 * p).toFixed(1)} %`));
   });
+}
+
+function setLine(result, conformal) {
+  if (!conformal) return el('p', { class: 'kg-set' }, 'No set of grades: this checkpoint '
+    + 'carries no conformal calibration.');
+  const cover = `${Math.round(100 * conformal.coverage)} %`;
+  return el('p', { class: 'kg-set' }, `Set: ${result.setLabel} at ${cover} (outlined below): `
+    + `for ${cover} of knees like the validation knees it was calibrated on, the true grade is `
+    + 'in the set; a flagged input is not such a knee.');
 }
 
 function checkLine(flags, words) {
@@ -162,7 +178,8 @@ function render(ui, result, v) {
   const p = result.probabilities[result.grade];
   const parts = [el('p', { class: 'kg-grade' },
     `Grade: ${names[result.grade]} (${(100 * p).toFixed(0)} %)`),
-  ...bars(result.probabilities, result.grade, names)];
+  setLine(result, cfg.conformal),
+  ...bars(result.probabilities, result.grade, names, result.set)];
   if (result.gate) {
     parts.push(el('p', { class: 'kg-gate' }, `Stream weights: raw ${result.gate[0].toFixed(2)}, `
       + `CLAHE ${result.gate[1].toFixed(2)} (how much each view counted; they add up to 1).`));
@@ -279,6 +296,7 @@ function hooks(ready) {
     timings: state.timings,
     config: () => state.config,
     gradeUrl: async (url) => submit(await ready, await fetchBlob(url), url.split('/').pop()),
+    gradeBytes: async (text, name) => submit(await ready, new Blob([unb64(text)]), name),
     decodeUrl: async (url) => b64((await decode(await fetchBlob(url), url)).data),
     views: (text, w, h) => {
       const v = views(grey(text, w, h), state.config.preprocess);
