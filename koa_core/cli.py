@@ -8,7 +8,6 @@ into one line ``koa: error: ...`` and exit status 2, never a traceback. Heavy im
 
 from __future__ import annotations
 
-import signal
 import argparse
 import contextlib
 import json
@@ -204,6 +203,7 @@ def _evaluated_sets(c: dict) -> str:
 def _cmd_predict(args) -> int:
     _check_output_kinds(args)  # before the heavy imports: a FIFO is one line at once
     from koa_core.infer.predict import BatchOptions, grade_batch
+    from koa_core.runtime import sigterm_as_interrupt
 
     to_csv = bool(args.out)
     opts = BatchOptions(checkpoint=args.checkpoint, engine=args.engine,
@@ -220,7 +220,7 @@ def _cmd_predict(args) -> int:
             print(p.line(), flush=True)
 
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             result = grade_batch(args.images, opts, echo)
     except KeyboardInterrupt:
         where = f"; the rows of the files graded so far are in {args.out}" if to_csv else ""
@@ -242,19 +242,6 @@ def _check_output_kinds(args) -> None:
         check_output_file(args.out, "the CSV")
     if args.report:
         check_output_file(Path(args.report) / "index.html", "the report's index")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a job scheduler's stop) ends a command like Ctrl-C; the old handler after."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def add_model_commands(sub) -> None:

@@ -4,17 +4,20 @@ Seeding, the device, the autocast precision and a description of the machine a r
 produced on. bf16 autocast is used where the hardware runs it natively (CUDA with bf16;
 CPUs with AVX-512-BF16 or AMX); elsewhere emulated bf16 is ~20x slower, so ``auto`` means
 fp32 there. :func:`machine_info` is the provenance every result record carries.
+:func:`sigterm_as_interrupt` makes a job scheduler's stop end a command like Ctrl-C.
 """
 
 from __future__ import annotations
 
-import time
 import importlib
 import os
 import platform
 import random
+import signal
 import subprocess
-from contextlib import nullcontext
+import threading
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ import torch
 from koa_core.errors import KoaError
 
 __all__ = ["amp_dtype", "autocast", "code_commit", "hardware_name", "machine_info",
-           "provenance", "resolve_device", "seed_everything"]
+           "provenance", "resolve_device", "seed_everything", "sigterm_as_interrupt"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -67,6 +70,30 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` in ``dtype``, or nothing for fp32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt(sigint: bool = False, active: bool = True):
+    """SIGTERM (a job scheduler's stop) and, with ``sigint``, SIGINT raise KeyboardInterrupt
+    while the block runs, so the command stops as on Ctrl-C; the old handlers after.
+
+    ``sigint`` sets SIGINT explicitly because a process started in the background inherits
+    it as ignored. Handlers are installed only when ``active`` and only in the main thread
+    (the only one Python lets set them); elsewhere the block runs with the handlers as they
+    are. An old handler installed outside Python (None to Python) is restored as the default.
+    """
+    signums = (signal.SIGTERM, signal.SIGINT) if sigint else (signal.SIGTERM,)
+    install = active and threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, _raise_interrupt) for s in signums} if install else {}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 def _cpu_model() -> str:
