@@ -177,7 +177,7 @@ def test_sigterm_mid_epoch_keeps_the_last_epoch_resumable(tmp_path, monkeypatch,
     seen = {}
 
     def epoch(*args, **kw):
-        if args[1] == 2:  # the epoch number (_train_epoch(run, epoch))
+        if args[1] == 2:  # the epoch number (_train_epoch(trainer, epoch))
             seen["best"] = (out / "best.safetensors").read_bytes()
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.5)  # the handler runs at the next bytecode boundary
@@ -216,7 +216,7 @@ def test_sigint_stops_training_even_when_inherited_as_ignored(tmp_path, monkeypa
     real = engine._train_epoch
 
     def epoch(*args, **kw):
-        if args[1] == 2:  # the epoch number (_train_epoch(run, epoch))
+        if args[1] == 2:  # the epoch number (_train_epoch(trainer, epoch))
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.5)  # the handler runs at the next bytecode boundary
         return real(*args, **kw)
@@ -234,6 +234,40 @@ def test_sigint_stops_training_even_when_inherited_as_ignored(tmp_path, monkeypa
         signal.signal(signal.SIGINT, old)
     assert load_state(tmp_path / "run" / "last_state.safetensors")["epoch"] == 1
     assert _rows(tmp_path / "run") == 1
+
+
+def test_sigterm_as_interrupt_restores_and_stays_out_of_other_threads():
+    """The one stop-signal helper (CLI and training): in the main thread SIGTERM, and with
+    ``sigint`` SIGINT, raise KeyboardInterrupt and the old handlers come back after; in
+    another thread, or when not active, it installs nothing."""
+    import threading
+
+    from koa_core.runtime import sigterm_as_interrupt
+
+    old = signal.signal(signal.SIGTERM, _guard)
+    old_int = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigterm_as_interrupt(sigint=True):
+                assert signal.getsignal(signal.SIGINT) is not old_int
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)  # the handler runs at the next bytecode boundary
+        assert signal.getsignal(signal.SIGTERM) is _guard
+        assert signal.getsignal(signal.SIGINT) is old_int
+        seen = []
+
+        def worker():
+            with sigterm_as_interrupt(sigint=True):
+                seen.append(signal.getsignal(signal.SIGTERM))
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert seen == [_guard]
+        with sigterm_as_interrupt(active=False):
+            assert signal.getsignal(signal.SIGTERM) is _guard
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def test_an_interrupt_while_the_state_is_written_leaves_no_unresumable_row(tmp_path,

@@ -29,12 +29,10 @@ checks the config
 
 from __future__ import annotations
 
-import shutil
-import threading
 import csv
 import math
 import os
-import signal
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,28 +42,36 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from koa_core.train.augment import ClassAugment
-from koa_core.model.inference import predict_views
-from koa_core.data.cache import ViewCache
-from koa_core.model.checkpoint import load_state, save_checkpoint, save_state
 from koa_core.config import Config, config_from_dict, config_to_dict, validate
+from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
-from koa_core.train.dataset import KneeDataset, class_counts, stratified_subset
+from koa_core.data.phantom import write_phantom
+from koa_core.data.preprocess import Preprocessor
 from koa_core.errors import KoaError
 from koa_core.files import atomic_open, make_writable_folder
-from koa_core.train.feed import device_views, make_feed
-from koa_core.train.gpumon import GpuUtilization
 from koa_core.locking import FolderLock, writes_the_folder
-from koa_core.train.mixing import Mixer, mixed_loss
-from koa_core.train.ema import WeightEMA
-from koa_core.train.losses import KLMultiTaskLoss, normalise_alpha, resolve_alpha
 from koa_core.metrics.classification import classification_metrics
+from koa_core.model.checkpoint import load_state, save_checkpoint, save_state
+from koa_core.model.inference import predict_views
 from koa_core.model.network import build_model
-from koa_core.data.preprocess import Preprocessor
-from koa_core.runtime import amp_dtype, autocast, hardware_name, resolve_device, seed_everything
-from koa_core.train.selection import Selection, score as selection_score
-from koa_core.data.phantom import write_phantom
+from koa_core.runtime import (
+    amp_dtype,
+    autocast,
+    hardware_name,
+    resolve_device,
+    seed_everything,
+    sigterm_as_interrupt,
+)
+from koa_core.train.augment import ClassAugment
+from koa_core.train.dataset import KneeDataset, class_counts, stratified_subset
+from koa_core.train.ema import WeightEMA
+from koa_core.train.feed import DeviceFeed, LoaderFeed, device_views, make_feed
+from koa_core.train.gpumon import GpuUtilization
+from koa_core.train.losses import KLMultiTaskLoss, normalise_alpha, resolve_alpha
+from koa_core.train.mixing import Mixer, mixed_loss
 from koa_core.train.runs import read_run
+from koa_core.train.selection import Selection
+from koa_core.train.selection import score as selection_score
 
 __all__ = [
     "DeadlineReached",
@@ -80,6 +86,8 @@ HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_aux_binary",
                   "train_aux_early", "train_accuracy", "val_accuracy", "val_macro_f1", "val_qwk",
                   "val_mae", "val_kl4_recall", "val_gate_raw", "epoch_s", "train_img_s",
                   "data_wait_s", "gpu_util"]
+_STATE_FILE = "last_state.safetensors"
+_BEST_FILE = "best.safetensors"
 
 
 class DeadlineReached(Exception):
@@ -143,16 +151,16 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def _train_epoch(run: _Run, epoch: int) -> dict:
-    """One pass over the epoch's batches (``(x, y)`` on the device, from the run's
+def _train_epoch(trainer: _Trainer, epoch: int) -> dict:
+    """One pass over the epoch's batches (``(x, y)`` on the device, from the trainer's
     :mod:`~koa_core.train.feed`). Running sums stay on the device; the host syncs every
     ``check_every`` steps (every step on a CPU, where syncing is free) to stop at the first
     non-finite loss and to update the progress bar."""
     from tqdm.auto import tqdm
 
-    cfg, device = run.cfg, run.device
-    batches, n_batches = run.feed.epoch(epoch), len(run.feed)
-    run.net.train()
+    cfg, device = trainer.cfg, trainer.device
+    batches, n_batches = trainer.feed.epoch(epoch), len(trainer.feed)
+    trainer.net.train()
     mixer = Mixer.from_config(cfg.augment)  # None unless augment.mixup/cutmix (not paper)
     keys = ("loss", "main", "aux_binary", "aux_early")
     sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=device)  # + correct
@@ -162,7 +170,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     wait = 0.0
     t0 = time.perf_counter()
     it = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-              disable=not run.progress or run.rank != 0)
+              disable=not trainer.progress or trainer.rank != 0)
     batches = iter(it)
     with GpuUtilization(device) as util:
         while True:
@@ -173,7 +181,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
                 break
             x, y = batch
             mix = mixer(x, epoch, steps) if mixer is not None else None
-            out, parts = _train_step(run, x, y, mix)
+            out, parts = _train_step(trainer, x, y, mix)
             loss = parts["loss"]
             with torch.no_grad():
                 b = y.shape[0]
@@ -219,21 +227,21 @@ def _epoch_means(sums: torch.Tensor, n: int, keys: tuple[str, ...], device) -> d
     return row
 
 
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, mix) -> tuple[dict, dict]:
+def _train_step(trainer: _Trainer, x: torch.Tensor, y: torch.Tensor, mix) -> tuple[dict, dict]:
     """One optimizer step on a batch (mixed where ``mix`` says): the outputs and the loss
     terms; the EMA follows the weights."""
-    with autocast(run.device, run.dtype):
-        out = run.net(mix.x if mix is not None else x)
-    parts = mixed_loss(run.loss_fn, {k: (v.float() if v is not None else None)
-                                     for k, v in out.items()}, y, mix)
-    run.opt.zero_grad(set_to_none=True)
+    with autocast(trainer.device, trainer.dtype):
+        out = trainer.net(mix.x if mix is not None else x)
+    parts = mixed_loss(trainer.loss_fn, {k: (v.float() if v is not None else None)
+                                         for k, v in out.items()}, y, mix)
+    trainer.opt.zero_grad(set_to_none=True)
     parts["loss"].backward()
-    if run.cfg.train.grad_clip:
-        torch.nn.utils.clip_grad_norm_(run.net.parameters(), run.cfg.train.grad_clip)
-    run.opt.step()
-    run.sched.step()
-    if run.ema is not None:
-        run.ema.update(run.model)
+    if trainer.cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(trainer.net.parameters(), trainer.cfg.train.grad_clip)
+    trainer.opt.step()
+    trainer.sched.step()
+    if trainer.ema is not None:
+        trainer.ema.update(trainer.model)
     return out, parts
 
 
@@ -272,10 +280,6 @@ def build_loss(cfg: Config, train_counts) -> KLMultiTaskLoss:
                            sord=cfg.loss.sord, aux_alpha=cfg.loss.aux_alpha)
 
 
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
         data: TrainData | None = None, keep_state: bool = True,
         deadline: float | None = None) -> dict:
@@ -294,10 +298,12 @@ def fit(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool =
         return _fit(cfg, out_dir, resume, progress, data, keep_state, deadline)
 
 
-@dataclass
-class _Run:
-    """What one training run holds while it trains: set up by :func:`_setup`, continued by
-    :func:`_restore`, advanced by :func:`_end_of_epoch`."""
+@dataclass(frozen=True)
+class _Trainer:
+    """Everything one run trains with, built whole by :meth:`build` before the first epoch
+    and never reassigned: the epochs change only what is inside these objects (weights,
+    optimizer and schedule state, the feed's position); the rest that changes from epoch
+    to epoch is the :class:`_RunState`."""
 
     cfg: Config
     out: Path
@@ -307,205 +313,249 @@ class _Run:
     rank: int
     world: int
     device: torch.device
-    data: TrainData | None = None
-    model: torch.nn.Module | None = None  # the network whose weights train
-    evaluated: torch.nn.Module | None = None  # validated, selected, saved (EMA or model)
-    net: torch.nn.Module | None = None  # what the training steps run (DDP, compiled)
-    ema: WeightEMA | None = None
-    dtype: torch.dtype | None = None
-    loss_fn: torch.nn.Module | None = None
-    opt: torch.optim.Optimizer | None = None
-    sched: torch.optim.lr_scheduler.LRScheduler | None = None
-    feed: object = None
-    val_views: object = None
-    sel: Selection | None = None
-    start: int = 1
-    history: list = field(default_factory=list)
-    held: tuple | None = None  # keep_state=False: (epoch, metrics, weights) of the selection
+    dtype: torch.dtype | None  # None: fp32, no autocast (train.amp off or bf16 not native)
+    data: TrainData
+    model: torch.nn.Module  # the network whose weights train
+    ema: WeightEMA | None  # None: train.ema_decay is 0, no averaged weights
+    evaluated: torch.nn.Module  # validated, selected, saved (the EMA's module or model)
+    net: torch.nn.Module  # what the training steps run (DDP, compiled)
+    loss_fn: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    feed: LoaderFeed | DeviceFeed
+    val_views: np.ndarray | torch.Tensor  # on the device with the device feed, else host
 
     @property
     def state_path(self) -> Path:
-        return self.out / "last_state.safetensors"
+        return self.out / _STATE_FILE
 
     @property
     def best_path(self) -> Path:
-        return self.out / "best.safetensors"
+        return self.out / _BEST_FILE
+
+    @classmethod
+    def build(cls, cfg: Config, out_dir, resume: bool, progress: bool,
+              data: TrainData | None, keep_state: bool) -> _Trainer:
+        """Processes, device, checks of the run folder, data, then the model (and its EMA),
+        loss, optimizer, feed, schedule and validation views, in that order (the order
+        the random numbers are drawn in)."""
+        out = Path(out_dir)
+        ddp, rank, world, device = _start_processes()
+        _check_run_folder(out, rank, resume)
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        data = _load_data(cfg, data, rank, ddp, progress)
+        model = _build_model(cfg, device)
+        dtype = amp_dtype(cfg.train.amp, device)
+        loss_fn = build_loss(cfg, data.counts["train"]).to(device)
+        ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                                weight_decay=cfg.train.weight_decay)
+        feed = _build_feed(cfg, data.train, device, ddp)
+        sched = _build_schedule(cfg, opt, feed, len(data.train), ddp, world)
+        net = _training_net(cfg, model, ddp)
+        val_views = device_views(data.val.views, device) if feed.kind == "device" \
+            else data.val.views  # uploaded once with the device feed
+        return cls(cfg=cfg, out=out, progress=progress, keep_state=keep_state, ddp=ddp,
+                   rank=rank, world=world, device=device, dtype=dtype, data=data,
+                   model=model, ema=ema, evaluated=ema.module if ema is not None else model,
+                   net=net, loss_fn=loss_fn, opt=opt, sched=sched, feed=feed,
+                   val_views=val_views)
 
 
-def _setup(cfg: Config, out_dir, resume: bool, progress: bool, data, keep_state: bool) -> _Run:
-    """Processes, device, checks of the run folder, data, model, loss, optimizer, feed."""
+@dataclass
+class _RunState:
+    """What changes from epoch to epoch: the selection, the history and the first epoch
+    still to train; fresh for a new run, read from the last state by :func:`_restore`,
+    advanced by :func:`_end_of_epoch`."""
+
+    sel: Selection
+    start: int = 1
+    history: list[dict] = field(default_factory=list)
+    # keep_state=False only: (epoch, metrics, weights) of the selected epoch, kept in memory
+    # and written once at the end; None until an epoch is selected
+    held: tuple[int, dict, dict] | None = None
+
+
+def _start_processes() -> tuple[bool, int, int, torch.device]:
+    """(ddp, rank, world size, device): the process group under ``torchrun``, this
+    process's device."""
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if ddp and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    run = _Run(cfg, Path(out_dir), progress, keep_state, ddp,
-               dist.get_rank() if ddp else 0, dist.get_world_size() if ddp else 1,
-               resolve_device(int(os.environ.get("LOCAL_RANK", "0"))))
-    if run.device.type == "cuda":
-        torch.cuda.set_device(run.device)
-    _check_run_folder(run, resume)
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    # Rank 0 builds the phantom and the view cache first; the others then read them.
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    device = resolve_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return ddp, rank, world, device
+
+
+def _check_run_folder(out: Path, rank: int, resume: bool) -> None:
+    if resume:
+        if not (out / "config.yaml").exists() or not (out / _STATE_FILE).exists():
+            raise KoaError(f"{out}: nothing to resume (no config.yaml / "
+                           "last_state.safetensors)")
+    elif rank == 0 and ((out / _STATE_FILE).exists() or (out / _BEST_FILE).exists()):
+        raise KoaError(f"{out}: already holds a run; use --resume to continue it or choose "
+                       "another --out")
+    if rank == 0:
+        make_writable_folder(out)
+
+
+def _load_data(cfg: Config, data: TrainData | None, rank: int, ddp: bool,
+               progress: bool) -> TrainData:
+    """``data`` where given; else rank 0 builds the phantom and the view cache first and
+    the others then read them."""
     if data is None:
-        if run.rank == 0:
+        if rank == 0:
             data = prepare_data(cfg, progress=progress)
         if ddp:
             dist.barrier()
-        if run.rank != 0:
+        if rank != 0:
             data = prepare_data(cfg)
-    run.data = data
-    _build_training(run)
-    return run
+    return data
 
 
-def _check_run_folder(run: _Run, resume: bool) -> None:
-    if resume:
-        if not (run.out / "config.yaml").exists() or not run.state_path.exists():
-            raise KoaError(f"{run.out}: nothing to resume (no config.yaml / "
-                           "last_state.safetensors)")
-    elif run.rank == 0 and (run.state_path.exists() or run.best_path.exists()):
-        raise KoaError(f"{run.out}: already holds a run; use --resume to continue it or choose "
-                       "another --out")
-    if run.rank == 0:
-        make_writable_folder(run.out)
-
-
-def _build_training(run: _Run) -> None:
-    """The model (and its EMA), loss, optimizer, feed, schedule and validation views."""
-    cfg, device = run.cfg, run.device
+def _build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     model = build_model(cfg.model).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run.model, run.dtype = model, amp_dtype(cfg.train.amp, device)
-    run.loss_fn = build_loss(cfg, run.data.counts["train"]).to(device)
-    run.ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    run.evaluated = run.ema.module if run.ema is not None else model
-    run.opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
-                                weight_decay=cfg.train.weight_decay)
+    return model
+
+
+def _build_feed(cfg: Config, train: KneeDataset, device: torch.device,
+                ddp: bool) -> LoaderFeed | DeviceFeed:
     sampler = None
-    if run.ddp:
+    if ddp:
         from torch.utils.data.distributed import DistributedSampler
-        sampler = DistributedSampler(run.data.train, shuffle=True, seed=cfg.train.seed)
-    run.feed = make_feed(cfg, run.data.train, device, sampler=sampler, distributed=run.ddp)
-    steps_per_epoch = len(run.feed) if not run.ddp else math.ceil(
-        len(run.data.train) / (cfg.train.batch_size * run.world))
+        sampler = DistributedSampler(train, shuffle=True, seed=cfg.train.seed)
+    return make_feed(cfg, train, device, sampler=sampler, distributed=ddp)
+
+
+def _build_schedule(cfg: Config, opt: torch.optim.Optimizer, feed, n_train: int, ddp: bool,
+                    world: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup then cosine, stepped per batch."""
+    steps_per_epoch = len(feed) if not ddp else math.ceil(
+        n_train / (cfg.train.batch_size * world))
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    run.sched = torch.optim.lr_scheduler.LambdaLR(
-        run.opt, _lr_lambda(steps_per_epoch * cfg.train.epochs,
-                            steps_per_epoch * cfg.train.warmup_epochs))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(steps_per_epoch * cfg.train.epochs,
+                        steps_per_epoch * cfg.train.warmup_epochs))
+
+
+def _training_net(cfg: Config, model: torch.nn.Module, ddp: bool) -> torch.nn.Module:
+    """What the training steps run: ``model``, under DDP and compiled where asked."""
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) \
-        if run.ddp else model
+        if ddp else model
     if cfg.train.compile:
         # Training steps run compiled; validation and the checkpoints use ``model`` itself,
         # whose parameters the compiled module shares.
         net = torch.compile(net)
-    run.net = net
-    # validation views: on the device with the device feed (uploaded once), else host
-    run.val_views = device_views(run.data.val.views, device) if run.feed.kind == "device" \
-        else run.data.val.views
-    run.sel = Selection(cfg.train.patience)
+    return net
 
 
-def _restore(run: _Run) -> None:
-    """Continue from the run folder's last state (``--resume``)."""
-    st = load_state(run.state_path)
-    run.model.load_state_dict(st["model"])
-    if run.ema is not None:
-        run.ema.load_state_dict(st["ema"])
-    run.opt.load_state_dict(st["optimizer"])
-    run.sched.load_state_dict(st["scheduler"])
-    run.start, run.history = st["epoch"] + 1, st["history"]
-    run.sel = Selection(run.cfg.train.patience, st["best"], st["stale"])
+def _restore(trainer: _Trainer) -> _RunState:
+    """Continue from the run folder's last state (``--resume``): the weights, EMA,
+    optimizer and schedule go back into the trainer's objects; the epoch, history and
+    selection make the run state."""
+    st = load_state(trainer.state_path)
+    trainer.model.load_state_dict(st["model"])
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(st["ema"])
+    trainer.opt.load_state_dict(st["optimizer"])
+    trainer.sched.load_state_dict(st["scheduler"])
+    return _RunState(Selection(trainer.cfg.train.patience, st["best"], st["stale"]),
+                     start=st["epoch"] + 1, history=st["history"])
 
 
-def _run_epoch(run: _Run, epoch: int) -> tuple[dict, dict]:
+def _run_epoch(trainer: _Trainer, epoch: int) -> tuple[dict, dict]:
     """Train one epoch and validate: the history row and the validation metrics."""
-    cfg = run.cfg
+    cfg = trainer.cfg
     torch.manual_seed(cfg.train.seed * 1000 + epoch)
     t0 = time.perf_counter()
-    row = {"epoch": epoch, "lr": run.opt.param_groups[0]["lr"]}
-    row.update(_train_epoch(run, epoch))
+    row = {"epoch": epoch, "lr": trainer.opt.param_groups[0]["lr"]}
+    row.update(_train_epoch(trainer, epoch))
     if epoch < cfg.train.epochs:
-        run.feed.prefetch(epoch + 1)  # the loader's workers start during validation
-    val = _validate(run.evaluated, run.val_views, run.data.val.grades, cfg, run.device,
-                    run.dtype)
+        trainer.feed.prefetch(epoch + 1)  # the loader's workers start during validation
+    val = _validate(trainer.evaluated, trainer.val_views, trainer.data.val.grades, cfg,
+                    trainer.device, trainer.dtype)
     metrics = val.pop("_metrics")
     row.update(val)
     row["epoch_s"] = time.perf_counter() - t0
     return row, metrics
 
 
-def _end_of_epoch(run: _Run, epoch: int, row: dict, metrics: dict) -> None:
+def _end_of_epoch(trainer: _Trainer, state: _RunState, epoch: int, row: dict,
+                  metrics: dict) -> None:
     """Select, then (rank 0) save the checkpoint, the state and the history, in that order."""
-    run.history.append(row)
-    improved = run.sel.update(selection_score(row, run.cfg.train.select_metric))
-    if run.rank != 0:
+    state.history.append(row)
+    improved = state.sel.update(selection_score(row, trainer.cfg.train.select_metric))
+    if trainer.rank != 0:
         return
-    if improved and run.keep_state:
-        save_checkpoint(run.best_path, run.evaluated, _run_sidecar(run, metrics, epoch))
+    if improved and trainer.keep_state:
+        save_checkpoint(trainer.best_path, trainer.evaluated,
+                        _run_sidecar(trainer, metrics, epoch))
     elif improved:
-        run.held = (epoch, metrics, {k: v.detach().clone()
-                                     for k, v in run.evaluated.state_dict().items()})
-    if run.keep_state:
-        save_state(run.state_path, {"model": run.model.state_dict(),
-                                    **({"ema": run.ema.state_dict()} if run.ema else {}),
-                                    "optimizer": run.opt.state_dict(),
-                                    "scheduler": run.sched.state_dict(), "epoch": epoch,
-                                    "best": run.sel.best, "stale": run.sel.stale,
-                                    "history": run.history})
+        state.held = (epoch, metrics, {k: v.detach().clone()
+                                       for k, v in trainer.evaluated.state_dict().items()})
+    if trainer.keep_state:
+        save_state(trainer.state_path, {
+            "model": trainer.model.state_dict(),
+            **({"ema": trainer.ema.state_dict()} if trainer.ema else {}),
+            "optimizer": trainer.opt.state_dict(), "scheduler": trainer.sched.state_dict(),
+            "epoch": epoch, "best": state.sel.best, "stale": state.sel.stale,
+            "history": state.history})
     # after the state: an epoch in history.csv is always one --resume can continue
     # (a signal during the state's write used to leave a row without its state)
-    _write_history(run.out / "history.csv", run.history)
-    if run.progress:
+    _write_history(trainer.out / "history.csv", state.history)
+    if trainer.progress:
         print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  val acc "
               f"{row['val_accuracy']:.4f}  macro F1 {row['val_macro_f1']:.4f}  "
               f"QWK {row['val_qwk']:.4f}{'  *' if improved else ''}", flush=True)
 
 
-def _run_sidecar(run: _Run, metrics: dict, epoch: int) -> dict:
-    return _sidecar(run.cfg, run.data, metrics, epoch, run.device, run.world)
+def _run_sidecar(trainer: _Trainer, metrics: dict, epoch: int) -> dict:
+    return _sidecar(trainer.cfg, trainer.data, metrics, epoch, trainer.device, trainer.world)
 
 
 def _fit(cfg: Config, out_dir, resume, progress, data, keep_state, deadline) -> dict:
-    run = _setup(cfg, out_dir, resume, progress, data, keep_state)
-    if resume:
-        _restore(run)
-    if run.rank == 0:
-        (run.out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg),
-                                                            sort_keys=False))
-    # SIGTERM and SIGINT both stop at once with the last completed epoch intact. SIGINT is
-    # set explicitly because a process started in the background inherits it as ignored.
-    old_handlers = {sig: signal.signal(sig, _sigterm_as_interrupt)
-                    for sig in (signal.SIGTERM, signal.SIGINT)} \
-        if run.rank == 0 and _in_main_thread() else {}
+    trainer = _Trainer.build(cfg, out_dir, resume, progress, data, keep_state)
+    state = _restore(trainer) if resume else _RunState(Selection(cfg.train.patience))
+    if trainer.rank == 0:
+        (trainer.out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg),
+                                                                sort_keys=False))
     t_start = time.perf_counter()
     try:
-        for epoch in range(run.start, cfg.train.epochs + 1):
-            if run.sel.stop:
-                break
-            if deadline is not None and run.history:
-                if time.monotonic() + 1.2 * run.history[-1]["epoch_s"] > deadline:
-                    raise DeadlineReached(f"epoch {epoch} would end after the deadline")
-            _end_of_epoch(run, epoch, *_run_epoch(run, epoch))
-        if run.held is not None:  # training is over: the model can take the selected weights
-            epoch, metrics, weights = run.held
-            run.model.load_state_dict(weights)
-            save_checkpoint(run.best_path, run.model, _run_sidecar(run, metrics, epoch))
+        # SIGTERM and SIGINT both stop at once with the last completed epoch intact
+        with sigterm_as_interrupt(sigint=True, active=trainer.rank == 0):
+            try:
+                _train_epochs(trainer, state, deadline)
+            finally:
+                trainer.feed.close()
     finally:
-        run.feed.close()
-        for sig, handler in old_handlers.items():
-            # None: the old handler was installed outside Python; the default is closest
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        if run.ddp:
+        if trainer.ddp:
             dist.destroy_process_group()
-    return {"out": str(run.out), "epochs_run": len(run.history),
-            "best_" + cfg.train.select_metric: run.sel.best,
-            "history": run.history, "seconds": time.perf_counter() - t_start,
-            "feed": run.feed.kind, "hardware": hardware_name(run.device)}
+    return {"out": str(trainer.out), "epochs_run": len(state.history),
+            "best_" + cfg.train.select_metric: state.sel.best,
+            "history": state.history, "seconds": time.perf_counter() - t_start,
+            "feed": trainer.feed.kind, "hardware": hardware_name(trainer.device)}
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+def _train_epochs(trainer: _Trainer, state: _RunState, deadline: float | None) -> None:
+    """The epochs from ``state.start`` until the last or early stopping; then, with
+    ``keep_state=False``, the selected weights written once."""
+    for epoch in range(state.start, trainer.cfg.train.epochs + 1):
+        if state.sel.stop:
+            break
+        if deadline is not None and state.history:
+            if time.monotonic() + 1.2 * state.history[-1]["epoch_s"] > deadline:
+                raise DeadlineReached(f"epoch {epoch} would end after the deadline")
+        _end_of_epoch(trainer, state, epoch, *_run_epoch(trainer, epoch))
+    if state.held is not None:  # training is over: the model can take the selected weights
+        epoch, metrics, weights = state.held
+        trainer.model.load_state_dict(weights)
+        save_checkpoint(trainer.best_path, trainer.model,
+                        _run_sidecar(trainer, metrics, epoch))
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
