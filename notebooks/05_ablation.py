@@ -44,7 +44,7 @@
 # %%
 from IPython.display import Markdown, display
 
-from koa_core import report
+from koa_core.report import common, published, training
 from koa_core.data.index import discover
 from koa_core.experiments.groups import load_groups, selection_bias
 from koa_core.paper import TABLE1, TEST_KNEES
@@ -68,9 +68,9 @@ ablation_configs = ["ablation-clahe", "ablation-raw", "ablation-dual-noattn",
                     "ablation-proposed"]
 
 # %%
-report.setup(seed, threads)
-root = report.resolve_root(data_root, runs_dir)
-report.parameter_table(data_root=root, runs_dir=runs_dir,
+common.setup(seed, threads)
+root = common.resolve_root(data_root, runs_dir)
+common.parameter_table(data_root=root, runs_dir=runs_dir,
                        train_profile=train_profile, train_sets=train_sets,
                        ablation_configs=ablation_configs)
 
@@ -90,18 +90,18 @@ report.parameter_table(data_root=root, runs_dir=runs_dir,
 
 # %%
 if records_dir:
-    records = report.load_records(records_dir)
-    display(Markdown(report.records_note(records)))
-    table5, t5 = report.table5_table(records_dir)  # the scorecard's words
+    records = published.load_records(records_dir)
+    display(Markdown(published.records_note(records)))
+    table5, t5 = published.table5_table(records_dir)  # the scorecard's words
     display(table5)
-    display(report.table5_claims(t5))
-    fig = report.table5_figure(t5)
+    display(published.table5_claims(t5))
+    fig = published.table5_figure(t5)
 
 # %%
 if records_dir:
-    display(report.selection_frame(selection_bias(load_groups(records_dir)[0])))
-    display(Markdown(report.shared_provenance(records)))
-    display(report.provenance_table(records))
+    display(published.selection_frame(selection_bias(load_groups(records_dir)[0])))
+    display(Markdown(published.shared_provenance(records)))
+    display(published.provenance_table(records))
 
 # %% [markdown]
 # ## Train and evaluate every configuration (demo and paper profiles)
@@ -116,10 +116,10 @@ if records_dir:
 if not records_dir:
     names = {"ablation-no-aux": "Proposed without auxiliary heads",
              "ablation-dual-gate": "Dual stream + gate, no cross-attention"}
-    ablation = report.run_ablation(runs_dir, train_profile, train_sets, root,
+    ablation = training.run_ablation(runs_dir, train_profile, train_sets, root,
                                    ablation_configs, labels=names)
     display(ablation)
-    fig = report.ablation_figure(ablation, label=f"ours ({root.name})")
+    fig = training.ablation_figure(ablation, label=f"ours ({root.name})")
 
 # %% [markdown]
 # ## How much of a difference is a difference
