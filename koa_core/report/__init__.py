@@ -10,7 +10,8 @@ DataFrames.
 One module per chapter, each imported by its notebook by name (``from koa_core.report
 import data``); this package re-exports nothing: :mod:`.data` (§2.1, chapter 1),
 :mod:`.clahe` (§2.2, Figs. 2-3, chapter 2), :mod:`.loss` (§2.3b, Table 2, chapter 3),
-:mod:`.training` (§2.4: run reuse, learning curves, the ablation's runs; chapters 4-5),
+:mod:`.training` (§2.4: run reuse, learning curves, the ablation's runs; chapter 4),
+:mod:`.ablation` (§3.2, Table 5: records or runs made here, decided once; chapter 5),
 :mod:`.evaluation` (§3: per-image predictions, fusion gates, Tables 3-4 and 7, Figs. 5-6;
 chapter 6), :mod:`.conformal` (sets of grades, chapter 6), :mod:`.cams` (Fig. 7, chapter
 7) and :mod:`.beyond` (the levers beyond the paper, chapter 8); shared by the chapters:
