@@ -47,9 +47,9 @@
 # ## Imports
 
 # %%
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
-from koa_core.report import common, evaluation, published, training
+from koa_core.report import common, evaluation, training
 
 # %% [markdown]
 # ## Parameters
@@ -87,16 +87,9 @@ common.parameter_table(data_root=root, runs_dir=runs_dir,
 # during training.
 
 # %%
-if records_dir:
-    records = published.load_records(records_dir)
-    record = records[published.selected_record_name(records_dir)]
-    summary = published.record_summary(record)
-    display(Markdown("From the committed record of the shipped checkpoint's run. "
-                     + published.records_note({record["name"]: record})))
-else:
-    run = training.proposed_run(runs_dir, train_profile, train_sets, root)
-    summary = training.run_summary(run)
-summary
+model = training.proposed_model(records_dir, runs_dir, train_profile, train_sets, root)
+common.show(model.notes())
+model.summary()
 
 # %% [markdown]
 # ## Settings, ours and the paper's
@@ -108,7 +101,7 @@ summary
 # on a CPU in minutes.
 
 # %%
-training.config_table(record["config"] if records_dir else run)
+model.config()
 
 # %% [markdown]
 # ## Learning curves
@@ -119,7 +112,7 @@ training.config_table(record["config"] if records_dir else run)
 # (warm-up, then cosine decay per batch).
 
 # %%
-history = published.record_history(record) if records_dir else training.read_history(run)
+history = model.history()
 fig = training.learning_curves(history)
 
 # %%
@@ -137,8 +130,7 @@ history[["epoch", "lr", "train_loss", "train_accuracy", "val_accuracy",
 # that moves with the grade means it leans on one view for some grades.
 
 # %%
-val_pred = (published.record_frame(record) if records_dir
-            else evaluation.predict_split(run / "best.safetensors", root, "val"))
+val_pred = model.val_predictions(root)
 evaluation.gate_table(val_pred)
 
 # %%

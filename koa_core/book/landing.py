@@ -28,8 +28,8 @@ from koa_core.experiments.verdicts import (EXCEEDS, MIN_SEEDS, NOT_REPRODUCED, N
 from koa_core.paper import CLAIMS as PAPER_CLAIMS, KL
 from koa_core.report.clahe import clahe_table
 from koa_core.report.data import sample_images
-from koa_core.report.published import load_records, records_note, selection_frame
-from koa_core.report.training import history_frame
+from koa_core.report.published import (history_frame, load_records, records_note,
+                                       selection_frame)
 
 __all__ = ["compute_facts", "downloads", "scorecard_markdown", "scorecard_table",
            "summary_figure", "summary_lines"]

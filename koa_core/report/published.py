@@ -18,10 +18,10 @@ from koa_core.experiments.campaign import select_run
 from koa_core.experiments.records import find_records, read_record, record_copy
 from koa_core.metrics.classification import classification_metrics
 from koa_core.paper import TABLE5
-from koa_core.report.training import history_frame
 
 
-__all__ = ["data_caveats", "load_records", "provenance_table", "shared_provenance",
+__all__ = ["data_caveats", "history_frame", "load_records", "provenance_table",
+           "shared_provenance",
            "record_frame", "record_history", "record_metrics", "record_summary",
            "records_note", "selected_record_name", "selection_frame",
            "table5_claims", "table5_figure", "table5_table"]
@@ -46,6 +46,11 @@ def record_frame(rec: dict) -> pd.DataFrame:
     df.insert(2, "pred", p["pred"])
     df["gate_raw"] = p["gate_raw"] if p["gate_raw"] is not None else np.nan
     return df
+
+
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    """History rows (a run's or a record's ``history.csv``) as numbers; empty if none."""
+    return pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce") if rows else pd.DataFrame()
 
 
 def record_history(rec: dict) -> pd.DataFrame:
