@@ -467,7 +467,7 @@ def add_bench_command(sub) -> None:
 
 
 def _cmd_book(args) -> int:
-    from koa_core.report.book import run_book
+    from koa_core.book.build import run_book
 
     r = run_book(args.profile, data=args.data, sets=args.set, root=args.root, only=args.only,
                  html=not args.no_html)

@@ -47,7 +47,7 @@
 # %%
 from IPython.display import Markdown, display
 
-from koa_core import report
+from koa_core.report import common, data
 from koa_core.data.index import discover
 from koa_core.data.check import scan
 
@@ -69,18 +69,18 @@ sample_root = ""  # committed sample of real knees for the grid (empty: data_roo
 seed = 0
 
 # %%
-report.setup(seed)
-root = report.resolve_root(data_root, runs_dir)
+common.setup(seed)
+root = common.resolve_root(data_root, runs_dir)
 index = discover(root)
-stats = report.load_stats(stats_json)  # None without a stats file
+stats = data.load_stats(stats_json)  # None without a stats file
 counted = stats or index  # what the counts and checks are taken from
 checked = stats or scan(index)
 shown = discover(sample_root) if sample_root else index  # what the grid draws from
-report.parameter_table(data_root=root, runs_dir=runs_dir, stats_json=stats_json,
+common.parameter_table(data_root=root, runs_dir=runs_dir, stats_json=stats_json,
                        sample_root=sample_root, seed=seed)
 
 # %%
-Markdown(report.stats_provenance(stats) if stats else
+Markdown(data.stats_provenance(stats) if stats else
          f"Counts and checks below are computed from the data root `{root.name}`.")
 
 # %% [markdown]
@@ -92,25 +92,25 @@ Markdown(report.stats_provenance(stats) if stats else
 # there are for each image of grade k. A split our data lacks has no column.
 
 # %%
-ours = report.counts_table(counted)
+ours = data.counts_table(counted)
 ours
 
 # %%
-paper = report.paper_counts_table()
+paper = data.paper_counts_table()
 paper
 
 # %%
-Markdown(report.counts_match_text(ours, paper))
+Markdown(data.counts_match_text(ours, paper))
 
 # %% [markdown]
 # The paper's counts do not agree with each other everywhere. Table 1 (the split counts, 8,260
 # images) matches the public data; the other numbers are slips, noted here and not copied.
 
 # %%
-report.paper_count_slips()
+data.paper_count_slips()
 
 # %%
-fig = report.share_figure(ours, paper, label=f"ours ({report.source_name(counted)})")
+fig = data.share_figure(ours, paper, label=f"ours ({data.source_name(counted)})")
 
 # %% [markdown]
 # ## Class imbalance
@@ -120,11 +120,11 @@ fig = report.share_figure(ours, paper, label=f"ours ({report.source_name(counted
 # for a full copy made without its test split).
 
 # %%
-majority = report.majority_table(counted)
+majority = data.majority_table(counted)
 majority
 
 # %%
-Markdown(report.imbalance_text(ours, paper, majority))
+Markdown(data.imbalance_text(ours, paper, majority))
 
 # %% [markdown]
 # ## A few images of every grade
@@ -136,7 +136,7 @@ Markdown(report.imbalance_text(ours, paper, majority))
 # grade-dependent, overlapping magnitudes.
 
 # %%
-fig = report.sample_grid(shown, per_grade=5, seed=seed)
+fig = data.sample_grid(shown, per_grade=5, seed=seed)
 
 # %% [markdown]
 # With a committed sample (the published profile), the caveats that come with it and the knees
@@ -144,7 +144,7 @@ fig = report.sample_grid(shown, per_grade=5, seed=seed)
 
 # %%
 if sample_root:
-    display(Markdown(report.sample_note(shown)), report.sample_table(shown))
+    display(Markdown(data.sample_note(shown)), data.sample_table(shown))
 
 # %% [markdown]
 # ## Patients and leakage
@@ -159,14 +159,14 @@ if sample_root:
 # them), and augmenting or oversampling before splitting leaks copies into the test split.
 
 # %%
-checks = report.leakage_table(checked)
+checks = data.leakage_table(checked)
 checks
 
 # %%
 warnings = stats["warnings"] if stats else index.warnings
 for warning in warnings:
     print("warning:", warning)
-Markdown(report.leakage_verdict(checks, warnings))
+Markdown(data.leakage_verdict(checks, warnings))
 
 # %% [markdown]
 # ## Summary

@@ -45,7 +45,8 @@
 # %%
 from IPython.display import Markdown, display
 
-from koa_core import GRADE_NAMES, report
+from koa_core import GRADE_NAMES
+from koa_core.report import clahe, common, data
 from koa_core.data.index import discover
 
 # %% [markdown]
@@ -64,17 +65,17 @@ clahe_images = 40  # images averaged for the measures
 clips = [1.0, 2.0, 3.0]  # the clip limits the paper compared
 
 # %%
-report.setup(seed)
-root = report.resolve_root(data_root, runs_dir)
+common.setup(seed)
+root = common.resolve_root(data_root, runs_dir)
 index = discover(sample_root or root)
-split = report.first_split(index)
-images, grades = report.sample_images(index, n=clahe_images, split=split, seed=seed)
-report.parameter_table(data_root=root, sample_root=sample_root, split=split, seed=seed,
+split = data.first_split(index)
+images, grades = data.sample_images(index, n=clahe_images, split=split, seed=seed)
+common.parameter_table(data_root=root, sample_root=sample_root, split=split, seed=seed,
                        clahe_images=len(images), clips=clips)
 
 # %%
 if sample_root:
-    display(Markdown(report.sample_note(index, study="clahe")))
+    display(Markdown(data.sample_note(index, study="clahe")))
 
 # %% [markdown]
 # ## The central crop
@@ -87,10 +88,10 @@ if sample_root:
 # radiograph would be.
 
 # %%
-Markdown(report.crop_text(index, n=clahe_images, split=split, seed=seed))
+Markdown(data.crop_text(index, n=clahe_images, split=split, seed=seed))
 
 # %%
-fig = report.crop_example(images[0])
+fig = data.crop_example(images[0])
 
 # %% [markdown]
 # ## CLAHE at clip limits 1.0, 2.0 and 3.0
@@ -100,7 +101,7 @@ fig = report.crop_example(images[0])
 
 # %%
 picks = [grades.index(g) for g in (0, 2, 4) if g in grades]
-fig = report.clahe_figure([images[i] for i in picks], clips,
+fig = clahe.clahe_figure([images[i] for i in picks], clips,
                           labels=[GRADE_NAMES[grades[i]] for i in picks])
 
 # %% [markdown]
@@ -119,11 +120,11 @@ fig = report.clahe_figure([images[i] for i in picks], clips,
 # by the noise gain: above 1, CLAHE sharpens the joint more than it roughens flat regions.
 
 # %%
-table = report.clahe_table(images, clips)
+table = clahe.clahe_table(images, clips)
 table
 
 # %%
-Markdown(report.clahe_verdict(table))
+Markdown(clahe.clahe_verdict(table))
 
 # %% [markdown]
 # How to read it: the clip limit caps how far CLAHE may stretch a tile's histogram, so every

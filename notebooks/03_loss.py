@@ -46,7 +46,7 @@
 # %%
 from IPython.display import Markdown
 
-from koa_core import report
+from koa_core.report import common, data, loss
 from koa_core.data.index import discover
 from koa_core.paper import ALPHA, TABLE2_COUNTS, TABLE2_SHARES_PCT
 
@@ -64,11 +64,11 @@ seed = 0
 gamma = 2.0  # the paper's focusing parameter
 
 # %%
-report.setup(seed)
-root = report.resolve_root(data_root, runs_dir)
-stats = report.load_stats(stats_json)  # None without a stats file
+common.setup(seed)
+root = common.resolve_root(data_root, runs_dir)
+stats = data.load_stats(stats_json)  # None without a stats file
 counted = stats or discover(root)
-report.parameter_table(data_root=root, stats_json=stats_json, seed=seed, gamma=gamma)
+common.parameter_table(data_root=root, stats_json=stats_json, seed=seed, gamma=gamma)
 
 # %% [markdown]
 # ## Table 2, recomputed
@@ -81,7 +81,7 @@ report.parameter_table(data_root=root, stats_json=stats_json, seed=seed, gamma=g
 # class prior (a model that has learned only the frequencies).
 
 # %%
-table2 = report.influence_table(TABLE2_COUNTS, ALPHA, gamma, paper=TABLE2_SHARES_PCT)
+table2 = loss.influence_table(TABLE2_COUNTS, ALPHA, gamma, paper=TABLE2_SHARES_PCT)
 table2
 
 # %% [markdown]
@@ -91,7 +91,7 @@ table2
 # focal factor):
 
 # %%
-Markdown(report.table2_reasons(table2))
+Markdown(loss.table2_reasons(table2))
 
 # %% [markdown]
 # A conjecture: α of KL4 taken as 3.33 instead of 0.333, and the shares then scaled by
@@ -100,14 +100,14 @@ Markdown(report.table2_reasons(table2))
 
 # %%
 slip = [*ALPHA[:4], round(10 * ALPHA[4], 2)]  # alpha_KL4 = 3.33, not 0.333
-conjecture = report.influence_table(TABLE2_COUNTS, slip)
+conjecture = loss.influence_table(TABLE2_COUNTS, slip)
 printed_sum = round(sum(TABLE2_SHARES_PCT) / 100, 2)  # 0.94: what the paper's column sums to
 guess = (printed_sum * conjecture["after alpha %"]).round(1)
 table2.assign(**{"conjecture x 0.94 %": guess})[
     ["count", "after alpha %", "conjecture x 0.94 %", "paper %"]]
 
 # %%
-Markdown(report.conjecture_text(guess, table2["paper %"]))
+Markdown(loss.conjecture_text(guess, table2["paper %"]))
 
 # %% [markdown]
 # ## The same table on this book's training split
@@ -117,11 +117,11 @@ Markdown(report.conjecture_text(guess, table2["paper %"]))
 # or that of the data root (with the demo profile, a phantom with the paper's proportions).
 
 # %%
-ours = report.influence_table(report.split_counts(counted)["train"], ALPHA, gamma)
+ours = loss.influence_table(data.split_counts(counted)["train"], ALPHA, gamma)
 ours
 
 # %%
-Markdown(report.influence_text(ours, f"the training split of {report.source_name(counted)}"))
+Markdown(loss.influence_text(ours, f"the training split of {data.source_name(counted)}"))
 
 # %% [markdown]
 # ## Focal loss against cross-entropy
@@ -132,7 +132,7 @@ Markdown(report.influence_text(ours, f"the training split of {report.source_name
 # paper reports that γ ≥ 3 made training unstable and γ = 1 focused too little.
 
 # %%
-fig = report.focal_figure(gammas=(0, 1, gamma, 3, 5))
+fig = loss.focal_figure(gammas=(0, 1, gamma, 3, 5))
 
 # %% [markdown]
 # ## Summary
@@ -141,7 +141,7 @@ fig = report.focal_figure(gammas=(0, 1, gamma, 3, 5))
 # "influence", beside the paper's column:
 
 # %%
-Markdown(report.table2_verdict(table2))
+Markdown(loss.table2_verdict(table2))
 
 # %% [markdown]
 # A slip in α of KL4 (3.33 for 0.333) is one conjecture for the gap (the computed line

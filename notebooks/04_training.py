@@ -47,9 +47,9 @@
 # ## Imports
 
 # %%
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
-from koa_core import report
+from koa_core.report import common, evaluation, training
 
 # %% [markdown]
 # ## Parameters
@@ -71,32 +71,25 @@ seed = 0
 threads = 0  # torch threads (0: torch's default)
 
 # %%
-report.setup(seed, threads)
-root = report.resolve_root(data_root, runs_dir)
-report.parameter_table(data_root=root, runs_dir=runs_dir,
+common.setup(seed, threads)
+root = common.resolve_root(data_root, runs_dir)
+common.parameter_table(data_root=root, runs_dir=runs_dir,
                        train_profile=train_profile, train_sets=train_sets,
                        seed=seed, threads=threads)
 
 # %% [markdown]
 # ## Train (or reuse) the proposed model
 #
-# `koa_core.report.proposed_run` stacks the bundled `ablation-proposed` configuration (dual
+# `koa_core.report.training.proposed_run` stacks the bundled `ablation-proposed` configuration (dual
 # stream, cross-attention, gated fusion) on the profile and calls `train_or_reuse`: an
 # existing run with the same resolved configuration is reused, an interrupted one resumed.
 # The checkpoint is the epoch with the best *validation* macro F1; the test split is not read
 # during training.
 
 # %%
-if records_dir:
-    records = report.load_records(records_dir)
-    record = records[report.selected_record_name(records_dir)]
-    summary = report.record_summary(record)
-    display(Markdown("From the committed record of the shipped checkpoint's run. "
-                     + report.records_note({record["name"]: record})))
-else:
-    run = report.proposed_run(runs_dir, train_profile, train_sets, root)
-    summary = report.run_summary(run)
-summary
+model = training.proposed_model(records_dir, runs_dir, train_profile, train_sets, root)
+common.show(model.notes())
+model.summary()
 
 # %% [markdown]
 # ## Settings, ours and the paper's
@@ -108,7 +101,7 @@ summary
 # on a CPU in minutes.
 
 # %%
-report.config_table(record["config"] if records_dir else run)
+model.config()
 
 # %% [markdown]
 # ## Learning curves
@@ -119,8 +112,8 @@ report.config_table(record["config"] if records_dir else run)
 # (warm-up, then cosine decay per batch).
 
 # %%
-history = report.record_history(record) if records_dir else report.read_history(run)
-fig = report.learning_curves(history)
+history = model.history()
+fig = training.learning_curves(history)
 
 # %%
 history[["epoch", "lr", "train_loss", "train_accuracy", "val_accuracy",
@@ -137,15 +130,14 @@ history[["epoch", "lr", "train_loss", "train_accuracy", "val_accuracy",
 # that moves with the grade means it leans on one view for some grades.
 
 # %%
-val_pred = (report.record_frame(record) if records_dir
-            else report.predict_split(run / "best.safetensors", root, "val"))
-report.gate_table(val_pred)
+val_pred = model.val_predictions(root)
+evaluation.gate_table(val_pred)
 
 # %%
-fig = report.gate_figure(val_pred)
+fig = evaluation.gate_figure(val_pred)
 
 # %%
-gates = report.gate_table(val_pred)["mean w_raw"]
+gates = evaluation.gate_table(val_pred)["mean w_raw"]
 lean = "raw" if gates.mean() > 0.5 else "CLAHE"
 Markdown(f"Mean w_raw per grade runs from {gates.min():.3f} ({gates.idxmin()}) to "
          f"{gates.max():.3f} ({gates.idxmax()}): on average the model leans on the {lean} "

@@ -42,12 +42,9 @@
 # ## Imports
 
 # %%
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
-from koa_core import report
-from koa_core.data.index import discover
-from koa_core.experiments.groups import load_groups, selection_bias
-from koa_core.paper import TABLE1, TEST_KNEES
+from koa_core.report import ablation, common
 
 # %% [markdown]
 # ## Parameters
@@ -68,11 +65,13 @@ ablation_configs = ["ablation-clahe", "ablation-raw", "ablation-dual-noattn",
                     "ablation-proposed"]
 
 # %%
-report.setup(seed, threads)
-root = report.resolve_root(data_root, runs_dir)
-report.parameter_table(data_root=root, runs_dir=runs_dir,
+common.setup(seed, threads)
+root = common.resolve_root(data_root, runs_dir)
+common.parameter_table(data_root=root, runs_dir=runs_dir,
                        train_profile=train_profile, train_sets=train_sets,
                        ablation_configs=ablation_configs)
+chapter = ablation.ablation_chapter(root, records_dir, runs_dir, train_profile, train_sets,
+                                    ablation_configs)
 
 # %% [markdown]
 # ## Table 5 from the campaign's records
@@ -89,19 +88,10 @@ report.parameter_table(data_root=root, runs_dir=runs_dir,
 # claimed: `helps`, `hurts` or `inconclusive`). The rules are on the landing page.
 
 # %%
-if records_dir:
-    records = report.load_records(records_dir)
-    display(Markdown(report.records_note(records)))
-    table5, t5 = report.table5_table(records_dir)  # the scorecard's words
-    display(table5)
-    display(report.table5_claims(t5))
-    fig = report.table5_figure(t5)
+common.show(chapter.table5())  # the scorecard's words
 
 # %%
-if records_dir:
-    display(report.selection_frame(selection_bias(load_groups(records_dir)[0])))
-    display(Markdown(report.shared_provenance(records)))
-    display(report.provenance_table(records))
+common.show(chapter.selection())
 
 # %% [markdown]
 # ## Train and evaluate every configuration (demo and paper profiles)
@@ -113,36 +103,19 @@ if records_dir:
 # the paper's "Improvement" column.
 
 # %%
-if not records_dir:
-    names = {"ablation-no-aux": "Proposed without auxiliary heads",
-             "ablation-dual-gate": "Dual stream + gate, no cross-attention"}
-    ablation = report.run_ablation(runs_dir, train_profile, train_sets, root,
-                                   ablation_configs, labels=names)
-    display(ablation)
-    fig = report.ablation_figure(ablation, label=f"ours ({root.name})")
+common.show(chapter.trained())
 
 # %% [markdown]
 # ## How much of a difference is a difference
-#
-# Each row is one training run with one seed, and the evaluation splits are small (1,656 test
-# knees in the paper, 826 validation knees here, far fewer on the demo phantom). The 95 %
-# interval of an accuracy near a on n knees is roughly ± 1.96·√(a(1 − a)/n):
 
 # %%
-n_test = len(discover(root).split("test")) if not records_dir else 0
-for n in [v for v in (n_test, sum(TABLE1["val"]), TEST_KNEES) if v]:
-    half = 100 * 1.96 * (0.7 * 0.3 / n) ** 0.5
-    print(f"n = {n:5d}: accuracy 0.70 +- {half:.1f} points")
+Markdown(chapter.sizes_text())
 
-# %% [markdown]
-# The arithmetic above is for one run on n images. The paper reports one run per configuration
-# and no interval, so a gain of 1.59 points (cross-attention) is smaller than one run's
-# interval on its 1,656 test knees. Seed-to-seed spread adds to that: the records' sd over
-# seeds is in the table above, and the seed-aware intervals of the differences include it
-# (published book). On the demo profile the interval is several
-# times wider and the models are far from converged after a few hundred steps from scratch:
-# the demo rows show that each configuration trains and evaluates end to end, not which one
-# grades knees best.
+# %%
+print("\n".join(chapter.interval_lines()))
+
+# %%
+Markdown(chapter.gain_text())
 
 # %% [markdown]
 # ## Summary

@@ -49,7 +49,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from koa_core import report
+from koa_core.report import beyond, common, conformal, evaluation, published, training
 from koa_core.metrics.calibration import calibration_report
 from koa_core.data.index import discover
 from koa_core.infer.evaluate import evaluate_checkpoint
@@ -77,23 +77,23 @@ n_boot = 1000  # bootstrap resamples for the intervals
 data_label = ""  # how the data is named in Table 7 (empty: from the data root)
 
 # %%
-report.setup(seed, threads)
-root = report.resolve_root(data_root, runs_dir)
+common.setup(seed, threads)
+root = common.resolve_root(data_root, runs_dir)
 data_label = data_label or ("synthetic phantom" if not data_root else Path(root).name)
 if records_dir:
-    records = report.load_records(records_dir)
-    proposed = report.selected_record_name(records_dir)
+    records = published.load_records(records_dir)
+    proposed = published.selected_record_name(records_dir)
     raw_only = "raw-s" + proposed.rsplit("-s", 1)[1]  # the raw-only run of the same seed
     split, split_label = "val", "validation (stands in for the held-out test split)"
 else:
-    proposed = report.proposed_checkpoint(checkpoint, runs_dir, train_profile,
+    proposed = training.proposed_checkpoint(checkpoint, runs_dir, train_profile,
                                           train_sets, root)
     raw_profiles = [*train_profile, "ablation-raw"]
-    raw_run = report.train_or_reuse(Path(runs_dir) / "ablation-raw", raw_profiles,
+    raw_run = training.train_or_reuse(Path(runs_dir) / "ablation-raw", raw_profiles,
                                     train_sets, root)
     raw_only = raw_run / "best.safetensors"
     split, split_label = "test", "test"
-report.parameter_table(data_root=root, checkpoint=proposed, baseline=raw_only,
+common.parameter_table(data_root=root, checkpoint=proposed, baseline=raw_only,
                        records_dir=records_dir, split=split_label, n_boot=n_boot,
                        data_label=data_label)
 
@@ -108,10 +108,10 @@ report.parameter_table(data_root=root, checkpoint=proposed, baseline=raw_only,
 
 # %%
 if records_dir:
-    m = report.record_metrics(records[proposed], n_boot=n_boot)
-    m_raw = report.record_metrics(records[raw_only], n_boot=n_boot)
+    m = published.record_metrics(records[proposed], n_boot=n_boot)
+    m_raw = published.record_metrics(records[raw_only], n_boot=n_boot)
     majority = majority_rate(records[proposed]["predictions"]["grade"])
-    display(Markdown(report.records_note({k: records[k] for k in (proposed, raw_only)})))
+    display(Markdown(published.records_note({k: records[k] for k in (proposed, raw_only)})))
 else:
     m = evaluate_checkpoint(proposed, root, "test", n_boot=n_boot)
     m_raw = evaluate_checkpoint(raw_only, root, "test", n_boot=n_boot)
@@ -130,12 +130,12 @@ print(f"majority rate:      {majority:.4f} "
 # 1,656).
 
 # %%
-pd.concat({"ours, raw only": report.report_table(m_raw),
-           "paper, Table 3": report.paper_report_table(3)}, axis=1)
+pd.concat({"ours, raw only": evaluation.report_table(m_raw),
+           "paper, Table 3": evaluation.paper_report_table(3)}, axis=1)
 
 # %%
-pd.concat({"ours, proposed": report.report_table(m),
-           "paper, Table 4": report.paper_report_table(4)}, axis=1)
+pd.concat({"ours, proposed": evaluation.report_table(m),
+           "paper, Table 4": evaluation.paper_report_table(4)}, axis=1)
 
 # %% [markdown]
 # ## Confusion matrices (Figs. 5 and 6)
@@ -146,13 +146,13 @@ pd.concat({"ours, proposed": report.report_table(m),
 # ours.
 
 # %%
-fig = report.confusion_figure({
+fig = evaluation.confusion_figure({
     "raw only (like Fig. 5)": m_raw["confusion_matrix"],
     "proposed (like Fig. 6)": m["confusion_matrix"]})
 
 # %%
-pd.concat({"paper, Fig. 5": report.paper_correct_counts(3),
-           "paper, Fig. 6": report.paper_correct_counts(4)}, axis=1)
+pd.concat({"paper, Fig. 5": evaluation.paper_correct_counts(3),
+           "paper, Fig. 6": evaluation.paper_correct_counts(4)}, axis=1)
 
 # %% [markdown]
 # ## Ordinal metrics and intervals
@@ -164,8 +164,8 @@ pd.concat({"paper, Fig. 5": report.paper_correct_counts(3),
 # seeds; the landing page's scorecard gives the seed-aware intervals of the campaign.
 
 # %%
-pd.concat({"proposed": report.ci_table(m),
-           "raw only": report.ci_table(m_raw)}, axis=1)
+pd.concat({"proposed": evaluation.ci_table(m),
+           "raw only": evaluation.ci_table(m_raw)}, axis=1)
 
 # %% [markdown]
 # ## Severe knees: KL4 recall
@@ -174,7 +174,7 @@ pd.concat({"proposed": report.ci_table(m),
 # knee that needs surgery costs most. Ours counts the KL4 knees of the split named above.
 
 # %%
-report.kl4_table({"proposed": m, "raw only": m_raw})
+evaluation.kl4_table({"proposed": m, "raw only": m_raw})
 
 # %% [markdown]
 # ## Calibration
@@ -190,12 +190,12 @@ if records_dir:
     pp = records[proposed]["predictions"]
     probs, grades, patients = pp["probs"], pp["grade"], pp["patient"]
 else:
-    pred_df = report.predict_split(proposed, root, "test")
+    pred_df = evaluation.predict_split(proposed, root, "test")
     probs = pred_df[[f"p{g}" for g in range(5)]].to_numpy()
     grades, patients = pred_df["grade"].to_numpy(), pred_df["patient"].tolist()
 cal = {"proposed": calibration_report(probs, grades, patients)}
-display(report.calibration_table(cal))
-fig = report.reliability_figure(cal)
+display(beyond.calibration_table(cal))
+fig = beyond.reliability_figure(cal)
 
 # %% [markdown]
 # ## Grades with a guarantee: conformal sets (ours, beyond the paper)
@@ -211,9 +211,9 @@ fig = report.reliability_figure(cal)
 # checkpoint carries, and `koa predict` shows them beside every grade.
 
 # %%
-sets = report.half_split_table(probs, grades, coverage=0.90, splits=200, seed=seed)
+sets = conformal.half_split_table(probs, grades, coverage=0.90, splits=200, seed=seed)
 display(sets)
-fig = report.conformal_figure(sets, coverage=0.90)
+fig = conformal.conformal_figure(sets, coverage=0.90)
 
 # %% [markdown]
 # ## Comparison with published results (Table 7)
@@ -225,7 +225,7 @@ fig = report.conformal_figure(sets, coverage=0.90)
 # relabelling, balancing before the split, or ensembles chosen on the test set.
 
 # %%
-report.comparison_table({**m, "note": f"{data_label}; {split_label}"},
+evaluation.comparison_table({**m, "note": f"{data_label}; {split_label}"},
                         label=f"this book ({data_label}, {split_label})")
 
 # %% [markdown]

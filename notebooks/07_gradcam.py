@@ -48,7 +48,7 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from koa_core import report
+from koa_core.report import cams, common, data, evaluation, training
 from koa_core.data.index import discover
 
 # %% [markdown]
@@ -67,20 +67,20 @@ n_correct = 2  # confident correct cases (of distinct grades)
 n_wrong = 3  # most uncertain misclassified cases
 
 # %%
-report.setup(seed, threads)
-root = report.resolve_root(data_root, runs_dir)
-ckpt = report.proposed_checkpoint(checkpoint, runs_dir, train_profile,
+common.setup(seed, threads)
+root = common.resolve_root(data_root, runs_dir)
+ckpt = training.proposed_checkpoint(checkpoint, runs_dir, train_profile,
                                   train_sets, root)
 knees = Path(sample_root or root)  # the images explained
-split = report.first_split(discover(knees), prefer=("test", "val"))
-report.parameter_table(data_root=root, sample_root=sample_root, split=split, checkpoint=ckpt,
+split = data.first_split(discover(knees), prefer=("test", "val"))
+common.parameter_table(data_root=root, sample_root=sample_root, split=split, checkpoint=ckpt,
                        n_correct=n_correct, n_wrong=n_wrong)
 
 # %%
 if sample_root:
-    display(Markdown(report.sample_note(discover(knees))))
+    display(Markdown(data.sample_note(discover(knees))))
 if checkpoint:
-    display(Markdown(report.checkpoint_note(ckpt, split)))
+    display(Markdown(cams.checkpoint_note(ckpt, split)))
 
 # %% [markdown]
 # ## The cases
@@ -90,14 +90,14 @@ if checkpoint:
 # probabilities, the "nearly uniform" outputs the paper describes.
 
 # %%
-pred = report.predict_split(ckpt, knees, split)
-cases = report.pick_cases(pred, n_correct, n_wrong)
+pred = evaluation.predict_split(ckpt, knees, split)
+cases = cams.pick_cases(pred, n_correct, n_wrong)
 cases.assign(image=[Path(p).name for p in cases.path])[
     ["case", "image", "grade", "pred", "top2", "top5", "confidence", "entropy",
      "p0", "p1", "p2", "p3", "p4"]].round(3)
 
 # %%
-Markdown(report.cases_text(pred, cases, split))
+Markdown(cams.cases_text(pred, cases, split))
 
 # %% [markdown]
 # ## Top-1 against top-5, both streams (as in Fig. 7)
@@ -120,8 +120,8 @@ Markdown(report.cases_text(pred, cases, split))
 # with none for it gives an empty map (marked so, and NaN in the tables below).
 
 # %%
-top5 = report.cam_cases(ckpt, cases, other="top5")
-fig = report.cam_figure(top5)
+top5 = cams.cam_cases(ckpt, cases, other="top5")
+fig = cams.cam_figure(top5)
 
 # %% [markdown]
 # ## Top-1 against the true grade, misclassified cases
@@ -130,8 +130,8 @@ fig = report.cam_figure(top5)
 
 # %%
 wrong = cases[cases.case == "misclassified"]
-true_maps = report.cam_cases(ckpt, wrong, other="true") if len(wrong) else []
-fig = report.cam_figure(true_maps) if true_maps else None
+true_maps = cams.cam_cases(ckpt, wrong, other="true") if len(wrong) else []
+fig = cams.cam_figure(true_maps) if true_maps else None
 
 # %% [markdown]
 # ## Where the maps fall
@@ -141,13 +141,13 @@ fig = report.cam_figure(true_maps) if true_maps else None
 # low one (attention on the margins) for the competing class.
 
 # %%
-report.cam_share_table(top5)
+cams.cam_share_table(top5)
 
 # %%
-Markdown(report.cam_conflict_text(top5, other="top5"))
+Markdown(cams.cam_conflict_text(top5, other="top5"))
 
 # %%
-report.cam_share_table(true_maps) if true_maps else None
+cams.cam_share_table(true_maps) if true_maps else None
 
 # %% [markdown]
 # ## Summary

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from koa_core import report
+from koa_core.report import beyond, common, published
 from koa_core.experiments.recipe import LEVERS, POST_HOC, levers_table
 
 # %% [markdown]
@@ -69,14 +69,14 @@ threads = 0
 n_boot = 1000
 
 # %%
-report.setup(seed, threads)
-root = report.resolve_root(data_root, runs_dir)
+common.setup(seed, threads)
+root = common.resolve_root(data_root, runs_dir)
 if recipe_dir:
     folders = [records_dir, recipe_dir]
 else:
-    folders = [report.train_recipe(recipe_plans, root if data_root else None, runs_dir,
+    folders = [beyond.train_recipe(recipe_plans, root if data_root else None, runs_dir,
                                    recipe_sets)]
-report.parameter_table(data_root=root, records=", ".join(Path(f).name for f in folders),
+common.parameter_table(data_root=root, records=", ".join(Path(f).name for f in folders),
                        recipe_plans=recipe_plans if not recipe_dir else "-",
                        recipe_sets=recipe_sets if not recipe_dir else "-", n_boot=n_boot)
 
@@ -114,12 +114,12 @@ display(Markdown("\n".join(f"- **{name}**: {what}" for name, what in LEVERS)
 t = levers_table(folders, n_boot=n_boot)
 records = {}
 for f in folders:
-    records.update(report.load_records(f))
-display(Markdown(report.records_note(records)))
-report.levers_frame(t)
+    records.update(published.load_records(f))
+display(Markdown(published.records_note(records)))
+beyond.levers_frame(t)
 
 # %%
-fig = report.levers_figure(t)
+fig = beyond.levers_figure(t)
 
 # %% [markdown]
 # ## Post-hoc levers on the recipe
@@ -129,7 +129,7 @@ fig = report.levers_figure(t)
 # models, and the shipped checkpoint stays a single model.
 
 # %%
-report.post_hoc_frame(t)
+beyond.post_hoc_frame(t)
 
 # %% [markdown]
 # ## The goals
@@ -139,8 +139,8 @@ report.post_hoc_frame(t)
 # variant above, with 95 % bootstrap intervals over knees.
 
 # %%
-display(report.goals_table(t))
-display(Markdown(report.levers_summary(t)))
+display(beyond.goals_table(t))
+display(Markdown(beyond.levers_summary(t)))
 
 # %% [markdown]
 # ## Calibration
@@ -155,8 +155,8 @@ display(Markdown(report.levers_summary(t)))
 # %%
 cal = {f"{t['target']} seed ensemble": t["best"]["calibration"]} if t["best"] else {}
 cal[f"{t['baseline']} seed {t['baseline_calibration']['seed']}"] = t["baseline_calibration"]
-display(report.calibration_table(cal))
-fig = report.reliability_figure(cal)
+display(beyond.calibration_table(cal))
+fig = beyond.reliability_figure(cal)
 
 # %% [markdown]
 # ## Deviations and provenance
@@ -167,8 +167,8 @@ fig = report.reliability_figure(cal)
 # (`train.compile=true`); the Table 5 runs were not.
 
 # %%
-display(Markdown(report.shared_provenance(records)))
-report.provenance_table(records)
+display(Markdown(published.shared_provenance(records)))
+published.provenance_table(records)
 
 # %% [markdown]
 # ## Summary

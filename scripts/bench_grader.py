@@ -38,7 +38,7 @@ import numpy as np
 from koa_core.data.imaging import read_gray
 from koa_core.data.preprocess import Preprocessor
 from koa_core.runtime import provenance
-from koa_core.report.grader import (agreement, build_standalone, fp32_export, sample_files,
+from koa_core.book.grader import (agreement, build_standalone, fp32_export, sample_files,
                                     write_model)
 
 CHROMIUM = "/usr/bin/chromium"

@@ -11,13 +11,19 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "koa_core"
-ROOMS = ("data", "model", "train", "metrics", "infer", "experiments", "report")
+ROOMS = ("data", "model", "train", "metrics", "infer", "experiments", "report", "book")
 CORE = {"koa_core", "errors", "config", "files", "runtime", "locking", "paper"}  # ground floor
-# what each room may import (besides itself); None: anything but what `NEVER` names
+# what each room may import (besides itself); a module not named here (the CLI, the
+# benchmark) may import anything but what `NEVER` names
 ALLOWED = {
     "data": {"koa_core", "errors", "config", "files", "paper"},
     "metrics": {"koa_core", "errors", "config", "files", "paper"},
     "model": {"koa_core", "errors", "config", "files", "paper", "runtime"},
+    "train": CORE | {"data", "model", "metrics"},
+    "infer": CORE | {"data", "model", "metrics"},
+    "experiments": CORE | {"data", "model", "metrics", "train", "infer"},
+    "report": CORE | {"data", "model", "metrics", "train", "infer", "experiments"},
+    "book": CORE | {"data", "model", "metrics", "train", "infer", "experiments", "report"},
     "errors": set(),
     "files": {"errors"},
     "config": {"errors", "paper"},
@@ -26,12 +32,14 @@ ALLOWED = {
     "paper": set(),  # the paper's printed figures: imports nothing of koa_core
 }
 NEVER = {
-    "train": {"infer", "experiments", "report", "cli", "bench"},
-    "infer": {"train", "experiments", "report", "cli", "bench"},
-    "experiments": {"report", "cli", "bench"},
-    "report": {"cli", "bench"},
-    "bench": {"cli", "report", "experiments"},
+    "train": {"infer", "experiments", "report", "book", "cli", "bench"},
+    "infer": {"train", "experiments", "report", "book", "cli", "bench"},
+    "experiments": {"report", "book", "cli", "bench"},
+    "report": {"book", "cli", "bench"},
+    "book": {"cli", "bench"},
+    "bench": {"cli", "report", "book", "experiments"},
 }
+GROUND_FLOOR = "the ground floor"  # how a rule line names every module of CORE
 # the only third-party packages imported inside functions: heavy ones a command may not
 # need (plots, reports, decoders) and optional extras (koa_core.runtime.require)
 LAZY_OK = {"matplotlib", "seaborn", "sklearn", "scipy", "pandas", "pydicom", "onnx",
@@ -95,6 +103,8 @@ def violations(g: dict[str, list[tuple[str, int, bool]]]) -> list[str]:
                 out.append(f"{mod}:{line} imports {target} ({here}/ never imports {there})")
             if there in ("cli",) and here != "cli":
                 out.append(f"{mod}:{line} imports {target} (nothing imports the CLI)")
+            if there == "book" and here not in ("book", "cli"):
+                out.append(f"{mod}:{line} imports {target} (only the CLI imports book)")
     return out
 
 
@@ -141,8 +151,54 @@ def test_every_module_lives_in_a_room():
     for r in ROOMS:
         init = PKG / r / "__init__.py"
         assert init.exists(), r
-        if r != "report":  # the report package's docstring names its chapters instead
-            assert "Rule (tests/test_layout.py)" in init.read_text(), r
+        assert "Rule (tests/test_layout.py)" in init.read_text(), r
+
+
+def rule_line(doc: str, key: str) -> set[str] | None:
+    """The rooms named on the docstring line ``key: a, b, c.`` (None without one);
+    ``the ground floor`` stands for every module of ``CORE``."""
+    lines = [ln[len(key):] for ln in doc.splitlines() if ln.startswith(key)]
+    assert len(lines) <= 1, f"{key} twice"
+    if not lines:
+        return None
+    names = {n.strip() for n in lines[0].strip().rstrip(".").split(",")}
+    return (names - {GROUND_FLOOR}) | (CORE if GROUND_FLOOR in names else set())
+
+
+def rule_mismatches(docs: dict[str, str]) -> list[str]:
+    """Every room whose ``__init__`` rule lines (``Imports:``, ``Never imports:``) disagree
+    with ``ALLOWED`` and ``NEVER``, as 'room: line says ..., the table says ...'."""
+    out = []
+    for r, doc in docs.items():
+        for key, table in (("Imports:", ALLOWED), ("Never imports:", NEVER)):
+            said, rule = rule_line(doc, key), table.get(r)
+            if said != rule:
+                out.append(f"{r}: {key} says {sorted(said or ())}, the table says "
+                           f"{sorted(rule or ())}")
+    return out
+
+
+def room_docs() -> dict[str, str]:
+    return {r: ast.get_docstring(ast.parse((PKG / r / "__init__.py").read_text())) or ""
+            for r in ROOMS}
+
+
+def test_every_room_states_its_rule_as_the_table_does():
+    """Each room's ``__init__`` docstring says what it imports in one checked line, so the
+    rule a newcomer reads is the rule the import graph is held to."""
+    assert rule_mismatches(room_docs()) == []
+
+
+def test_a_rule_line_that_disagrees_is_named():
+    docs = room_docs()
+    docs["data"] = docs["data"].replace("Imports: koa_core,", "Imports: koa_core, model,")
+    docs["experiments"] = docs["experiments"].replace(
+        "Imports: the ground floor, data, model, metrics, train, infer.",
+        "Imports: the ground floor, train.")
+    docs["report"] = docs["report"].replace("Never imports:", "Never:")
+    bad = rule_mismatches(docs)
+    assert [b.split(":")[0] for b in bad] == ["data", "experiments", "report"]
+    assert "Imports: says ['config', 'errors', 'files', 'koa_core', 'model', 'paper']" in bad[0]
 
 
 def test_the_rooms_keep_their_rules():
@@ -178,6 +234,8 @@ def test_function_local_imports_are_heavy_or_optional_packages():
     ("koa_core.metrics.calibration", "koa_core.model.checkpoint", "metrics/ may import only"),
     ("koa_core.experiments.records", "koa_core.report.published", "never imports report"),
     ("koa_core.infer.evaluate", "koa_core.cli", "nothing imports the CLI"),
+    ("koa_core.report.data", "koa_core.book.landing", "only the CLI imports book"),
+    ("koa_core.experiments.records", "koa_core.book.build", "experiments/ never imports book"),
 ])
 def test_a_broken_rule_is_named(mod, target, why):
     """The checker is not vacuous: one import added against each rule is reported."""

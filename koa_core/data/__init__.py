@@ -5,6 +5,6 @@ The dataset index and its splits (:mod:`.index`), the one reader front door
 (:mod:`.preprocess`), the view cache, the synthetic phantom, the dataset health check and
 the input check.
 
-Rule (tests/test_layout.py): imports nothing of koa_core but ``errors``, ``config`` and
-``paper``.
+Rule (tests/test_layout.py):
+Imports: koa_core, errors, config, files, paper.
 """

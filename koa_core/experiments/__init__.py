@@ -6,5 +6,12 @@ configurations × seeds, and how each run was trained), :mod:`.intervals` (seed-
 intervals), :mod:`.verdicts` (the one rule table), :mod:`.scorecard` (the claims, typed and
 judged), :mod:`.ablation` (Table 5) and :mod:`.recipe` (the levers beyond the paper).
 
-Rule (tests/test_layout.py): builds on ``train``; never imports ``report`` or the CLI.
+A campaign trains runs (``train``) on cached views (``data``) and predicts with
+``infer``'s forward pass (:func:`koa_core.infer.backends.predict_views`); records read
+``train``'s run folders and hash ``model``'s checkpoints; the rest is arithmetic on
+``metrics``.
+
+Rule (tests/test_layout.py):
+Imports: the ground floor, data, model, metrics, train, infer.
+Never imports: report, book, cli, bench.
 """

@@ -5,6 +5,7 @@
 :mod:`.explain` (Grad-CAM), :mod:`.knee_report` (one picture per knee) and
 :mod:`.profile` (which input check judges a checkpoint's images).
 
-Rule (tests/test_layout.py): never imports ``train``, ``experiments``, ``report`` or the
-CLI; builds on ``data``, ``model`` and ``metrics``.
+Rule (tests/test_layout.py):
+Imports: the ground floor, data, model, metrics.
+Never imports: train, experiments, report, book, cli, bench.
 """

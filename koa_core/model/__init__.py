@@ -4,6 +4,6 @@
 CORN head), :mod:`.checkpoint` (safetensors + sidecar, never unpickled) and
 :mod:`.inference` (the forward pass that turns views into probabilities and gates).
 
-Rule (tests/test_layout.py): imports nothing of koa_core but ``config``, ``errors``,
-``paper`` and ``runtime``.
+Rule (tests/test_layout.py):
+Imports: koa_core, errors, config, files, paper, runtime.
 """

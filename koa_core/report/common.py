@@ -32,6 +32,15 @@ def setup(seed: int = 0, threads: int = 0) -> None:
     pd.set_option("display.max_colwidth", 120)  # notes in tables are read whole
 
 
+def show(parts: list) -> None:
+    """Display each part on the page in turn, a string as Markdown (a chapter module's
+    section returns its parts; an empty list shows nothing)."""
+    from IPython.display import Markdown, display
+
+    for part in parts:
+        display(Markdown(part) if isinstance(part, str) else part)
+
+
 def ensure_phantom(folder: str | Path, per_class: int = 60, seed: int = 0, size: int = 224,
                    proportions: str = "paper") -> Path:
     """The synthetic phantom in ``folder`` (written once; a ``.complete`` file marks it)."""

@@ -3,7 +3,7 @@
 Expensive runs (the GPU campaign of :mod:`koa_core.experiments.campaign`) are made once and kept as
 records (:mod:`koa_core.experiments.records`); these helpers turn records into the same tables and
 figures the live chapters make, and say where each number comes from (machine, commit,
-command, data encoding). The landing page's scorecard is :mod:`koa_core.report.landing`.
+command, data encoding). The landing page's scorecard is :mod:`koa_core.book.landing`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from koa_core.experiments.campaign import select_run
 from koa_core.experiments.records import find_records, read_record, record_copy
 from koa_core.metrics.classification import classification_metrics
 from koa_core.paper import TABLE5
-from koa_core.report.training import history_frame
 
 
-__all__ = ["data_caveats", "load_records", "provenance_table", "shared_provenance",
+__all__ = ["data_caveats", "history_frame", "load_records", "provenance_table",
+           "shared_provenance",
            "record_frame", "record_history", "record_metrics", "record_summary",
-           "records_note", "selected_record_name",
+           "records_note", "selected_record_name", "selection_frame",
            "table5_claims", "table5_figure", "table5_table"]
+
+# the ablation's configurations in the order the book shows them
+ORDER = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
 
 
 def load_records(records_dir: str | Path) -> dict[str, dict]:
@@ -33,8 +36,9 @@ def load_records(records_dir: str | Path) -> dict[str, dict]:
 
 
 def record_frame(rec: dict) -> pd.DataFrame:
-    """A record's validation predictions as :func:`~koa_core.report.predict_split` returns
-    them: path, grade, pred, p0..p4, gate_raw (NaN for single-stream models)."""
+    """A record's validation predictions as
+    :func:`~koa_core.report.evaluation.predict_split` returns them: path, grade, pred,
+    p0..p4, gate_raw (NaN for single-stream models)."""
     p = rec["predictions"]
     df = pd.DataFrame(p["probs"], columns=[f"p{g}" for g in range(5)])
     df.insert(0, "path", p["path"])
@@ -42,6 +46,11 @@ def record_frame(rec: dict) -> pd.DataFrame:
     df.insert(2, "pred", p["pred"])
     df["gate_raw"] = p["gate_raw"] if p["gate_raw"] is not None else np.nan
     return df
+
+
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    """History rows (a run's or a record's ``history.csv``) as numbers; empty if none."""
+    return pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce") if rows else pd.DataFrame()
 
 
 def record_history(rec: dict) -> pd.DataFrame:
@@ -231,3 +240,20 @@ def table5_figure(t: dict):
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def selection_frame(bias: list) -> pd.DataFrame:
+    """Per configuration: the epochs chosen and run, and accuracy and macro F1 at the
+    chosen epoch, around it and at the last epoch (means over seeds)."""
+    order = {g: i for i, g in enumerate(ORDER)}
+    rows = []
+    for b in sorted(bias, key=lambda b: (order.get(b.config, 99), b.config)):
+        rows.append({"configuration": b.config,
+                     "epoch chosen / run": " · ".join(f"{c}/{r}" for c, r in
+                                                      zip(b.chosen_epoch, b.epochs_run)),
+                     "chosen on these knees": "yes" if b.chosen_on_val else "no (last)",
+                     "accuracy: chosen / around / last": " / ".join(
+                         f"{100 * v:.2f}" for v in b.accuracy),
+                     "macro F1: chosen / around / last": " / ".join(
+                         f"{v:.3f}" for v in b.macro_f1)})
+    return pd.DataFrame(rows)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,11 @@ import yaml
 from koa_core.config import config_to_dict, load_config
 from koa_core.errors import KoaError
 from koa_core.paper import TABLE5
+from koa_core.report.evaluation import predict_split
 from koa_core.report.paper import ABLATIONS
+from koa_core.report.published import (history_frame, load_records, record_frame,
+                                       record_history, record_summary, records_note,
+                                       selected_record_name)
 from koa_core.infer.evaluate import evaluate_checkpoint
 from koa_core.train.engine import fit
 from koa_core.train.runs import read_run, summarize_run
@@ -26,11 +31,6 @@ from koa_core.train.selection import LAST
 def read_history(run_dir: str | Path) -> pd.DataFrame:
     """The run's ``history.csv`` (one row per epoch); empty if there is none yet."""
     return history_frame(read_run(run_dir)["history"])
-
-
-def history_frame(rows: list[dict]) -> pd.DataFrame:
-    """History rows (a run's or a record's ``history.csv``) as numbers; empty if none."""
-    return pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce") if rows else pd.DataFrame()
 
 
 def run_status(run_dir: str | Path, cfg) -> str:
@@ -93,6 +93,50 @@ def proposed_run(runs_dir: str | Path, profiles: Sequence[str], sets: Sequence[s
     chapters (``runs_dir/proposed``, the ``ablation-proposed`` config on the profiles)."""
     return train_or_reuse(Path(runs_dir) / "proposed", [*profiles, "ablation-proposed"], sets,
                           data_root)
+
+
+@dataclass
+class ProposedModel:
+    """The training chapter's proposed model: its committed record (published book) or its
+    run made here; exactly one of the two is set."""
+
+    record: dict | None = None
+    run: Path | None = None
+
+    def notes(self) -> list[str]:
+        """Where the figures come from, for a record (a run made here needs no note)."""
+        if self.record is None:
+            return []
+        return ["From the committed record of the shipped checkpoint's run. "
+                + records_note({self.record["name"]: self.record})]
+
+    def summary(self) -> pd.DataFrame:
+        return record_summary(self.record) if self.record is not None else run_summary(self.run)
+
+    def config(self) -> pd.DataFrame:
+        """Its settings beside the paper's (:func:`config_table`)."""
+        return config_table(self.record["config"] if self.record is not None else self.run)
+
+    def history(self) -> pd.DataFrame:
+        return record_history(self.record) if self.record is not None else read_history(self.run)
+
+    def val_predictions(self, data_root: str | Path) -> pd.DataFrame:
+        """Per validation image: grade, prediction, probabilities and the gate."""
+        if self.record is not None:
+            return record_frame(self.record)
+        return predict_split(self.run / "best.safetensors", data_root, "val")
+
+
+def proposed_model(records_dir: str | Path, runs_dir: str | Path, profiles: Sequence[str],
+                   sets: Sequence[str] = (), data_root: str | Path | None = None
+                   ) -> ProposedModel:
+    """Decide once where the training chapter's proposed model comes from: the selected
+    record under ``records_dir`` when it is set, else :func:`proposed_run` (trained or
+    reused here)."""
+    if records_dir:
+        record = load_records(records_dir)[selected_record_name(records_dir)]
+        return ProposedModel(record=record)
+    return ProposedModel(run=proposed_run(runs_dir, profiles, sets, data_root))
 
 
 # Settings of the proposed model: where the paper gives them, and where it is silent.

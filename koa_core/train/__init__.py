@@ -3,6 +3,7 @@
 :mod:`.engine` (``fit``), :mod:`.losses`, the dataset, augmentation (CPU and GPU), mixing,
 EMA, selection, the GPU monitor, self-supervised pretraining, run folders and export.
 
-Rule (tests/test_layout.py): never imports ``infer``, ``experiments``, ``report`` or the
-CLI; builds on ``data``, ``model`` and ``metrics``.
+Rule (tests/test_layout.py):
+Imports: the ground floor, data, model, metrics.
+Never imports: infer, experiments, report, book, cli, bench.
 """

@@ -3,7 +3,7 @@
 // model exported to ONNX, run by onnxruntime-web's WebAssembly backend from the book's own
 // files. Nothing leaves the page: no request goes outside the book's origin and nothing of
 // the image is stored. Everything the page needs is read from grader.json, written at build
-// time by koa_core/report/grader.py.
+// time by koa_core/book/grader.py.
 import * as ort from './ort/ort.wasm.min.mjs';
 import { clahe, crop, cropBox, makeImage, resizeSquare, rgbaToGrey } from './imageops.mjs';
 import { inputFlags } from './inputcheck.mjs';

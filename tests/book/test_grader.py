@@ -1,4 +1,4 @@
-"""The book's "Grade your own knee" page in headless Chromium (koa_core/report/grader.py).
+"""The book's "Grade your own knee" page in headless Chromium (koa_core/book/grader.py).
 
 The page is opened the way a reader opens it: served over HTTP from 127.0.0.1, every
 request recorded. It grades the book's 50 sample knees through its own JavaScript and must
@@ -33,7 +33,7 @@ from koa_core.data.imaging import read_gray
 from koa_core.data.inputcheck import InputCheck
 from koa_core.data.preprocess import Preprocessor
 from koa_core.metrics.conformal import Conformal, set_label
-from koa_core.report.grader import build_standalone, sample_files
+from koa_core.book.grader import build_standalone, sample_files
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
-from koa_core.report.model_card import grade_table, model_card_markdown
+from koa_core.book.model_card import grade_table, model_card_markdown
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 

@@ -1,4 +1,4 @@
-"""The grader page's build step without a browser (koa_core/report/grader.py): the int8
+"""The grader page's build step without a browser (koa_core/book/grader.py): the int8
 weight storage, the files the page loads, and the clear errors when a piece is missing."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from koa_core.errors import KoaError
 from koa_core.infer.knee_report import CAPTION_NO_CAM
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT, read_sidecar
-from koa_core.report.grader import (ORT_FILES, build_grader, copy_runtime, int8_weights,
+from koa_core.book.grader import (ORT_FILES, build_grader, copy_runtime, int8_weights,
                                     page_snippet, sample_files)
 
 REPO = Path(__file__).resolve().parents[2]

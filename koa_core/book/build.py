@@ -13,8 +13,9 @@ The chapters are jupytext percent-format sources in ``notebooks/*.py``. A build:
 4. runs ``jupyter-book build`` on the repository with notebook execution off (nothing runs
    twice) and warnings as errors (``-W -n --keep-going``).
 
-Chapters share trained runs through ``runs_dir`` (see :func:`koa_core.report.train_or_reuse`),
-so the book trains each configuration once, and a second build reuses everything.
+Chapters share trained runs through ``runs_dir`` (see
+:func:`koa_core.report.training.train_or_reuse`), so the book trains each configuration
+once, and a second build reuses everything.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from koa_core.config import load_config
 from koa_core.experiments.campaign import load_plan
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from koa_core.report.common import ensure_phantom
-from koa_core.report.grader import stage_grader
-from koa_core.report.landing import scorecard_markdown
-from koa_core.report.model_card import PAGE as MODEL_CARD, model_card_markdown
+from koa_core.book.grader import stage_grader
+from koa_core.book.landing import scorecard_markdown
+from koa_core.book.model_card import PAGE as MODEL_CARD, model_card_markdown
 
 __all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
            "validate_parameters",
@@ -283,7 +284,7 @@ def write_scorecard(root: Path, params: dict, profile: str) -> Path:
 
 def write_model_card(root: Path) -> Path:
     """``book/model_card.md``: the shipped checkpoint's model card, from its sidecar, its
-    CPU re-evaluation and the data statistics (:mod:`koa_core.report.model_card`)."""
+    CPU re-evaluation and the data statistics (:mod:`koa_core.book.model_card`)."""
     path = root / "book" / f"{MODEL_CARD}.md"
     results = root / "results"
     text = model_card_markdown(DEFAULT_CHECKPOINT, results / "gpu" / "shipped-val-cpu.json",

@@ -1,4 +1,4 @@
-"""Tests for the book: the runner's pieces (koa_core.report.book), the chapters' shape, the book's
+"""Tests for the book: the runner's pieces (koa_core.book.build), the chapters' shape, the book's
 configuration, and the rendered-HTML check (skipped unless a built book and Chromium exist)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import nbformat
 import pytest
 import yaml
 
-from koa_core.report import book
+from koa_core.book import build as book
 from koa_core.errors import KoaError
 
 REPO = Path(__file__).resolve().parents[2]

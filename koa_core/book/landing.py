@@ -28,13 +28,12 @@ from koa_core.experiments.verdicts import (EXCEEDS, MIN_SEEDS, NOT_REPRODUCED, N
 from koa_core.paper import CLAIMS as PAPER_CLAIMS, KL
 from koa_core.report.clahe import clahe_table
 from koa_core.report.data import sample_images
-from koa_core.report.published import load_records, records_note
-from koa_core.report.training import history_frame
+from koa_core.report.published import (history_frame, load_records, records_note,
+                                       selection_frame)
 
 __all__ = ["compute_facts", "downloads", "scorecard_markdown", "scorecard_table",
-           "selection_frame", "summary_figure", "summary_lines"]
+           "summary_figure", "summary_lines"]
 
-_ORDER = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
 _CONFIG = {"proposed": "proposed", "raw": "raw-only", "clahe": "CLAHE-only",
            "dual-noattn": "dual, no attention", "dual-gate": "dual, learned gate"}
 _METRIC = {"accuracy": "accuracy", "macro_f1": "macro F1", "weighted_f1": "weighted F1",
@@ -271,23 +270,6 @@ def _short(c: Claim) -> str:
         return _CONFIG.get(c.configs[0], c.configs[0])
     grade = f" {KL[c.grade]}" if c.grade is not None else ""
     return f"{_METRIC[c.metric]}{grade} ({_CONFIG.get(c.configs[0], c.configs[0])})"
-
-
-def selection_frame(bias: list) -> pd.DataFrame:
-    """Per configuration: the epochs chosen and run, and accuracy and macro F1 at the
-    chosen epoch, around it and at the last epoch (means over seeds)."""
-    order = {g: i for i, g in enumerate(_ORDER)}
-    rows = []
-    for b in sorted(bias, key=lambda b: (order.get(b.config, 99), b.config)):
-        rows.append({"configuration": b.config,
-                     "epoch chosen / run": " · ".join(f"{c}/{r}" for c, r in
-                                                      zip(b.chosen_epoch, b.epochs_run)),
-                     "chosen on these knees": "yes" if b.chosen_on_val else "no (last)",
-                     "accuracy: chosen / around / last": " / ".join(
-                         f"{100 * v:.2f}" for v in b.accuracy),
-                     "macro F1: chosen / around / last": " / ".join(
-                         f"{v:.3f}" for v in b.macro_f1)})
-    return pd.DataFrame(rows)
 
 
 def _selection_lines(bias: list) -> list[str]:
