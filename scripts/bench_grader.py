@@ -38,8 +38,8 @@ import numpy as np
 from koa_core.data.imaging import read_gray
 from koa_core.data.preprocess import Preprocessor
 from koa_core.runtime import provenance
-from koa_core.book.grader import (agreement, build_standalone, fp32_export, sample_files,
-                                    write_model)
+from koa_core.book.grader import (JS_FILES, agreement, build_standalone, fp32_export,
+                                    sample_files, write_model)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -143,8 +143,7 @@ def site_sizes(site: Path) -> dict:
     g = site / "grader"
     model = (g / "model.onnx").stat().st_size / 1e6
     runtime = sum(f.stat().st_size for f in (g / "ort").iterdir()) / 1e6
-    code = sum((g / f).stat().st_size for f in ("grade.mjs", "imageops.mjs",
-                                               "inputcheck.mjs", "grader.json")) / 1e6
+    code = sum((g / f).stat().st_size for f in JS_FILES + ("grader.json",)) / 1e6
     return {"model_mb": round(model, 2), "runtime_mb": round(runtime, 2),
             "code_and_config_mb": round(code, 3), "total_mb": round(model + runtime + code, 2)}
 

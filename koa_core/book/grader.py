@@ -16,11 +16,19 @@ loads into ``HTML/grader/``, at build time and never committed:
 - ``ort/``: onnxruntime-web's WebAssembly build, the exact version pinned by
   ``web/package-lock.json`` (``npm ci`` in ``web/``; ``make install`` runs it), copied from
   ``web/node_modules``: no CDN, so the page works offline and from any static host;
-- ``grade.mjs``, ``imageops.mjs``, ``inputcheck.mjs``, ``conformal.mjs``: the page's code
-  (``web/src``; the sets of grades by the rule of :mod:`koa_core.metrics.conformal`);
-- ``grader.json``: the checkpoint's preprocessing and input-check profile (its sidecar),
-  the grade names, the input check's words and the reports' research-tool caveat, read
-  from the Python modules that define them, and the list of sample knees;
+- the page's code (``web/src``, :data:`JS_FILES`): ``pipeline.mjs``, the grading pipeline
+  without the page (no DOM, no state: from decoded pixels, grader.json's settings and an
+  onnxruntime session to the views, the input check, the probabilities and the set of
+  grades; Node runs it in the tests), built on ``imageops.mjs`` (the preprocessing),
+  ``inputcheck.mjs`` (the input check) and ``conformal.mjs`` (the sets of grades by the rule
+  of :mod:`koa_core.metrics.conformal`); ``grade.mjs``, the page (decoding in the browser,
+  the DOM, its style, onnxruntime-web's session and the hooks the tests drive);
+- ``grader.json``: what the pipeline reads (:func:`pipeline_config`: the checkpoint's
+  preprocessing, input-check profile, temperature and sets from its sidecar; the decoders'
+  pixel limit and DICOM suffixes, the input check's crop, thumbnail, tile grid and CLAHE
+  twin, from the Python modules that define them), and what the page shows (the grade
+  names, the input check's words, the reports' research-tool caveat, the model, the runtime
+  and the list of sample knees);
 - ``sample/``: the book's 50 sample knees (``book/sample``), one click each on the page.
 
 :func:`stage_grader` is what ``koa book`` calls before building the HTML;
@@ -36,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from koa_core import GRADE_NAMES
-from koa_core.data.imaging import read_gray
-from koa_core.data.inputcheck import FLAG_WORDS
+from koa_core.data.imaging import DICOM_SUFFIXES, MAX_PIXELS, read_gray
+from koa_core.data.inputcheck import FLAG_WORDS, GRID, SIZE, THUMB, TWIN_CLIP, TWIN_TILES
 from koa_core.data.preprocess import Preprocessor
 from koa_core.errors import KoaError
 from koa_core.infer.knee_report import CAPTION_NO_CAM
@@ -49,12 +57,13 @@ from koa_core.model.checkpoint import read_sidecar, resolve_checkpoint
 
 __all__ = ["ORT_FILES", "PRECISION", "agreement", "build_grader", "build_standalone",
            "copy_runtime", "fp16_weights", "fp32_export", "grader_config", "int8_weights",
-           "model_outputs", "page_snippet", "sample_files", "stage_grader", "write_model"]
+           "model_outputs", "page_snippet", "pipeline_config", "sample_files", "stage_grader",
+           "write_model"]
 
 REPO = Path(__file__).resolve().parents[2]
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 PRECISION = "int8 weights (per output channel), float32 arithmetic"
-JS_FILES = ("grade.mjs", "imageops.mjs", "inputcheck.mjs", "conformal.mjs")
+JS_FILES = ("grade.mjs", "pipeline.mjs", "imageops.mjs", "inputcheck.mjs", "conformal.mjs")
 MARKERS = ("<!-- grader -->", "<!-- /grader -->")
 _MIN_QUANTIZED = 4096  # smaller tensors (biases, norms) stay float32
 MB = 1e6
@@ -227,18 +236,29 @@ def _sets(sidecar: dict) -> dict | None:
     return Conformal.from_dict(entry).to_dict() if entry else None
 
 
-def grader_config(checkpoint: Path, model: Path, runtime: dict, samples: list[dict],
-                  measured: dict | None) -> dict:
-    """grader.json: what the page needs, read from the sidecar and the Python modules."""
+def pipeline_config(checkpoint: Path) -> dict:
+    """The part of grader.json that the grading pipeline (``web/src/pipeline.mjs``) reads:
+    the checkpoint's preprocessing, input-check profile, temperature and conformal sets
+    (its sidecar), and the facts the Python modules define: the decoders' pixel limit and
+    DICOM suffixes (:mod:`koa_core.data.raster`), the input check's crop side, thumbnail
+    side, tile grid and CLAHE twin (:mod:`koa_core.data.inputcheck`)."""
     sidecar = read_sidecar(checkpoint)
     check = check_for(sidecar)
     if check is None:
         raise KoaError(f"{checkpoint}: no input profile for the page's input check (fit one "
                        "with koa input-profile)")
-    return {"class_names": list(GRADE_NAMES), "preprocess": sidecar["preprocess"],
-            "input_profile": check.profile, "flag_words": FLAG_WORDS, "caveat": CAPTION_NO_CAM,
-            "temperature": sidecar_temperature(sidecar),
-            "conformal": _sets(sidecar),
+    return {"preprocess": sidecar["preprocess"], "input_profile": check.profile,
+            "input_check": {"size": SIZE, "thumb": THUMB, "grid": GRID,
+                            "twin_clip": TWIN_CLIP, "twin_tiles": TWIN_TILES},
+            "decode": {"max_pixels": MAX_PIXELS, "dicom_suffixes": list(DICOM_SUFFIXES)},
+            "temperature": sidecar_temperature(sidecar), "conformal": _sets(sidecar)}
+
+
+def grader_config(checkpoint: Path, model: Path, runtime: dict, samples: list[dict],
+                  measured: dict | None) -> dict:
+    """grader.json: what the page needs, read from the sidecar and the Python modules."""
+    return {"class_names": list(GRADE_NAMES), **pipeline_config(checkpoint),
+            "flag_words": FLAG_WORDS, "caveat": CAPTION_NO_CAM,
             "model": {"file": model.name, "precision": PRECISION,
                       "megabytes": model.stat().st_size / MB, "checkpoint": checkpoint.name,
                       "agreement": _agreement_words(measured) if measured else "",

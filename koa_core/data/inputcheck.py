@@ -52,12 +52,15 @@ from koa_core.errors import KoaError
 from koa_core.data.preprocess import apply_clahe, central_crop, resize_square
 from koa_core.data.imaging import read_gray
 
-__all__ = ["FEATURES", "FLAG_WORDS", "InputCheck", "describe", "fit_profile", "image_features",
-           "profile_images", "summarize_flags"]
+__all__ = ["FEATURES", "FLAG_WORDS", "GRID", "SIZE", "THUMB", "TWIN_CLIP", "TWIN_TILES",
+           "InputCheck", "describe", "fit_profile", "image_features", "profile_images",
+           "summarize_flags"]
 
 PROFILE_VERSION = 1
 SIZE = 224  # the crop side the measures are taken at, whatever the model's input size
-THUMB = 32
+THUMB = 32  # the side of the thumbnail compared with the knee templates
+GRID = 8  # the tile statistics: GRID x GRID tiles of the crop
+TWIN_CLIP, TWIN_TILES = 5.0, 8  # the CLAHE twin: how the enhanced copies were made
 FEATURES = ("tile_std", "tile_mean_spread", "laplacian", "clahe5_change", "entropy", "std")
 FLAG_WORDS = {
     "enhanced": "looks CLAHE-enhanced already",
@@ -69,7 +72,6 @@ FLAG_WORDS = {
 _QUANTILE = 0.995  # share of training crops each learned threshold lets through
 MIN_IMAGES = 20  # training images a profile is fitted on, at least
 MIN_SPREAD = 1.0  # grey levels: a crop whose intensities spread less is blank
-_TWIN_CLIP = 5.0
 
 
 def _crop224(img: np.ndarray) -> np.ndarray:
@@ -83,12 +85,12 @@ def image_features(img: np.ndarray) -> np.ndarray:
 
 def _features(x: np.ndarray) -> np.ndarray:
     """:func:`image_features` of an image already cropped by :func:`_crop224`."""
-    t = x.reshape(8, SIZE // 8, 8, SIZE // 8).astype(np.float32)
+    t = x.reshape(GRID, SIZE // GRID, GRID, SIZE // GRID).astype(np.float32)
     hist = np.bincount(x.ravel(), minlength=256) / x.size
     nz = hist[hist > 0]
     raw = [t.std(axis=(1, 3)).mean(), t.mean(axis=(1, 3)).std(),
            np.abs(cv2.Laplacian(x, cv2.CV_32F)).mean(),
-           np.abs(apply_clahe(x, _TWIN_CLIP, 8).astype(np.float32) - x).mean(),
+           np.abs(apply_clahe(x, TWIN_CLIP, TWIN_TILES).astype(np.float32) - x).mean(),
            -(nz * np.log2(nz)).sum(), x.std()]
     return np.log(np.maximum(np.array(raw, np.float64), 1e-3))
 
@@ -139,7 +141,7 @@ def _fit_enhanced(crops: Sequence[np.ndarray], twin_crops: Sequence[np.ndarray])
     return {"features": list(FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
             "coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0]),
             "threshold": float(np.quantile(scores, _QUANTILE)),
-            "twins": f"CLAHE clip {_TWIN_CLIP:g}, 8x8 tiles"}
+            "twins": f"CLAHE clip {TWIN_CLIP:g}, {TWIN_TILES}x{TWIN_TILES} tiles"}
 
 
 def _fit_knee(crops: Sequence[np.ndarray], twin_crops: Sequence[np.ndarray]) -> dict:
@@ -190,7 +192,7 @@ def fit_profile(images: Sequence[np.ndarray], what: str) -> dict:
     shapes = np.array([im.shape for im in kept], np.float64)
     aspects = shapes[:, 1] / shapes[:, 0]
     crops = [_crop224(im) for im in kept]  # each image and its twin cropped once
-    twin_crops = [_crop224(apply_clahe(im, _TWIN_CLIP, 8)) for im in kept]
+    twin_crops = [_crop224(apply_clahe(im, TWIN_CLIP, TWIN_TILES)) for im in kept]
     return _check_finite({
         "version": PROFILE_VERSION, "images": len(kept), "what": what,
         "blank_left_out": len(images) - len(kept),

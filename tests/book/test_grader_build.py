@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from koa_core.data.imaging import MAX_PIXELS
+from koa_core.data.inputcheck import SIZE, THUMB
 from koa_core.errors import KoaError
 from koa_core.infer.knee_report import CAPTION_NO_CAM
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT, read_sidecar
-from koa_core.book.grader import (ORT_FILES, build_grader, copy_runtime, int8_weights,
-                                    page_snippet, sample_files)
+from koa_core.book.grader import (JS_FILES, ORT_FILES, build_grader, copy_runtime,
+                                    int8_weights, page_snippet, sample_files)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,6 +67,10 @@ def test_page_snippet_is_the_book_pages_grader_block(tmp_path):
         page_snippet(tmp_path)
 
 
+def test_every_module_of_web_src_ships_with_the_page():
+    assert sorted(JS_FILES) == sorted(p.name for p in (REPO / "web" / "src").glob("*.mjs"))
+
+
 def test_a_missing_runtime_says_to_run_npm_ci(tmp_path):
     with pytest.raises(KoaError, match="npm ci"):
         copy_runtime(tmp_path / "ort", web=tmp_path)
@@ -88,6 +94,10 @@ def test_build_writes_what_the_page_loads(tmp_path):
     assert cfg["preprocess"] == side["preprocess"]
     assert cfg["input_profile"] == side["input_profile"]
     assert cfg["caveat"] == CAPTION_NO_CAM
+    assert cfg["decode"]["max_pixels"] == MAX_PIXELS
+    assert (cfg["input_check"]["size"], cfg["input_check"]["thumb"]) == (SIZE, THUMB)
+    assert all((dest / f).read_bytes() == (REPO / "web" / "src" / f).read_bytes()
+               for f in JS_FILES)
     assert [s["name"] for s in cfg["samples"]] == [s["name"] for s in sample_files()]
     assert all((dest / s["file"]).is_file() for s in cfg["samples"])
     assert all((dest / "ort" / f).is_file() for f in ORT_FILES)

@@ -1,19 +1,18 @@
-// "Grade your own knee": the book's in-browser grader. The reader's image is decoded,
-// checked and preprocessed here (imageops.mjs, inputcheck.mjs) and graded by the shipped
-// model exported to ONNX, run by onnxruntime-web's WebAssembly backend from the book's own
-// files. Nothing leaves the page: no request goes outside the book's origin and nothing of
-// the image is stored. Everything the page needs is read from grader.json, written at build
+// "Grade your own knee": the book's in-browser grader page. The reader's image is decoded
+// here (the browser's own decoders) and checked, preprocessed and graded by pipeline.mjs
+// (no DOM: imageops.mjs, inputcheck.mjs, conformal.mjs) with the shipped model exported to
+// ONNX, run by onnxruntime-web's WebAssembly backend from the book's own files. This module
+// is the page: the decoding, the DOM, its style, the model's session and the tests' hooks.
+// Nothing leaves the page: no request goes outside the book's origin and nothing of the
+// image is stored. Everything the page needs is read from grader.json, written at build
 // time by koa_core/book/grader.py.
 import * as ort from './ort/ort.wasm.min.mjs';
-import { clahe, crop, cropBox, makeImage, resizeSquare, rgbaToGrey } from './imageops.mjs';
-import { inputFlags } from './inputcheck.mjs';
-import { conformalSet, setLabel } from './conformal.mjs';
+import { clahe, makeImage, rgbaToGrey } from './imageops.mjs';
+import { GraderError, checkInput, checkPixels, gradeGrey, refuseDicom, views }
+  from './pipeline.mjs';
 
 const BASE = new URL('./', import.meta.url);
-const MAX_PIXELS = 64000000;
-const state = { config: null, session: null, queue: Promise.resolve(), timings: {} };
-
-class GraderError extends Error {}
+const state = { config: null, model: null, queue: Promise.resolve(), timings: {} };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -24,28 +23,10 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-/** The checkpoint's two 8-bit views of a decoded grey image (preprocess.Preprocessor). */
-export function views(grey, pre) {
-  let img = pre.input_clahe_clip == null ? grey
-    : clahe(grey, pre.input_clahe_clip, pre.input_clahe_tiles);
-  const transformed = img;
-  if (pre.crop) img = crop(img, cropBox(img));
-  const raw = resizeSquare(img, pre.size);
-  return { transformed, raw, clahe: clahe(raw, pre.clahe_clip, pre.clahe_tiles) };
-}
-
-function isDicom(head, name) {
-  const magic = head.length >= 132 && String.fromCharCode(...head.slice(128, 132)) === 'DICM';
-  return magic || /\.(dcm|dicom)$/i.test(name || '');
-}
-
-/** A file's pixels as 8-bit grey, by the rule of koa_core/data/raster.py. */
-export async function decode(blob, name) {
-  const head = new Uint8Array(await blob.slice(0, 132).arrayBuffer());
-  if (isDicom(head, name)) {
-    throw new GraderError(`${name}: DICOM files are graded by koa predict, not on this page `
-      + '(export the image as PNG to grade it here).');
-  }
+/** A file's pixels as 8-bit grey, by the rule of koa_core/data/raster.py, as the browser
+ * displays it (EXIF orientation applied); DICOM and images over the pixel limit refused. */
+export async function decode(blob, name, cfg) {
+  refuseDicom(new Uint8Array(await blob.slice(0, 132).arrayBuffer()), name, cfg.decode);
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none',
@@ -55,10 +36,11 @@ export async function decode(blob, name) {
       + '(truncated or corrupt?).');
   }
   const { width, height } = bitmap;
-  if (width * height > MAX_PIXELS) {
+  try {
+    checkPixels(width, height, name, cfg.decode);
+  } catch (err) {
     bitmap.close();
-    throw new GraderError(`${name}: ${width}x${height} pixels is larger than the `
-      + `${MAX_PIXELS.toLocaleString('en')}-pixel limit.`);
+    throw err;
   }
   const canvas = el('canvas', { width, height });
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
@@ -71,41 +53,16 @@ async function loadModel(cfg) {
   ort.env.wasm.numThreads = 1;
   ort.env.wasm.proxy = false;
   ort.env.wasm.wasmPaths = new URL('ort/', BASE).href;
-  return ort.InferenceSession.create(new URL(cfg.model.file, BASE).href,
+  const session = await ort.InferenceSession.create(new URL(cfg.model.file, BASE).href,
     { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
-}
-
-/** softmax(log p / t): the temperature koa calibrate fitted, as koa predict applies it. */
-function calibrated(p, t) {
-  if (!t) return p;
-  const z = p.map((v) => Math.log(Math.min(Math.max(v, 1e-12), 1)) / t);
-  const top = Math.max(...z);
-  const e = z.map((v) => Math.exp(v - top));
-  const sum = e.reduce((a, b) => a + b, 0);
-  return e.map((v) => v / sum);
-}
-
-async function runModel(v, size) {
-  const n = size * size, buf = new Uint8Array(2 * n);
-  buf.set(v.raw.data);
-  buf.set(v.clahe.data, n);
-  const out = await state.session.run({ views: new ort.Tensor('uint8', buf, [1, 2, size, size]) });
-  const probabilities = calibrated(Array.from(out.probabilities.data),
-    state.config.temperature);
-  const gate = out.gate ? Array.from(out.gate.data) : null;
-  const grade = probabilities.indexOf(Math.max(...probabilities));
-  const inSet = conformalSet(probabilities, state.config.conformal);
-  return { probabilities, gate, grade, set: inSet && inSet.flatMap((v, g) => (v ? [g] : [])),
-    setLabel: inSet && setLabel(inSet) };
+  return { session, Tensor: ort.Tensor };
 }
 
 /** Decode, check, preprocess and grade one image (a Blob), in this page. */
 export async function gradeBlob(blob, name) {
   const t0 = performance.now();
-  const grey = await decode(blob, name);
-  const flags = inputFlags(grey, state.config.input_profile);
-  const v = views(grey, state.config.preprocess);
-  const result = { name, flags, ...(await runModel(v, state.config.preprocess.size)) };
+  const grey = await decode(blob, name, state.config);
+  const { result, v } = await gradeGrey(state.model, grey, name, state.config);
   result.ms = performance.now() - t0;
   result.at = performance.now();
   return { result, v };
@@ -270,7 +227,7 @@ async function init(root) {
   root.replaceChildren(el('style', {}, STYLE), dropZone(ui),
     el('p', {}, 'Or try one of the book\'s sample knees:'), sampleRow(ui, cfg), ui.status,
     ui.result, about(cfg));
-  state.session = await loadModel(cfg);
+  state.model = await loadModel(cfg);
   state.timings.ready = performance.now();
   setStatus(ui, 'Ready: the model runs in this page; your image is not sent anywhere.');
   return ui;
@@ -297,14 +254,14 @@ function hooks(ready) {
     config: () => state.config,
     gradeUrl: async (url) => submit(await ready, await fetchBlob(url), url.split('/').pop()),
     gradeBytes: async (text, name) => submit(await ready, new Blob([unb64(text)]), name),
-    decodeUrl: async (url) => b64((await decode(await fetchBlob(url), url)).data),
+    decodeUrl: async (url) => b64((await decode(await fetchBlob(url), url, state.config)).data),
     views: (text, w, h) => {
       const v = views(grey(text, w, h), state.config.preprocess);
       return { transformed: b64(v.transformed.data), raw: b64(v.raw.data),
         clahe: b64(v.clahe.data) };
     },
     clahe: (text, w, h, clip, tiles) => b64(clahe(grey(text, w, h), clip, tiles).data),
-    flags: (text, w, h) => inputFlags(grey(text, w, h), state.config.input_profile),
+    flags: (text, w, h) => checkInput(grey(text, w, h), state.config),
   };
 }
 

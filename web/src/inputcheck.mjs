@@ -1,10 +1,9 @@
 // The input check of the grader page: koa_core/data/inputcheck.py in JavaScript, reading
-// the checkpoint's fitted profile (its sidecar's `input_profile`) from grader.json. An image
-// is judged as read, before the input transform, on the paper's square crop at 224 pixels.
+// from grader.json the checkpoint's fitted profile (its sidecar's `input_profile`) and the
+// measures' geometry (`input_check`: the crop side, the thumbnail side, the tile grid and
+// the CLAHE twin, the Python module's SIZE, THUMB, GRID, TWIN_CLIP and TWIN_TILES). An image
+// is judged as read, before the input transform, on the paper's square crop at that side.
 import { clahe, crop, cropBox, laplacian, resizeArea, resizeSquare } from './imageops.mjs';
-
-const SIZE = 224;
-const THUMB = 32;
 
 function meanStd(values) {
   let s = 0;
@@ -15,13 +14,13 @@ function meanStd(values) {
   return [mean, Math.sqrt(q / values.length)];
 }
 
-function tileStats(x) {
-  const n = SIZE / 8, stds = [], means = [];
-  for (let ty = 0; ty < 8; ty++) {
-    for (let tx = 0; tx < 8; tx++) {
+function tileStats(x, grid) {
+  const n = x.width / grid, stds = [], means = [];
+  for (let ty = 0; ty < grid; ty++) {
+    for (let tx = 0; tx < grid; tx++) {
       const vals = [];
       for (let y = ty * n; y < (ty + 1) * n; y++) {
-        for (let x0 = tx * n; x0 < (tx + 1) * n; x0++) vals.push(x.data[y * SIZE + x0]);
+        for (let x0 = tx * n; x0 < (tx + 1) * n; x0++) vals.push(x.data[y * x.width + x0]);
       }
       const [m, s] = meanStd(vals);
       means.push(m);
@@ -31,11 +30,11 @@ function tileStats(x) {
   return [meanStd(stds)[0], meanStd(means)[1]];
 }
 
-/** The six features of inputcheck._features (logs), on a 224x224 crop. */
-export function features(x) {
-  const [tileStd, tileMeanSpread] = tileStats(x);
+/** The six features of inputcheck._features (logs), on a crop from measureCrop. */
+export function features(x, geometry) {
+  const [tileStd, tileMeanSpread] = tileStats(x, geometry.grid);
   const lap = laplacian(x).reduce((a, v) => a + Math.abs(v), 0) / x.data.length;
-  const twin = clahe(x, 5.0, 8).data;
+  const twin = clahe(x, geometry.twin_clip, geometry.twin_tiles).data;
   let change = 0;
   const hist = new Float64Array(256);
   for (let i = 0; i < x.data.length; i++) {
@@ -49,8 +48,8 @@ export function features(x) {
   return raw.map((v) => Math.log(Math.max(v, 1e-3)));
 }
 
-function thumb(x) {
-  const t = Array.from(resizeArea(x, THUMB, THUMB).data);
+function thumb(x, side) {
+  const t = Array.from(resizeArea(x, side, side).data);
   const [m, s] = meanStd(t);
   return t.map((v) => (v - m) / (s + 1e-6));
 }
@@ -61,33 +60,36 @@ function corr(t, template) {
   return s / t.length;
 }
 
-/** The 224-pixel square crop every measure is taken on. */
-export function crop224(img) {
-  return resizeSquare(crop(img, cropBox(img)), SIZE);
+/** The square crop every measure is taken on (inputcheck._crop224), geometry.size a side. */
+export function measureCrop(img, geometry) {
+  return resizeSquare(crop(img, cropBox(img)), geometry.size);
 }
 
 /** The logistic "CLAHE-enhanced already" score of a crop. */
-export function enhancedScore(x, profile) {
+export function enhancedScore(x, profile, geometry) {
   const e = profile.enhanced;
-  const z = features(x).map((v, i) => (v - e.mean[i]) / e.scale[i]);
+  const z = features(x, geometry).map((v, i) => (v - e.mean[i]) / e.scale[i]);
   return z.reduce((acc, v, i) => acc + v * e.coef[i], e.intercept);
 }
 
-/** The input check's flags (inputcheck.InputCheck.flags) of one decoded grey image. */
-export function inputFlags(img, profile) {
+/** The input check's flags (inputcheck.InputCheck.flags) of one decoded grey image, with
+ * grader.json's `input_profile` and `input_check` (the geometry). */
+export function inputFlags(img, profile, geometry) {
   const out = [];
   const { width: w, height: h } = img;
   const [lo, hi] = profile.aspect;
   const k = profile.knee;
-  const x = crop224(img);
-  const t = thumb(x);
+  const x = measureCrop(img, geometry);
+  const t = thumb(x, geometry.thumb);
   const corrs = k.templates.map((tpl) => corr(t, tpl));
   const best = Math.max(...corrs);
   const squareEnough = lo / 1.25 <= w / h && w / h <= hi * 1.25;
   if (corrs.some((c, i) => -c >= k.typical_correlation[i])) out.push('inverted');
   else if (best < k.min_correlation || !squareEnough) out.push('not-a-knee-crop');
   const kneeLike = squareEnough && Math.max(...corrs.map(Math.abs)) >= k.min_correlation / 2;
-  if (kneeLike && enhancedScore(x, profile) > profile.enhanced.threshold) out.push('enhanced');
+  if (kneeLike && enhancedScore(x, profile, geometry) > profile.enhanced.threshold) {
+    out.push('enhanced');
+  }
   if (Math.min(h, w) < profile.min_side / 2) out.push('small');
   if (meanStd(x.data)[1] < profile.min_std / 2) out.push('low-contrast');
   return out;
