@@ -40,36 +40,41 @@ tensors already on the device.
 
 from __future__ import annotations
 
-import resource
+import dataclasses
 import os
 import platform
-import dataclasses
-from dataclasses import dataclass
+import resource
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from koa_core.train.augment import ClassAugment
-from koa_core.data.cache import ViewCache
 from koa_core.config import ModelConfig
+from koa_core.data.cache import ViewCache
 from koa_core.data.index import Record, discover
-from koa_core.errors import KoaError
-from koa_core.train.dataset import EpochSampler, KneeDataset, make_loader, start_epoch
-from koa_core.train.gpumon import GpuUtilization
-from koa_core.data.preprocess import Preprocessor, apply_clahe, resize_square
 from koa_core.data.phantom import write_phantom
-from koa_core.infer.backends import (OrtBackend, TorchBackend, calibration_views, export_onnx,
-                                     quantize_int8)
+from koa_core.data.preprocess import Preprocessor, apply_clahe, resize_square
+from koa_core.errors import KoaError
+from koa_core.infer.backends import (
+    OrtBackend,
+    TorchBackend,
+    calibration_views,
+    export_onnx,
+    quantize_int8,
+)
 from koa_core.infer.evaluate import preprocessor_from_sidecar
 from koa_core.model.checkpoint import resolve_checkpoint
 from koa_core.model.network import build_model
 from koa_core.runtime import cpu_has_bf16
+from koa_core.train.augment import ClassAugment
+from koa_core.train.dataset import EpochSampler, KneeDataset, make_loader, start_epoch
 from koa_core.train.feed import batch_input
+from koa_core.train.gpumon import GpuUtilization
 from koa_core.train.losses import KLMultiTaskLoss
 
 __all__ = ["bench_bomb", "format_bomb", "format_table", "run_benchmarks", "write_deflated_dicom",

@@ -66,8 +66,8 @@ def _index(args):
 
 
 def _input_check(args):
-    from koa_core.model.checkpoint import read_sidecar
     from koa_core.infer.profile import check_for
+    from koa_core.model.checkpoint import read_sidecar
 
     return check_for(read_sidecar(args.checkpoint) if args.checkpoint else {})
 
@@ -359,8 +359,8 @@ def _add_uncalibrated(p) -> None:
 
 
 def _cmd_calibrate(args) -> int:
-    from koa_core.model.checkpoint import sidecar_path
     from koa_core.infer.evaluate import SetOptions, calibrate_checkpoint
+    from koa_core.model.checkpoint import sidecar_path
 
     c = calibrate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                              cache_dir=args.cache_dir, allow_leakage=args.allow_leakage,
@@ -389,8 +389,8 @@ def _sets_line(conf: dict | None, skipped: str | None) -> str:
 
 
 def _cmd_input_profile(args) -> int:
-    from koa_core.model.checkpoint import sidecar_path
     from koa_core.infer.profile import store_profile
+    from koa_core.model.checkpoint import sidecar_path
 
     prof = store_profile(args.checkpoint, args.data, args.images, args.seed,
                          command=args.command_line)
@@ -540,8 +540,7 @@ def _publish(*paths: Path) -> None:
 def _export_onnx(args) -> int:
     from koa_core.infer.backends import calibration_views, export_onnx
     from koa_core.locking import FolderLock
-    from koa_core.model.checkpoint import read_sidecar
-    from koa_core.model.checkpoint import resolve_checkpoint
+    from koa_core.model.checkpoint import read_sidecar, resolve_checkpoint
 
     src = Path(args.run) / "best.safetensors" if args.run and Path(args.run).is_dir() \
         else resolve_checkpoint(args.run)
@@ -652,7 +651,7 @@ def _cmd_campaign(args) -> int:
 
 
 def _cmd_record(args) -> int:
-    from koa_core.experiments.campaign import resolve_copy, record_run
+    from koa_core.experiments.campaign import record_run, resolve_copy
     from koa_core.train.engine import load_run_config, prepare_data
 
     cfg = load_run_config(args.run)

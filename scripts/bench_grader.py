@@ -35,11 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
+from koa_core.book.grader import (
+    JS_FILES,
+    agreement,
+    build_standalone,
+    fp32_export,
+    sample_files,
+    write_model,
+)
 from koa_core.data.imaging import read_gray
 from koa_core.data.preprocess import Preprocessor
 from koa_core.runtime import provenance
-from koa_core.book.grader import (JS_FILES, agreement, build_standalone, fp32_export,
-                                    sample_files, write_model)
 
 CHROMIUM = "/usr/bin/chromium"
 

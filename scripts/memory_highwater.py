@@ -45,10 +45,10 @@ def main() -> int:
     ap.add_argument("--save", default=None)
     args = ap.parse_args()
 
+    import torch
+
     from koa_core.data.phantom import write_phantom
     from koa_core.runtime import code_commit, machine_info
-
-    import torch
 
     rows = []
     commit = code_commit()  # at the start: the code every measured command ran

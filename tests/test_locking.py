@@ -64,8 +64,8 @@ def test_a_koa_train_started_while_one_trains_is_refused_and_the_first_finishes(
     one error line; the first one finishes its run. (Two started together race for the
     same flock, which the kernel gives to one: the next test shows the loser is refused
     before it imports torch.)"""
-    from koa_core.train import engine
     from koa_core.cli import main
+    from koa_core.train import engine
 
     out = tmp_path / "run"
     args = ["train", "--config", "demo", "--quiet", "--out", str(out)]

@@ -168,8 +168,8 @@ def test_sigterm_mid_epoch_keeps_the_last_epoch_resumable(tmp_path, monkeypatch,
     """SIGTERM in epoch 2 (sent by the process to itself, as a job scheduler would) stops
     `koa train` at once with one line and status 2; epoch 1's row, best checkpoint and
     training state are intact, nothing is half-written, and the old handler is restored."""
-    from koa_core.train import engine
     from koa_core.model.checkpoint import load_state
+    from koa_core.train import engine
     from koa_core.train.engine import load_run_config
 
     out = tmp_path / "run"
@@ -209,9 +209,9 @@ def test_sigterm_mid_epoch_keeps_the_last_epoch_resumable(tmp_path, monkeypatch,
 def test_sigint_stops_training_even_when_inherited_as_ignored(tmp_path, monkeypatch):
     """A process started in the background inherits SIGINT as ignored; training sets its
     own handler, so SIGINT in epoch 2 still stops at once with epoch 1 saved."""
-    from koa_core.train import engine
-    from koa_core.model.checkpoint import load_state
     from koa_core.config import load_config
+    from koa_core.model.checkpoint import load_state
+    from koa_core.train import engine
 
     real = engine._train_epoch
 
@@ -274,8 +274,8 @@ def test_an_interrupt_while_the_state_is_written_leaves_no_unresumable_row(tmp_p
                                                                             monkeypatch):
     """history.csv gains an epoch's row only once that epoch's state is saved: a signal
     during the write (here, the first one) leaves no row that --resume could not continue."""
-    from koa_core.train import engine
     from koa_core.config import load_config
+    from koa_core.train import engine
 
     def interrupted(*args, **kw):
         raise KeyboardInterrupt

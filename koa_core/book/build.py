@@ -32,14 +32,15 @@ from pathlib import Path
 
 import yaml
 
-from koa_core.errors import KoaError
+from koa_core.book.grader import stage_grader
+from koa_core.book.landing import scorecard_markdown
+from koa_core.book.model_card import PAGE as MODEL_CARD
+from koa_core.book.model_card import model_card_markdown
 from koa_core.config import load_config
+from koa_core.errors import KoaError
 from koa_core.experiments.campaign import load_plan
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from koa_core.report.common import ensure_phantom
-from koa_core.book.grader import stage_grader
-from koa_core.book.landing import scorecard_markdown
-from koa_core.book.model_card import PAGE as MODEL_CARD, model_card_markdown
 
 __all__ = ["find_book_root", "load_profile", "parse_sets", "chapter_parameters",
            "validate_parameters",

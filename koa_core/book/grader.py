@@ -51,8 +51,8 @@ from koa_core.errors import KoaError
 from koa_core.infer.knee_report import CAPTION_NO_CAM
 from koa_core.infer.onnx import META_SIDECAR, export_onnx, onnx_cache_path, set_metadata
 from koa_core.infer.profile import check_for
-from koa_core.metrics.conformal import Conformal
 from koa_core.metrics.calibration import sidecar_temperature
+from koa_core.metrics.conformal import Conformal
 from koa_core.model.checkpoint import read_sidecar, resolve_checkpoint
 
 __all__ = ["ORT_FILES", "PRECISION", "agreement", "build_grader", "build_standalone",

@@ -23,13 +23,20 @@ from koa_core.data.index import discover
 from koa_core.experiments.groups import LAST, NEIGHBOURS, load_groups, selection_bias
 from koa_core.experiments.intervals import METHOD
 from koa_core.experiments.scorecard import Claim, judge_claims
-from koa_core.experiments.verdicts import (EXCEEDS, MIN_SEEDS, NOT_REPRODUCED, NOT_TESTABLE,
-                                           RULES, TOLERANCE, tolerance)
-from koa_core.paper import CLAIMS as PAPER_CLAIMS, KL
+from koa_core.experiments.verdicts import (
+    EXCEEDS,
+    MIN_SEEDS,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    RULES,
+    TOLERANCE,
+    tolerance,
+)
+from koa_core.paper import CLAIMS as PAPER_CLAIMS
+from koa_core.paper import KL
 from koa_core.report.clahe import clahe_table
 from koa_core.report.data import sample_images
-from koa_core.report.published import (history_frame, load_records, records_note,
-                                       selection_frame)
+from koa_core.report.published import history_frame, load_records, records_note, selection_frame
 
 __all__ = ["compute_facts", "downloads", "scorecard_markdown", "scorecard_table",
            "summary_figure", "summary_lines"]

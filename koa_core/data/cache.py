@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from koa_core.data.index import Record
-from koa_core.errors import KoaError
 from koa_core.data.preprocess import Preprocessor
+from koa_core.errors import KoaError
 
 __all__ = ["CHUNK", "ViewCache", "ViewFile", "default_cache_dir", "views_digest"]
 

@@ -11,20 +11,20 @@ the data root is written.
 
 from __future__ import annotations
 
-from functools import partial
 import hashlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from koa_core.data.index import DatasetIndex
-from koa_core.errors import KoaError, printable
-from koa_core.data.imaging import DICOM_SUFFIXES, read_bytes, to_gray_uint8
-from koa_core.data.raster import decode_raw
 from koa_core.data.dicom import decode_dicom, has_dicom_magic
+from koa_core.data.imaging import DICOM_SUFFIXES, read_bytes, to_gray_uint8
+from koa_core.data.index import DatasetIndex
+from koa_core.data.raster import decode_raw
+from koa_core.errors import KoaError, printable
 
 __all__ = ["ScanReport", "format_check", "scan"]
 

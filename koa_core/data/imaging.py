@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from koa_core.data import dicom
-from koa_core.data.raster import (DICOM_SUFFIXES, IMAGE_SUFFIXES, MAX_PIXELS, decode_gray,
-                                  read_bytes, to_gray_uint8)
+from koa_core.data.raster import (
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    decode_gray,
+    read_bytes,
+    to_gray_uint8,
+)
 from koa_core.errors import KoaError
 
 __all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "MAX_PIXELS", "decode_gray", "is_image_file",

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from koa_core.data.imaging import is_image_file
 from koa_core.errors import KoaError
 from koa_core.files import atomic_open
-from koa_core.data.imaging import is_image_file
 
 __all__ = [
     "SPLITS",

@@ -48,9 +48,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from koa_core.errors import KoaError
-from koa_core.data.preprocess import apply_clahe, central_crop, resize_square
 from koa_core.data.imaging import read_gray
+from koa_core.data.preprocess import apply_clahe, central_crop, resize_square
+from koa_core.errors import KoaError
 
 __all__ = ["FEATURES", "FLAG_WORDS", "GRID", "SIZE", "THUMB", "TWIN_CLIP", "TWIN_TILES",
            "InputCheck", "describe", "fit_profile", "image_features", "profile_images",

@@ -25,9 +25,8 @@ for real OAI ids (9000000-9999999).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np

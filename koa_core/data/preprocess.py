@@ -31,8 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from koa_core.errors import KoaError
 from koa_core.data.imaging import read_gray
+from koa_core.errors import KoaError
 
 __all__ = ["PREPROCESS_VERSION", "Preprocessor", "apply_clahe", "central_crop", "crop_box",
            "resize_square"]

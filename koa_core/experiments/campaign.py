@@ -27,9 +27,9 @@ before anything trains.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-import copy
 import shlex
 import shutil
 import sys
@@ -40,15 +40,21 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from koa_core.errors import KoaError
-from koa_core.locking import FolderLock
 from koa_core.config import config_from_dict, load_config
 from koa_core.data.cache import views_digest
+from koa_core.errors import KoaError
 from koa_core.experiments.copies import COPY_HELP, PHANTOM, parse_copy
-from koa_core.experiments.records import (PROVENANCE, check_record, find_records,
-                                          predictions_table, read_record, record_copy,
-                                          write_record)
+from koa_core.experiments.records import (
+    PROVENANCE,
+    check_record,
+    find_records,
+    predictions_table,
+    read_record,
+    record_copy,
+    write_record,
+)
 from koa_core.infer.backends import predict_views
+from koa_core.locking import FolderLock
 from koa_core.model.checkpoint import load_checkpoint
 from koa_core.runtime import amp_dtype, code_commit, machine_info, resolve_device
 from koa_core.train.dataset import KneeDataset

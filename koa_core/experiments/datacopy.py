@@ -26,21 +26,22 @@ its manifest first.
 
 from __future__ import annotations
 
-import numpy as np
-import json
 import hashlib
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from koa_core.errors import KoaError
+import numpy as np
+
 from koa_core.config import config_from_dict
 from koa_core.data.cache import CHUNK, ViewCache
 from koa_core.data.imaging import read_gray
 from koa_core.data.index import discover
 from koa_core.data.preprocess import Preprocessor, apply_clahe
-from koa_core.experiments.records import find_records, stamp_copy
+from koa_core.errors import KoaError
 from koa_core.experiments.copies import ORIGINAL, UPSTREAM_CLAHE, clahe_copy
+from koa_core.experiments.records import find_records, stamp_copy
 from koa_core.train.dataset import stratified_subset
 
 __all__ = ["stamp_records", "val_views_digest"]

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from koa_core.errors import KoaError
 from koa_core.experiments.ablation import paired_difference
 from koa_core.experiments.groups import data_line, load_groups
 from koa_core.experiments.intervals import borrowed_spread
 from koa_core.experiments.scorecard import Claim, compare
 from koa_core.experiments.verdicts import CONFOUNDED, RULES
-from koa_core.errors import KoaError
 from koa_core.metrics.calibration import calibration_report, patient_folds
 from koa_core.metrics.classification import classification_metrics, confusion_scores
 

@@ -35,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from koa_core.experiments.copies import parse_copy
 from koa_core.errors import KoaError
+from koa_core.experiments.copies import parse_copy
 from koa_core.files import atomic_write_text
-from koa_core.model.checkpoint import sha256_file
-from koa_core.metrics.classification import classification_metrics
 from koa_core.locking import FolderLock
+from koa_core.metrics.classification import classification_metrics
+from koa_core.model.checkpoint import sha256_file
 from koa_core.train.runs import CONFIG, HISTORY, read_run
 
 __all__ = ["RECORD_FILES", "check_record", "find_records", "predictions_table",

@@ -25,11 +25,20 @@ import numpy as np
 
 from koa_core.experiments.groups import confounders, deviations, enhanced
 from koa_core.experiments.intervals import Estimate, seed_difference, seed_figure
-from koa_core.experiments.verdicts import (CONFOUNDED, NOT_COMPARABLE, NOT_REPRODUCED,
-                                           NOT_TESTABLE, TOO_FEW_SEEDS, Evidence, judge,
-                                           paper_error, tolerance)
+from koa_core.experiments.verdicts import (
+    CONFOUNDED,
+    NOT_COMPARABLE,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    TOO_FEW_SEEDS,
+    Evidence,
+    judge,
+    paper_error,
+    tolerance,
+)
 from koa_core.metrics.classification import Z95, wilson
-from koa_core.paper import AT_LEAST, CLAIMS as PAPER_CLAIMS, PaperClaim
+from koa_core.paper import AT_LEAST, PaperClaim
+from koa_core.paper import CLAIMS as PAPER_CLAIMS
 
 __all__ = ["Claim", "OURS", "SECTIONS", "compare", "judge_claims", "needs_raw"]
 

@@ -37,10 +37,17 @@ import torch
 
 from koa_core.config import ENGINES
 from koa_core.errors import KoaError
-from koa_core.infer.onnx import (META_QUANT, META_SIDECAR, OnnxWriteError, calibration_views,
-                                 export_onnx, onnx_cache_path, quantize_int8)
-from koa_core.metrics.conformal import Conformal
+from koa_core.infer.onnx import (
+    META_QUANT,
+    META_SIDECAR,
+    OnnxWriteError,
+    calibration_views,
+    export_onnx,
+    onnx_cache_path,
+    quantize_int8,
+)
 from koa_core.metrics.calibration import apply_temperature, sidecar_temperature
+from koa_core.metrics.conformal import Conformal
 from koa_core.model.checkpoint import check_checkpoint, check_sidecar, load_checkpoint
 from koa_core.model.inference import check_tta, predict_views
 from koa_core.runtime import amp_dtype, cpu_has_bf16, require, resolve_device

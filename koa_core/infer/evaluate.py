@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from dataclasses import dataclass
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +30,16 @@ import torch
 from koa_core.config import validate_preprocess
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
-from koa_core.infer.backends import load_backend
-from koa_core.runtime import provenance
+from koa_core.data.preprocess import Preprocessor
 from koa_core.errors import KoaError
 from koa_core.files import atomic_open, atomic_write_text, check_writable
-from koa_core.metrics.classification import classification_metrics
-from koa_core.data.preprocess import Preprocessor
-from koa_core.model.inference import check_tta
+from koa_core.infer.backends import load_backend
 from koa_core.metrics.calibration import apply_temperature, calibration_report, ece, nll
-from koa_core.metrics.conformal import (Conformal, fit_conformal, set_report, set_stats,
-                                        too_few)
+from koa_core.metrics.classification import classification_metrics
+from koa_core.metrics.conformal import Conformal, fit_conformal, set_report, set_stats, too_few
 from koa_core.model.checkpoint import resolve_checkpoint, sidecar_path, update_sidecar
+from koa_core.model.inference import check_tta
+from koa_core.runtime import provenance
 
 __all__ = [
     "EvalOptions",

@@ -31,8 +31,8 @@ from koa_core.config import validate_preprocess
 from koa_core.data.cache import ViewCache, default_cache_dir
 from koa_core.data.index import discover
 from koa_core.data.preprocess import Preprocessor
-from koa_core.files import publish_mode
 from koa_core.errors import KoaError
+from koa_core.files import publish_mode
 from koa_core.model.checkpoint import load_checkpoint, read_sidecar, sha256_file
 from koa_core.runtime import require
 
@@ -136,8 +136,13 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: np.ndarra
     (uint8 views of training knees); see the module docstring for the scheme."""
     onnx = require("onnx", "int8 quantization")
     require("onnxruntime", "int8 quantization")
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(calibration) == 0:

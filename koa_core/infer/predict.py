@@ -60,19 +60,24 @@ import cv2
 import numpy as np
 
 from koa_core import GRADE_NAMES
+from koa_core.data.dicom import is_dicom
+from koa_core.data.imaging import is_image_file, read_image
+from koa_core.data.inputcheck import describe, summarize_flags
+from koa_core.data.preprocess import Preprocessor, apply_clahe, crop_box
 from koa_core.errors import KoaError, printable
 from koa_core.files import check_output_file, check_writable, file_id, refuse_same_file
-from koa_core.locking import FileLock
-from koa_core.data.imaging import is_image_file, read_image
-from koa_core.data.preprocess import Preprocessor, apply_clahe, crop_box
-from koa_core.data.dicom import is_dicom
-from koa_core.data.inputcheck import describe, summarize_flags
-from koa_core.infer.profile import check_for
 from koa_core.infer.backends import load_backend
 from koa_core.infer.evaluate import preprocessor_from_sidecar
 from koa_core.infer.explain import cam_picture, grad_cam, stream_layers
-from koa_core.infer.knee_report import (KneeReport, render_report, set_words, shrink,
-                                        write_html_index)
+from koa_core.infer.knee_report import (
+    KneeReport,
+    render_report,
+    set_words,
+    shrink,
+    write_html_index,
+)
+from koa_core.infer.profile import check_for
+from koa_core.locking import FileLock
 from koa_core.metrics.conformal import set_label
 from koa_core.model.checkpoint import resolve_checkpoint, sidecar_path
 

@@ -19,10 +19,10 @@ checkpoint's sidecar (:func:`sidecar_temperature` reads it back); every backend 
 
 from __future__ import annotations
 
-from torchmetrics.functional.classification import multiclass_calibration_error
 import math
 
 import numpy as np
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from koa_core.errors import KoaError
 

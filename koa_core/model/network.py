@@ -28,12 +28,12 @@ are identity layers on each stream's trunk output: Grad-CAM hooks for each strea
 
 from __future__ import annotations
 
-from safetensors.torch import load_file
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from safetensors.torch import load_file
 from torch import nn
 
 from koa_core.config import FUSIONS, STREAMS, ModelConfig

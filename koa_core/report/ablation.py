@@ -15,9 +15,16 @@ from pathlib import Path
 from koa_core.data.index import discover
 from koa_core.experiments.groups import load_groups, selection_bias
 from koa_core.paper import TABLE1, TABLE5, TEST_KNEES
-from koa_core.report.published import (load_records, provenance_table, records_note,
-                                       selection_frame, shared_provenance, table5_claims,
-                                       table5_figure, table5_table)
+from koa_core.report.published import (
+    load_records,
+    provenance_table,
+    records_note,
+    selection_frame,
+    shared_provenance,
+    table5_claims,
+    table5_figure,
+    table5_table,
+)
 from koa_core.report.training import ablation_figure, run_ablation
 
 __all__ = ["AblationChapter", "ablation_chapter"]

@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 import pandas as pd
+
 from koa_core.experiments.campaign import run_campaign
 
 __all__ = ["calibration_table", "goals_table", "levers_figure", "levers_frame",

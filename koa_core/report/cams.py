@@ -4,16 +4,16 @@ predicted grade against the other classes.
 
 from __future__ import annotations
 
-import cv2
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
-from koa_core.report.clahe import joint_box
 from koa_core.infer.evaluate import preprocessor_from_sidecar
 from koa_core.infer.explain import overlay, stream_layers
 from koa_core.model.checkpoint import load_checkpoint, read_sidecar
+from koa_core.report.clahe import joint_box
 
 
 def pick_cases(pred: pd.DataFrame, n_correct: int = 2, n_wrong: int = 2) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import pandas as pd
+
 from koa_core.data.preprocess import apply_clahe
 
 

@@ -4,13 +4,14 @@ parameter table every page starts with.
 
 from __future__ import annotations
 
-import shutil
 import random
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from koa_core.data.phantom import write_phantom
 
 

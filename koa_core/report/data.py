@@ -15,12 +15,19 @@ import numpy as np
 import pandas as pd
 
 from koa_core import GRADE_NAMES
-from koa_core.errors import KoaError
-from koa_core.paper import (FIG1_COUNTS, TABLE1, TABLE2_COUNTS, TABLE2_SHARES_PCT, TABLE3,
-                            TABLE4, TEST_KNEES)
-from koa_core.report.paper import KL
 from koa_core.data.imaging import read_gray
 from koa_core.data.preprocess import central_crop
+from koa_core.errors import KoaError
+from koa_core.paper import (
+    FIG1_COUNTS,
+    TABLE1,
+    TABLE2_COUNTS,
+    TABLE2_SHARES_PCT,
+    TABLE3,
+    TABLE4,
+    TEST_KNEES,
+)
+from koa_core.report.paper import KL
 from koa_core.train.dataset import stratified_subset
 
 

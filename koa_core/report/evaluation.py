@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from koa_core.paper import TABLE3, TABLE4, TABLE7
-from koa_core.report.paper import KL, PUBLISHED
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
 from koa_core.infer.evaluate import preprocessor_from_sidecar
 from koa_core.model.checkpoint import load_checkpoint
 from koa_core.model.inference import predict_views
+from koa_core.paper import TABLE3, TABLE4, TABLE7
+from koa_core.report.paper import KL, PUBLISHED
 
 
 def predict_split(checkpoint: str | Path, data_root: str | Path, split: str = "val",

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from koa_core.experiments.ablation import ablation_table
 from koa_core.experiments.campaign import select_run
 from koa_core.experiments.records import find_records, read_record, record_copy
 from koa_core.metrics.classification import classification_metrics
 from koa_core.paper import TABLE5
-
 
 __all__ = ["data_caveats", "history_frame", "load_records", "provenance_table",
            "shared_provenance",

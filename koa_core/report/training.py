@@ -16,13 +16,19 @@ import yaml
 
 from koa_core.config import config_to_dict, load_config
 from koa_core.errors import KoaError
+from koa_core.infer.evaluate import evaluate_checkpoint
 from koa_core.paper import TABLE5
 from koa_core.report.evaluation import predict_split
 from koa_core.report.paper import ABLATIONS
-from koa_core.report.published import (history_frame, load_records, record_frame,
-                                       record_history, record_summary, records_note,
-                                       selected_record_name)
-from koa_core.infer.evaluate import evaluate_checkpoint
+from koa_core.report.published import (
+    history_frame,
+    load_records,
+    record_frame,
+    record_history,
+    record_summary,
+    records_note,
+    selected_record_name,
+)
 from koa_core.train.engine import fit
 from koa_core.train.runs import read_run, summarize_run
 from koa_core.train.selection import LAST

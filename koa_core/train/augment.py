@@ -23,8 +23,9 @@ device (:mod:`koa_core.train.gpu_augment`) needs no albumentations.
 
 from __future__ import annotations
 
-import cv2
 import os
+
+import cv2
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 

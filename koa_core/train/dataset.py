@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from koa_core.train.augment import ClassAugment
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import Record
 from koa_core.data.preprocess import Preprocessor
+from koa_core.train.augment import ClassAugment
 
 __all__ = ["EpochSampler", "KneeDataset", "class_counts", "load_views", "make_loader",
            "start_epoch", "stratified_subset"]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from koa_core.model.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
 from koa_core.errors import KoaError
-from koa_core.train.runs import read_run
 from koa_core.locking import FolderLock
+from koa_core.model.checkpoint import load_checkpoint, read_sidecar, save_checkpoint
+from koa_core.train.runs import read_run
 
 __all__ = ["export_run"]
 

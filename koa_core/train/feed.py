@@ -25,8 +25,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from koa_core.train.dataset import EpochSampler, KneeDataset, make_loader, start_epoch
 from koa_core.errors import KoaError
+from koa_core.train.dataset import EpochSampler, KneeDataset, make_loader, start_epoch
 from koa_core.train.gpu_augment import GpuClassAugment
 
 __all__ = ["DeviceFeed", "LoaderFeed", "batch_input", "device_views", "make_feed",

@@ -27,15 +27,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from koa_core.errors import KoaError
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
 from koa_core.data.preprocess import Preprocessor
+from koa_core.errors import KoaError
 from koa_core.locking import FolderLock
 from koa_core.model.checkpoint import read_sidecar, write_pair
 from koa_core.model.network import FEATURES, IMAGENET_MEAN, IMAGENET_STD, resnet_trunk
-from koa_core.runtime import (amp_dtype, autocast, provenance, require, resolve_device,
-                              seed_everything)
+from koa_core.runtime import (
+    amp_dtype,
+    autocast,
+    provenance,
+    require,
+    resolve_device,
+    seed_everything,
+)
 
 __all__ = ["PretrainConfig", "pretrain", "trunk_state_dict"]
 

@@ -29,11 +29,11 @@ import cv2
 import numpy as np
 import pytest
 
+from koa_core.book.grader import build_standalone, sample_files
 from koa_core.data.imaging import read_gray
 from koa_core.data.inputcheck import InputCheck
 from koa_core.data.preprocess import Preprocessor
 from koa_core.metrics.conformal import Conformal, set_label
-from koa_core.book.grader import build_standalone, sample_files
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -9,13 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from koa_core.book.grader import (
+    JS_FILES,
+    ORT_FILES,
+    build_grader,
+    copy_runtime,
+    int8_weights,
+    page_snippet,
+    sample_files,
+)
 from koa_core.data.imaging import MAX_PIXELS
 from koa_core.data.inputcheck import SIZE, THUMB
 from koa_core.errors import KoaError
 from koa_core.infer.knee_report import CAPTION_NO_CAM
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT, read_sidecar
-from koa_core.book.grader import (JS_FILES, ORT_FILES, build_grader, copy_runtime,
-                                    int8_weights, page_snippet, sample_files)
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 import pytest
 
+from koa_core.book.grader import pipeline_config, sample_files
 from koa_core.data.imaging import DICOM_SUFFIXES, MAX_PIXELS, read_gray
 from koa_core.data.inputcheck import InputCheck
 from koa_core.data.preprocess import Preprocessor
 from koa_core.metrics.calibration import apply_temperature
 from koa_core.metrics.conformal import Conformal, set_label
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
-from koa_core.book.grader import pipeline_config, sample_files
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the grader's "

@@ -4,12 +4,12 @@ the records, and refused when a record is incomplete."""
 import json
 
 import pytest
+from test_report_published import make_records
 
 from koa_core.book import landing
 from koa_core.errors import KoaError
 from koa_core.experiments.records import PROVENANCE
 from koa_core.experiments.verdicts import WORDS
-from test_report_published import make_records
 
 
 def test_scorecard_refuses_a_record_without_provenance(tmp_path):

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from koa_core.book.model_card import grade_table, model_card_markdown
+from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 

@@ -12,8 +12,8 @@ import pytest
 
 from koa_core.data.cache import ViewCache, default_cache_dir, views_digest
 from koa_core.data.index import Record, discover
-from koa_core.errors import KoaError
 from koa_core.data.preprocess import Preprocessor
+from koa_core.errors import KoaError
 
 PRE = Preprocessor(size=48)
 

@@ -29,12 +29,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from koa_core.data import dicom
-
-from koa_core.data import raster
+from koa_core.data import dicom, raster
 from koa_core.data.dicom import is_dicom, read_dicom
-from koa_core.errors import KoaError
 from koa_core.data.imaging import read_gray, read_image
+from koa_core.errors import KoaError
 
 H, W = 24, 40  # deliberately not square: a swapped axis would show
 
@@ -448,8 +446,8 @@ def test_cli_predict_dicom_one_line_per_bad_file(tmp_path, capfd, caplog):
 def test_data_check_reads_dicom_by_the_dicom_rule(tmp_path):
     """koa data check decodes a DICOM grade folder entry with the same rule as prediction:
     a good file is usable, a broken one is listed with its one-line reason."""
-    from koa_core.data.index import discover
     from koa_core.data.check import scan
+    from koa_core.data.index import discover
 
     arr = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 3)
     for split in ("train", "val", "test"):

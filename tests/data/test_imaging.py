@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from koa_core.data import raster
-from koa_core.errors import KoaError
 from koa_core.data.imaging import decode_gray, is_image_file, read_gray, to_gray_uint8
+from koa_core.errors import KoaError
 
 H, W = 24, 40  # deliberately not square: a swapped axis would show
 

@@ -172,8 +172,8 @@ def test_non_images_listed_in_skipped(phantom_copy, where, name, fragment):
 
 def test_symlink_loop_is_kept_and_fails_when_read(phantom_copy):
     """A looping link named like an image stays in the index so that reading reports it."""
-    from koa_core.errors import KoaError
     from koa_core.data.imaging import read_gray
+    from koa_core.errors import KoaError
 
     target = phantom_copy / "train" / "2" / "loop.png"
     os.symlink(target.with_name("loop2.png"), target)

@@ -13,13 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
-from koa_core.model.checkpoint import read_sidecar
 from koa_core.cli import main
-from koa_core.errors import KoaError
-from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from koa_core.data.inputcheck import InputCheck, fit_profile, summarize_flags
-from koa_core.infer.profile import check_for
 from koa_core.data.preprocess import apply_clahe
+from koa_core.errors import KoaError
+from koa_core.infer.profile import check_for
+from koa_core.model.checkpoint import DEFAULT_CHECKPOINT, read_sidecar
 
 SAMPLE = Path(__file__).resolve().parents[2] / "book" / "sample"
 FILES = sorted(SAMPLE.glob("val/*/*.webp"))

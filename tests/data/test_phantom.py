@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from koa_core.errors import KoaError
 from koa_core.data.phantom import SPLITS, render_knee, save_grid, write_phantom
+from koa_core.errors import KoaError
 
 NAME = re.compile(r"^1\d{6}[LR]\.png$")
 

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from koa_core.config import Config, load_config
-from koa_core.errors import KoaError
 from koa_core.data.imaging import decode_gray
 from koa_core.data.preprocess import (
     PREPROCESS_VERSION,
@@ -21,6 +20,7 @@ from koa_core.data.preprocess import (
     central_crop,
     resize_square,
 )
+from koa_core.errors import KoaError
 
 
 def _texture(h, w, lo=60, hi=250, seed=0) -> np.ndarray:

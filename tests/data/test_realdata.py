@@ -73,10 +73,10 @@ def test_no_leaks_and_every_name_parses(index):
 def test_subset_views_and_loader(index, real_root, tmp_path_factory):
     import torch
 
-    from koa_core.train.augment import ClassAugment
     from koa_core.data.cache import ViewCache
-    from koa_core.train.dataset import KneeDataset, class_counts, make_loader, stratified_subset
     from koa_core.data.preprocess import Preprocessor
+    from koa_core.train.augment import ClassAugment
+    from koa_core.train.dataset import KneeDataset, class_counts, make_loader, stratified_subset
 
     sub = stratified_subset(index.split("train"), 64, seed=0)
     assert abs(len(sub) - 64) <= 3

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
+from test_records import make_record
 
+from koa_core.errors import KoaError
 from koa_core.experiments import ablation, verdicts
 from koa_core.experiments.campaign import select_run
-from koa_core.errors import KoaError
-from test_records import make_record
 
 
 def test_bootstrap_macro_f1_matches_sklearn():

@@ -5,9 +5,9 @@ import json
 import pytest
 import yaml
 
-from koa_core.experiments import campaign
 from koa_core.cli import main
 from koa_core.errors import KoaError
+from koa_core.experiments import campaign
 from koa_core.experiments.records import check_record, read_record
 
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from koa_core.cli import main
-from koa_core.experiments.copies import parse_copy
 from koa_core.errors import KoaError
+from koa_core.experiments.copies import parse_copy
 from koa_core.experiments.records import PROVENANCE, check_record, write_record
 
 
@@ -62,8 +62,8 @@ def _record_made_on(root, tmp_path, name):
     """A record whose provenance holds what koa campaign stored for ``root``: the digest
     of the validation views prepared exactly as the campaign prepares them, and no
     data.copy (written before it existed)."""
-    from koa_core.data.cache import views_digest
     from koa_core.config import config_to_dict, load_config
+    from koa_core.data.cache import views_digest
     from koa_core.train.engine import prepare_data
 
     cfg = load_config("demo", [f"data.root={root}", "data.image_size=32",

@@ -3,9 +3,9 @@ confounds a step, and how much choosing the epoch on the validation knees lifts 
 
 import numpy as np
 import pytest
+from test_records import make_record
 
 from koa_core.experiments import groups as g
-from test_records import make_record
 
 RUN = {"epochs_run": 40, "epochs_planned": 40, "patience": 10, "select_metric": "macro_f1",
        "hardware": "H100", "commit": "85a3325784f8", "copy": "original",

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-
-from koa_core.experiments import recipe
-from koa_core.errors import KoaError
-from koa_core.experiments.records import read_record
 from test_records import make_record
+
+from koa_core.errors import KoaError
+from koa_core.experiments import recipe
+from koa_core.experiments.records import read_record
 
 
 def _preds(y, rate, rng):

@@ -9,8 +9,14 @@ import yaml
 
 from koa_core.data.index import Record
 from koa_core.errors import KoaError
-from koa_core.experiments.records import (PROVENANCE, check_record, find_records, predictions_table,
-                              read_record, write_record)
+from koa_core.experiments.records import (
+    PROVENANCE,
+    check_record,
+    find_records,
+    predictions_table,
+    read_record,
+    write_record,
+)
 
 
 def _fake_run(tmp_path, name="run"):

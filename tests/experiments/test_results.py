@@ -12,9 +12,8 @@ import pytest
 
 from koa_core.experiments.ablation import ablation_table, format_ablation
 from koa_core.experiments.campaign import select_run
-from koa_core.model.checkpoint import read_sidecar
-from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from koa_core.experiments.records import check_record, find_records, read_record
+from koa_core.model.checkpoint import DEFAULT_CHECKPOINT, read_sidecar
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 RECORDS = find_records(RESULTS)

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from koa_core.infer import backends
-from koa_core.infer import onnx as onnx_files
-from koa_core.data.cache import ViewCache
-from koa_core.model.checkpoint import read_sidecar
 from koa_core.cli import main
+from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
 from koa_core.errors import KoaError
+from koa_core.infer import backends
+from koa_core.infer import onnx as onnx_files
 from koa_core.infer.evaluate import evaluate_checkpoint, preprocessor_from_sidecar
+from koa_core.model.checkpoint import read_sidecar
 
 pytest.importorskip("onnxruntime")
 
@@ -306,8 +306,8 @@ def test_the_input_transform_travels_with_the_checkpoint_to_every_backend(
     backend feeding the original pixels to a model that had only seen enhanced ones."""
     import cv2
 
-    from koa_core.infer.predict import iter_predictions
     from koa_core.data.preprocess import apply_clahe
+    from koa_core.infer.predict import iter_predictions
 
     ckpt, fp32, int8, _ = exported
     _, root = tiny_run

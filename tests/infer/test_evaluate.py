@@ -5,12 +5,9 @@ import json
 
 import pytest
 
-from koa_core.infer import backends
-
-from koa_core.infer import evaluate as inference
-
-from koa_core.infer import predict
 from koa_core.errors import KoaError
+from koa_core.infer import backends, predict
+from koa_core.infer import evaluate as inference
 
 
 def test_evaluate_writes_metrics_and_predictions(tiny_run, tmp_path):
@@ -205,10 +202,10 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(
     one knee and a batch of twenty give probabilities that differ by more than 2e-5."""
     import numpy as np
 
+    from koa_core.cli import main
     from koa_core.infer import backends
     from koa_core.metrics.calibration import apply_temperature, fit_temperature
     from koa_core.model.checkpoint import load_checkpoint, read_sidecar
-    from koa_core.cli import main
 
     run, root = tiny_run
     ckpt = _copy_checkpoint(run, tmp_path)
@@ -265,8 +262,8 @@ def test_calibrate_stores_a_temperature_that_evaluate_and_predict_apply(
 
 
 def test_calibrate_refuses_what_it_cannot_calibrate(tiny_run, tmp_path, capsys):
-    from koa_core.model.checkpoint import update_sidecar
     from koa_core.cli import main
+    from koa_core.model.checkpoint import update_sidecar
 
     run, root = tiny_run
     onnx = tmp_path / "m.onnx"

@@ -24,8 +24,14 @@ from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugi
 from test_dicom import _dicom
 from test_hostile import _ckpt, _knee, _no_decode, _one_line
 
-from koa_core.bench import (write_deflated_dicom, write_jpeg_dicom, write_jpeg_segments,
-                            write_png_chunks, write_rle_dicom, write_tiff_pages)
+from koa_core.bench import (
+    write_deflated_dicom,
+    write_jpeg_dicom,
+    write_jpeg_segments,
+    write_png_chunks,
+    write_rle_dicom,
+    write_tiff_pages,
+)
 from koa_core.data import raster
 from koa_core.data.imaging import read_image
 from koa_core.errors import KoaError

@@ -10,10 +10,16 @@ import pytest
 from matplotlib.colors import to_rgba
 
 from koa_core import GRADE_NAMES
-
 from koa_core.infer import knee_report
-from koa_core.infer.knee_report import (CAM_LABEL, PREDICTED_COLOR, KneeReport, build_figure,
-                                  index_entry, render_report, write_html_index)
+from koa_core.infer.knee_report import (
+    CAM_LABEL,
+    PREDICTED_COLOR,
+    KneeReport,
+    build_figure,
+    index_entry,
+    render_report,
+    write_html_index,
+)
 
 PROBS = [0.05, 0.13, 0.62, 0.17, 0.03]
 

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from test_dicom import _dicom
 
-from koa_core.infer import backends
 from koa_core.cli import main
 from koa_core.data.imaging import read_image
 from koa_core.data.inputcheck import summarize_flags
-from koa_core.infer.predict import CSV_FIELDS, cam_on_input, collect_inputs
 from koa_core.data.preprocess import crop_box
+from koa_core.infer import backends
+from koa_core.infer.predict import CSV_FIELDS, cam_on_input, collect_inputs
 
 PNG_ERROR = "not a readable PNG, JPEG, WebP or TIFF image (truncated or corrupt?)"
 

@@ -8,8 +8,8 @@ from sklearn.metrics import cohen_kappa_score, f1_score
 
 from koa_core.errors import KoaError
 from koa_core.metrics.classification import (
-    confusion_scores,
     classification_metrics,
+    confusion_scores,
     format_report,
     majority_rate,
 )

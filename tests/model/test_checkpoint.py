@@ -7,6 +7,8 @@ import pickle
 import pytest
 import torch
 
+from koa_core.config import Config, config_to_dict
+from koa_core.errors import KoaError
 from koa_core.model.checkpoint import (
     load_checkpoint,
     load_state,
@@ -14,8 +16,6 @@ from koa_core.model.checkpoint import (
     save_checkpoint,
     save_state,
 )
-from koa_core.config import Config, config_to_dict
-from koa_core.errors import KoaError
 from koa_core.model.network import build_model
 
 

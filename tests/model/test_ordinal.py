@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from coral_pytorch.losses import corn_loss as reference_corn_loss
 
 from koa_core.config import ModelConfig
-from koa_core.train.losses import KLMultiTaskLoss
 from koa_core.model.network import build_model
 from koa_core.model.ordinal import corn_log_probs, corn_loss
+from koa_core.train.losses import KLMultiTaskLoss
 
 LABEL_SETS = [
     [0, 1, 2, 2, 2, 3, 4, 4],
@@ -109,9 +109,9 @@ def test_a_corn_model_learns_and_its_checkpoint_reloads(tmp_path):
     sidecar rebuilds the 4-output head, and the backend reports a proper distribution."""
     import numpy as np
 
+    from koa_core.config import Config, config_to_dict
     from koa_core.infer.backends import TorchBackend
     from koa_core.model.checkpoint import save_checkpoint
-    from koa_core.config import Config, config_to_dict
 
     cfg = Config()
     cfg.model.pretrained, cfg.model.head = "none", "corn"

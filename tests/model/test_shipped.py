@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from koa_core.model.checkpoint import load_checkpoint, read_sidecar
-from koa_core.infer.evaluate import preprocessor_from_sidecar
-from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
 from test_realdata import REAL
+
+from koa_core.infer.evaluate import preprocessor_from_sidecar
+from koa_core.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_sidecar
 
 RESULTS = Path(__file__).resolve().parents[2] / "results" / "gpu"
 
@@ -34,9 +33,9 @@ def test_shipped_checkpoint_predicts_what_its_record_says():
     if not (REAL / "val").is_dir():
         pytest.skip(f"real KL dataset not found at {REAL}")
     from koa_core.data.index import Record
-    from koa_core.train.dataset import stratified_subset
-    from koa_core.model.inference import predict_views
     from koa_core.experiments.records import read_record
+    from koa_core.model.inference import predict_views
+    from koa_core.train.dataset import stratified_subset
 
     name = json.loads((RESULTS / "selection.json").read_text())["name"]
     assert name in read_sidecar(DEFAULT_CHECKPOINT)["note"]
@@ -65,9 +64,9 @@ def test_shipped_checkpoint_grades_an_original_knee_as_its_enhanced_twin(tmp_pat
     transform left behind, original pixels fed to a model that never saw one."""
     import cv2
 
+    from koa_core.cli import main
     from koa_core.infer import backends
     from koa_core.model.checkpoint import update_sidecar
-    from koa_core.cli import main
 
     monkeypatch.setattr(backends, "amp_dtype", lambda mode, device: None)  # fp32 everywhere
     files = sorted(SAMPLE.glob("val/*/*.webp"))[::5]  # 10 knees, two per grade

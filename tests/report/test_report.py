@@ -13,15 +13,22 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from koa_core.report import cams, clahe, common, data, evaluation, loss, training
-from koa_core.report.paper import ABLATIONS, KL, PUBLISHED
 from koa_core.config import config_to_dict, load_config  # noqa: E402
 from koa_core.data.index import discover  # noqa: E402
-from koa_core.errors import KoaError  # noqa: E402
 from koa_core.data.phantom import render_knee  # noqa: E402
+from koa_core.errors import KoaError  # noqa: E402
 from koa_core.paper import (  # noqa: E402
-    ALPHA, TABLE1, TABLE2_COUNTS, TABLE2_SHARES_PCT, TABLE3, TABLE4, TABLE5, TABLE7,
+    ALPHA,
+    TABLE1,
+    TABLE2_COUNTS,
+    TABLE2_SHARES_PCT,
+    TABLE3,
+    TABLE4,
+    TABLE5,
+    TABLE7,
 )
+from koa_core.report import cams, clahe, common, data, evaluation, loss, training
+from koa_core.report.paper import ABLATIONS, KL, PUBLISHED
 
 
 @pytest.fixture(autouse=True)
@@ -618,8 +625,8 @@ def test_pick_cases_top5_is_the_least_likely():
 
 
 def test_stream_cams_equal_explain_grad_cam(tiny_run):
-    from koa_core.model.checkpoint import load_checkpoint
     from koa_core.infer.explain import grad_cam
+    from koa_core.model.checkpoint import load_checkpoint
 
     run, root = tiny_run
     pred = evaluation.predict_split(run / "best.safetensors", root, "test")

@@ -7,11 +7,11 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from test_report_published import Y, make_records  # noqa: E402
 
 from koa_core.data.index import discover  # noqa: E402
 from koa_core.paper import TABLE1, TEST_KNEES  # noqa: E402
 from koa_core.report import ablation, published  # noqa: E402
-from test_report_published import Y, make_records  # noqa: E402
 
 
 def test_from_records_the_sections_are_the_records_and_nothing_trains(tmp_path, monkeypatch):

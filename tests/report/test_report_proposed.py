@@ -2,9 +2,9 @@
 run, decided once, and every table read from that one source."""
 
 import pandas as pd
+from test_report_published import make_records
 
 from koa_core.report import evaluation, published, training
-from test_report_published import make_records
 
 
 def test_from_records_the_selected_record_is_read_and_nothing_trains(tmp_path, monkeypatch):

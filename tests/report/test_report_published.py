@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from test_records import make_record
 
-from koa_core.report import evaluation, published
 from koa_core.errors import KoaError
 from koa_core.experiments.records import PROVENANCE
-from test_records import make_record
+from koa_core.report import evaluation, published
 
 Y = np.repeat(np.arange(5), [40, 20, 25, 12, 5])
 

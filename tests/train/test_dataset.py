@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from koa_core.train.augment import ClassAugment
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import Record, discover
-from koa_core.train.dataset import (EpochSampler, KneeDataset, class_counts, load_views,
-                                    make_loader, stratified_subset)
 from koa_core.data.preprocess import Preprocessor
+from koa_core.train.augment import ClassAugment
+from koa_core.train.dataset import (
+    EpochSampler,
+    KneeDataset,
+    class_counts,
+    load_views,
+    make_loader,
+    stratified_subset,
+)
 
 S = 48
 PRE = Preprocessor(size=S)

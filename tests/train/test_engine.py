@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from koa_core import runtime
-from koa_core.model import inference
-from koa_core.train import engine
 from koa_core.config import load_config
 from koa_core.errors import KoaError
+from koa_core.model import inference
+from koa_core.train import engine
 
 
 def _cfg(cache_dir, **extra):
@@ -330,8 +330,8 @@ def test_fixed_length_training_scores_its_last_epoch(tmp_path, monkeypatch, cach
 def test_best_checkpoint_reproduces_its_validation_metrics(tmp_path, keep_state, plain_run, cache):
     """best.safetensors re-evaluated on the validation split gives best.json's confusion
     matrix (whether it was written at once or held in memory until the end)."""
-    from koa_core.model.checkpoint import load_checkpoint
     from koa_core.metrics.classification import classification_metrics
+    from koa_core.model.checkpoint import load_checkpoint
 
     cfg = _cfg(cache, **{"train.max_steps_per_epoch": 1})
     out = tmp_path / "run"

@@ -19,7 +19,7 @@ def test_pretrain_writes_a_trunk_that_model_pretrained_loads(phantom_copy, tmp_p
     import shutil
 
     from koa_core.config import ModelConfig
-    from koa_core.model.network import resnet_trunk, build_model
+    from koa_core.model.network import build_model, resnet_trunk
     from koa_core.train.pretrain import trunk_state_dict
 
     shutil.move(phantom_copy / "test", tmp_path / "held-out-test")
