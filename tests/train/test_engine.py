@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -214,33 +215,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _rank(env: dict, argv: list, log: str) -> None:
-    """One DDP rank in a forked child: the launcher's environment, the CLI's own entry
-    point, its stdout and stderr sent to ``log``; the exit status is main's."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    sys.stdout = open(1, "w", closefd=False)
-    sys.stderr = open(2, "w", closefd=False)
-    os.environ.update(env)
-    torch.set_num_threads(1)  # no OpenMP team is ever used after the fork
-    from koa_core.cli import main
-
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
     """Two ranks of the same `koa train` command, each with the environment torchrun gives
     its workers (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), train with DDP over gloo;
-    rank 0 alone writes the run and reports. The ranks are forked from this process, which
-    has already imported the CLI, rather than started afresh: two more interpreters
-    importing torch would add seconds and test nothing more."""
-    import multiprocessing
-
+    rank 0 alone writes the run and reports. The ranks are fresh interpreters: a rank forked
+    from this process would inherit whatever autograd state earlier tests left in it
+    (autograd refuses to run in a child forked after its worker threads started)."""
     cache = tmp_path / "cache"
     out = tmp_path / "ddp"
     argv = ["train", "--quiet", "--out", str(out)]
@@ -250,23 +231,25 @@ def test_ddp_two_processes_on_cpu(tmp_path):
         argv += ["--set", s]
     env = {"OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    ctx = multiprocessing.get_context("fork")
+    code = ("import sys; from koa_core.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
     logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
-    ranks = [ctx.Process(target=_rank, args=({**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                                             argv, str(logs[r])))
-             for r in (0, 1)]
-    for p in ranks:
-        p.start()
+    ranks = []
+    for r in (0, 1):
+        with open(logs[r], "w") as log:
+            ranks.append(subprocess.Popen(
+                [sys.executable, "-c", code, *argv], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **env, "RANK": str(r), "LOCAL_RANK": str(r)}))
     try:
         for p in ranks:
-            p.join(timeout=300)
+            p.wait(timeout=300)
     finally:
         for p in ranks:
-            if p.is_alive():
+            if p.poll() is None:
                 p.kill()
-                p.join()
+                p.wait()
     text = [log.read_text() for log in logs]
-    assert [p.exitcode for p in ranks] == [0, 0], [t[-2000:] for t in text]
+    assert [p.returncode for p in ranks] == [0, 0], [t[-2000:] for t in text]
     assert text[0].count("done: 1 epoch(s)") == 1, text  # rank 0 alone reports
     assert "done:" not in text[1], text[1]
     assert int(os.environ.get("RANK", "0")) == 0 and "WORLD_SIZE" not in os.environ
