@@ -205,8 +205,10 @@ def _size(camp: _Campaign, runs: list[PlanRun], cfgs: dict, o: CampaignOptions) 
     if camp.deadline is None:
         raise KoaError("--size needs --time-limit: the seconds the plan is sized to")
     recorded = {r.name for r in runs if not check_record(camp.records_dir / r.name)}
-    rates = o.rates or _measure(camp, [r for r in runs if r.name not in recorded] or runs,
-                                cfgs, o.probe_epochs)
+    todo = [r for r in runs if r.name not in recorded]
+    if not todo:
+        return runs  # every run is recorded: nothing to measure or size
+    rates = o.rates or _measure(camp, todo, cfgs, o.probe_epochs)
     left = camp.deadline - time.monotonic()
     sized = size_plan(runs, cfgs, rates, left, recorded)
     out = Path(o.size_to)
