@@ -641,13 +641,31 @@ def _cmd_campaign(args) -> int:
     r = run_campaign(args.plan, args.data, args.runs, args.records, time_limit=args.time_limit,
                      data_encoding=args.data_encoding, data_name=args.data_name,
                      only=args.only, progress=args.progress, command=args.command_line,
-                     overrides=args.set, data_copy=args.data_copy)
+                     overrides=args.set, data_copy=args.data_copy, size_to=args.size,
+                     rates=_given_rates(args), size_only=args.size_only)
+    if args.size_only:
+        print(f"campaign: sized only, {len(r['sized'])} run(s) fit; sizing in {args.size}")
+        return 0
     print(f"campaign: {len(r['done'])} run(s) trained, {len(r['skipped'])} already recorded, "
           f"{len(r['remaining'])} left, in {r['seconds']:.0f} s"
           + (f"; stopped: {r['stopped']}" if r["stopped"] else ""))
     if r["done"] or r["skipped"]:
         print(format_ablation(ablation_table(args.records)))
     return 0 if not r["remaining"] else 3
+
+
+def _given_rates(args):
+    """``--epoch-s`` and friends as sizing figures; None: a timed probe measures them."""
+    from koa_core.experiments.sizing import Rates
+
+    if (args.size_only or args.epoch_s is not None) and args.size is None:
+        raise KoaError("--size-only and --epoch-s go with --size FILE")
+    if args.epoch_s is None:
+        if args.single_epoch_s is not None or args.overhead_s is not None:
+            raise KoaError("--single-epoch-s and --overhead-s go with --epoch-s")
+        return None
+    return Rates(args.epoch_s, args.single_epoch_s, args.overhead_s or 0.0,
+                 source="given on the command line")
 
 
 def _cmd_record(args) -> int:
@@ -695,7 +713,7 @@ def _cmd_levers(args) -> int:
 def _cmd_select(args) -> int:
     from koa_core.experiments.campaign import select_run
 
-    s = select_run(args.records, min_recall=args.min_recall)
+    s = select_run(args.records, min_recall=args.min_recall, group=args.group)
     if args.json:
         print(json.dumps(s, indent=1))
     else:
@@ -726,6 +744,21 @@ def _data_copy(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_sizing(p) -> None:
+    """``koa campaign``'s sizing options (koa_core.experiments.sizing)."""
+    p.add_argument("--size", metavar="FILE", help="with --time-limit: first time a short "
+                   "probe of the plan's first dual- and single-stream run, print seconds per "
+                   "run and which runs fit (a prefix of the plan), write that to FILE (JSON), "
+                   "then train only those")
+    p.add_argument("--size-only", action="store_true", help="with --size: size, train nothing")
+    p.add_argument("--epoch-s", type=float, metavar="S", help="with --size: seconds per "
+                   "epoch of a dual-stream model, given instead of the probe")
+    p.add_argument("--single-epoch-s", type=float, metavar="S", help="with --epoch-s: of a "
+                   "single-stream model (default: --epoch-s / 1.8)")
+    p.add_argument("--overhead-s", type=float, metavar="S", help="with --epoch-s: seconds "
+                   "per run besides its epochs (default 0)")
+
+
 def add_campaign_commands(sub) -> None:
     p = sub.add_parser("campaign", help="train a plan's configurations x seeds in one process, "
                        "one record per run; finished runs are skipped")
@@ -741,6 +774,7 @@ def add_campaign_commands(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting of every run, after the plan's (repeatable)")
     p.add_argument("--progress", action="store_true", help="progress bars and epoch lines")
+    _add_sizing(p)
     p.set_defaults(func=_cmd_campaign)
 
     p = sub.add_parser("record", help="write the record of a finished koa train run "
@@ -780,6 +814,8 @@ def add_campaign_commands(sub) -> None:
                        "runs whose every grade has recall >= --min-recall")
     p.add_argument("records", help="folder of records")
     p.add_argument("--min-recall", type=float, default=0.3)
+    p.add_argument("--group", metavar="NAME", help="only the runs of one plan row: records "
+                   "named NAME-sSEED (e.g. proposed)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_select)
 

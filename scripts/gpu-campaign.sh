@@ -11,14 +11,21 @@
 # `setup` installs wheels carried along (no index) and unpacks whichever data parts came
 # with this transfer; `run` checks the data against the manifest, trains the plan
 # (KOA_PLAN, default table5) for at most SECONDS, selects the checkpoint to ship on
-# validation, and leaves in OUT at most five files: records.tar.gz (every record, the
-# Table 5 answer, the selection, the log), the exported checkpoint's sidecar and the
-# checkpoint in parts of 15 MiB. KOA_PLAN may name several plans, run in order under the
+# validation, and leaves in OUT records.tar.gz (every record, the Table 5 answer, the
+# selection, the log), the exported checkpoint's sidecar and the checkpoint in parts of
+# 15 MiB, and checks that OUT holds at most 8 files of at most 16 MiB each (what one
+# transfer brings back; a fp32 export of the dual model is four parts). KOA_PLAN may name
+# several plans, run in order under the
 # one time limit, each as PLAN or PLAN:RUN,RUN (only those runs); KOA_SET holds extra
 # section.key=value settings for every run (space-separated); KOA_DATA_COPY names the copy
 # of the images the pack holds, written into every record (koa campaign --data-copy;
 # default: original); KOA_BENCH=1 runs `koa bench --compile` first, in the same call, so
-# the campaign's rate has its yardstick. `collect` puts the records under results/ and
+# the campaign's rate has its yardstick. KOA_SIZE=1 sizes each plan to the seconds left
+# before it trains (koa campaign --size: a timed probe of a dual- and a single-stream run,
+# the seconds per run, the runs that fit, written to records/sizing-PLAN.json) and trains
+# only the runs that fit. KOA_SELECT_GROUP ships the best run of one plan row only (koa
+# select --group, e.g. proposed); KOA_EXPORT_DTYPE is the export's dtype (bf16, or fp32
+# where its parts fit). `collect` puts the records under results/ and
 # joins the checkpoint. Nothing of this reads the held-out test split.
 set -euo pipefail
 cmd=${1:?usage: gpu-campaign.sh setup|run|collect ...}
@@ -87,6 +94,10 @@ print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
             IFS=, read -r -a names <<< "${spec#*:}"
             for n in "${names[@]}"; do only+=(--only "$n"); done
         fi
+        size=()  # the sizing step: seconds per run measured here, only the runs that fit
+        if [ -n "${KOA_SIZE:-}" ]; then
+            size=(--size "$WORK/records/sizing-$(basename "$plan" .yaml).json")
+        fi
         left=$(( limit - ($(date +%s) - start) ))
         if [ "$left" -le 30 ]; then echo "no time left for $spec" | tee -a "$log"; break; fi
         set +e
@@ -94,7 +105,7 @@ print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
             --records "$WORK/records/runs" --time-limit "$left" --data-encoding "$encoding" \
             --data-copy "$COPY" \
             ${KOA_DATA_NAME:+--data-name "$KOA_DATA_NAME"} "${only[@]}" "${extra[@]}" \
-            2>&1 | tee -a "$log"
+            "${size[@]}" 2>&1 | tee -a "$log"
         status=${PIPESTATUS[0]}
         set -e
         echo "campaign $spec exit status $status" | tee -a "$log"
@@ -102,13 +113,13 @@ print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
     if "$PY" -m koa_core.cli ablation "$WORK/records/runs" --json > "$WORK/records/ablation.json"
     then "$PY" -m koa_core.cli ablation "$WORK/records/runs" | tee -a "$log"; fi
     if "$PY" -m koa_core.cli select "$WORK/records/runs" --min-recall "${KOA_MIN_RECALL:-0.3}" \
-        --json > "$WORK/records/selection.json"
+        ${KOA_SELECT_GROUP:+--group "$KOA_SELECT_GROUP"} --json > "$WORK/records/selection.json"
     then
         name=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['name'])" \
             "$WORK/records/selection.json")
         mkdir -p "$WORK/ship"
         "$PY" -m koa_core.cli export "$WORK/runs/$name" --out "$WORK/ship/selected.safetensors" \
-            --dataset "${KOA_DATA_NAME:-the dataset under $DATA}; copy $COPY; $encoding" \
+            --dtype "${KOA_EXPORT_DTYPE:-bf16}" --dataset "${KOA_DATA_NAME:-the dataset under $DATA}; copy $COPY; $encoding" \
             --note "selected on validation: $(cat "$WORK/records/selection.json" | tr -d '\n')"
         cp "$WORK/ship/selected.json" "$out/selected.json"
         split -b 15m -d "$WORK/ship/selected.safetensors" "$out/selected.safetensors.part"
@@ -118,6 +129,14 @@ print('; '.join(f'{k}: {v}' for k, v in m.items()))" "$DATA/MANIFEST.json")
     fi
     tar -czf "$out/records.tar.gz" -C "$WORK" records
     ls -la "$out"
+    # what one transfer brings back: at most 8 files of at most 16 MiB each
+    n=$(find "$out" -type f | wc -l)
+    big=$(find "$out" -type f -size +16M | wc -l)
+    if [ "$n" -gt 8 ] || [ "$big" -gt 0 ]; then
+        echo "OUT: $n files, $big over 16 MiB: more than one transfer brings back" >&2
+        exit 4
+    fi
+    echo "OUT: $n files, none over 16 MiB"
     ;;
 collect)
     src=${1:?usage: gpu-campaign.sh collect OUT [DEST] [CHECKPOINT_DIR]}

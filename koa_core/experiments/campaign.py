@@ -18,6 +18,11 @@ second call carries on. A plan is YAML::
 
 A run is named ``NAME-sSEED``; its seed sets ``train.seed`` and ``augment.seed``.
 
+With ``size_to`` (``--size FILE``) and a time limit the plan is first sized
+(:mod:`.sizing`): a short timed probe of its first dual-stream and first single-stream run on
+this machine and data (or figures given as ``rates``) gives seconds per run; the sizing is
+printed and written to FILE, and only the prefix of the plan that fits is trained.
+
 Every record names the copy of the images it trained on (``data.copy``,
 :mod:`koa_core.experiments.datacopy`): ``data_copy`` (``--data-copy``) is required with a data root,
 and the phantom names itself. A records folder holds one copy: a campaign whose copy
@@ -30,6 +35,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -52,6 +58,14 @@ from koa_core.experiments.records import (
     read_record,
     record_copy,
     write_record,
+)
+from koa_core.experiments.sizing import (
+    SINGLE_SPEEDUP,
+    Rates,
+    format_sizing,
+    kind,
+    size_plan,
+    sizing_json,
 )
 from koa_core.infer.backends import predict_views
 from koa_core.locking import FolderLock
@@ -153,6 +167,10 @@ class CampaignOptions:
     progress: bool = False
     command: str | None = None  # for the provenance (default: this process's command line)
     echo: object = print
+    size_to: str | Path | None = None  # size the plan to the time limit; the sizing's file
+    rates: Rates | None = None  # given figures for the sizing (None: a timed probe)
+    size_only: bool = False  # size, and train nothing
+    probe_epochs: int = 2  # epochs of each timed probe (the steady epoch is the 2nd on)
 
 
 def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: str | Path,
@@ -184,7 +202,64 @@ def run_campaign(plan_path: str | Path, data_root: str | Path | None, runs_dir: 
                          o.command or shlex.join(sys.argv), code_commit(),
                          {"data_encoding": o.data_encoding, "data_name": o.data_name,
                           "data_copy": data_copy})
+        if o.size_to is not None:
+            runs = _size(camp, runs, cfgs, o)
+            if o.size_only:
+                return {"done": [], "skipped": [], "stopped": None, "remaining": [],
+                        "sized": [r.name for r in runs],
+                        "seconds": time.monotonic() - camp.t_begin}
         return _run(camp, runs, cfgs)
+
+
+def _size(camp: _Campaign, runs: list[PlanRun], cfgs: dict, o: CampaignOptions) -> list:
+    """Size the plan to the seconds left (:mod:`.sizing`), write and print the sizing;
+    the runs that fit, in plan order."""
+    if camp.deadline is None:
+        raise KoaError("--size needs --time-limit: the seconds the plan is sized to")
+    recorded = {r.name for r in runs if not check_record(camp.records_dir / r.name)}
+    todo = [r for r in runs if r.name not in recorded]
+    if not todo:
+        return runs  # every run is recorded: nothing to measure or size
+    rates = o.rates or _measure(camp, todo, cfgs, o.probe_epochs)
+    left = camp.deadline - time.monotonic()
+    sized = size_plan(runs, cfgs, rates, left, recorded)
+    out = Path(o.size_to)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(sizing_json(sized, rates, left), indent=1) + "\n")
+    camp.echo(format_sizing(sized, rates, left))
+    fit = {s.name for s in sized if s.fits}
+    return [r for r in runs if r.name in fit]
+
+
+def _measure(camp: _Campaign, runs: list[PlanRun], cfgs: dict, epochs: int) -> Rates:
+    """Time an ``epochs``-epoch probe of the first dual-stream and the first single-stream
+    run of ``runs`` on this machine and data, record included (data preparation not); the
+    probes' folders are removed after."""
+    probe_dir = camp.runs_dir / ".probe"
+    probe = dataclasses.replace(camp, runs_dir=probe_dir, records_dir=probe_dir / "records",
+                                deadline=None)
+    figures, notes = {}, []
+    try:
+        for k in ("dual", "single"):
+            r = next((r for r in runs if kind(cfgs[r.name]) == k), None)
+            if r is None:
+                continue
+            cfg = copy.deepcopy(cfgs[r.name])
+            cfg.train.epochs = cfg.train.patience = epochs
+            _data_for(probe, cfg)
+            t0 = time.perf_counter()
+            hist = _train_and_record(probe, dataclasses.replace(r, stage="probe"), cfg)
+            total = time.perf_counter() - t0
+            steady = float(np.median([h["epoch_s"] for h in hist[1:] or hist]))
+            figures[k] = (steady, max(0.0, total - len(hist) * steady))
+            notes.append(f"{r.name} {len(hist)} epochs in {total:.1f} s")
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+    dual = figures["dual"][0] if "dual" in figures else None
+    single = figures["single"][0] if "single" in figures else None
+    return Rates(dual_epoch_s=dual or single * SINGLE_SPEEDUP, single_epoch_s=single,
+                 overhead_s=round(max(f[1] for f in figures.values()), 2),
+                 source="measured on this machine: " + ", ".join(notes))
 
 
 def resolve_copy(data_copy: str | None, phantom: bool) -> str:
@@ -262,8 +337,8 @@ def _run(camp: _Campaign, runs: list[PlanRun], cfgs: dict) -> dict:
             "seconds": time.monotonic() - camp.t_begin}
 
 
-def _train_and_record(camp: _Campaign, r: PlanRun, cfg) -> None:
-    """Train one run of the plan on the campaign's data and write its record."""
+def _data_for(camp: _Campaign, cfg):
+    """The prepared data of ``cfg``, prepared now unless the campaign holds it already."""
     key = _data_key(cfg)
     if key not in camp.loaded:
         camp.loaded.clear()  # one dataset in memory at a time
@@ -271,7 +346,12 @@ def _train_and_record(camp: _Campaign, r: PlanRun, cfg) -> None:
         camp.loaded[key] = prepare_data(cfg, progress=camp.progress)
         camp.echo(f"data: {camp.loaded[key].counts} prepared in "
                   f"{time.perf_counter() - t0:.1f} s")
-    data = _with_augment(camp.loaded[key], cfg)
+    return camp.loaded[key]
+
+
+def _train_and_record(camp: _Campaign, r: PlanRun, cfg) -> list[dict]:
+    """Train one run of the plan on the campaign's data and write its record; its history."""
+    data = _with_augment(_data_for(camp, cfg), cfg)
     run_dir = camp.runs_dir / r.name
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
     camp.echo(f"run {r.name} ({r.stage}): {' '.join(r.configs)}")
@@ -291,6 +371,7 @@ def _train_and_record(camp: _Campaign, r: PlanRun, cfg) -> None:
     rate = np.median([h["train_img_s"] for h in hist[1:] or hist])
     camp.echo(f"  {r.name}: {summary['epochs_run']} epochs in {wall:.0f} s, "
               f"{rate:.0f} img/s, {best}")
+    return hist
 
 
 @dataclass
@@ -348,13 +429,16 @@ def record_run(run_dir: str | Path, into: str | Path, data, info: RecordInfo | N
 
 
 def select_run(records_dir: str | Path, min_recall: float = 0.3,
-               metric: str = "macro_f1") -> dict:
+               metric: str = "macro_f1", group: str | None = None) -> dict:
     """The shipped-checkpoint rule: the best validation ``metric`` among records whose
-    every grade has validation recall >= ``min_recall``. Returns the record's name and
+    every grade has validation recall >= ``min_recall`` (and, with ``group``, only the runs
+    of that plan row: records named ``GROUP-sSEED``). Returns the record's name and
     figures, and how many records were eligible."""
     best, eligible, total = None, 0, 0
     for path in find_records(records_dir):
         rec = read_record(path)
+        if group is not None and re.fullmatch(rf"{re.escape(group)}-s\d+", rec["name"]) is None:
+            continue
         m = rec["selected"]["val_metrics"]
         total += 1
         recalls = [m["per_class"][str(g)]["recall"] for g in range(5)]
@@ -363,8 +447,10 @@ def select_run(records_dir: str | Path, min_recall: float = 0.3,
         eligible += 1
         if best is None or m[metric] > best["metrics"][metric]:
             best = {"name": rec["name"], "metrics": m, "min_recall": min(recalls)}
+    runs = f"runs named {group}-sSEED" if group is not None else "runs"
     if best is None:
-        raise KoaError(f"{records_dir}: none of {total} records has every grade's validation "
-                       f"recall >= {min_recall}")
+        raise KoaError(f"{records_dir}: none of {total} records of {runs} has every grade's "
+                       f"validation recall >= {min_recall}")
     return {**best, "eligible": eligible, "records": total, "rule":
-            f"best validation {metric} among runs whose every grade has recall >= {min_recall}"}
+            f"best validation {metric} among {runs} whose every grade has recall >= "
+            f"{min_recall}"}
