@@ -77,15 +77,15 @@ chapter = ablation.ablation_chapter(root, records_dir, runs_dir, train_profile, 
 # ## Table 5 from the campaign's records
 #
 # Skipped unless `records_dir` is set. Mean ± sd over seeds of each run's selected epoch, on
-# the validation split (826 knees; the test split is held out), beside the paper's test
-# accuracy, and the epoch choice beside the last epoch. Then each step of §3.2 as a difference
-# paired by seed, with a seed-aware 95 % interval (a t interval over the seeds and an interval
-# over the knees, added in quadrature), for accuracy and for macro F1, each with the
-# scorecard's word and what decided it: `not testable on this data` where a step needs the raw
-# radiograph and the records saw an enhanced copy, `too few seeds` below three seeds in an
-# arm, `confounded` where the arms were trained differently (what differs is named), else
-# `reproduced`, `not reproduced` or `inconclusive` (the two rows of ours that the paper never
-# claimed: `helps`, `hurts` or `inconclusive`). The rules are on the landing page.
+# the validation split (the test split is held out), beside the paper's test accuracy, and the
+# epoch choice beside the last epoch. Then each step of §3.2 as a difference paired by seed,
+# with a seed-aware 95 % interval (a t interval over the seeds and an interval over the knees,
+# added in quadrature), for accuracy and for macro F1, each with the scorecard's word and what
+# decided it: `not testable on this data` where a step needs the raw radiograph and the
+# records saw an enhanced copy, `too few seeds` below three seeds in an arm, `confounded`
+# where the arms were trained differently (what differs is named), else `reproduced`, `not
+# reproduced` or `inconclusive` (the two rows of ours that the paper never claimed: `helps`,
+# `hurts` or `inconclusive`). The rules are on the landing page.
 
 # %%
 common.show(chapter.table5())  # the scorecard's words

@@ -47,13 +47,10 @@
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import display
 
-from koa_core.report import beyond, common, conformal, evaluation, published, training
+from koa_core.report import beyond, common, conformal, evaluation
 from koa_core.metrics.calibration import calibration_report
-from koa_core.data.index import discover
-from koa_core.infer.evaluate import evaluate_checkpoint
-from koa_core.metrics.classification import majority_rate
 from koa_core.paper import TABLE1, TABLE3, TABLE4, TEST_KNEES
 
 # %% [markdown]
@@ -80,20 +77,10 @@ data_label = ""  # how the data is named in Table 7 (empty: from the data root)
 common.setup(seed, threads)
 root = common.resolve_root(data_root, runs_dir)
 data_label = data_label or ("synthetic phantom" if not data_root else Path(root).name)
-if records_dir:
-    records = published.load_records(records_dir)
-    proposed = published.selected_record_name(records_dir)
-    raw_only = "raw-s" + proposed.rsplit("-s", 1)[1]  # the raw-only run of the same seed
-    split, split_label = "val", "validation (stands in for the held-out test split)"
-else:
-    proposed = training.proposed_checkpoint(checkpoint, runs_dir, train_profile,
-                                          train_sets, root)
-    raw_profiles = [*train_profile, "ablation-raw"]
-    raw_run = training.train_or_reuse(Path(runs_dir) / "ablation-raw", raw_profiles,
-                                    train_sets, root)
-    raw_only = raw_run / "best.safetensors"
-    split, split_label = "test", "test"
-common.parameter_table(data_root=root, checkpoint=proposed, baseline=raw_only,
+models = evaluation.chapter_models(records_dir, checkpoint, runs_dir, train_profile,
+                                   train_sets, root, n_boot)
+m, m_raw, split_label = models.m, models.m_raw, models.split_label
+common.parameter_table(data_root=root, checkpoint=models.proposed, baseline=models.raw_only,
                        records_dir=records_dir, split=split_label, n_boot=n_boot,
                        data_label=data_label)
 
@@ -107,19 +94,11 @@ common.parameter_table(data_root=root, checkpoint=proposed, baseline=raw_only,
 # majority rate, the accuracy of always answering KL0, is the floor any model has to clear.
 
 # %%
-if records_dir:
-    m = published.record_metrics(records[proposed], n_boot=n_boot)
-    m_raw = published.record_metrics(records[raw_only], n_boot=n_boot)
-    majority = majority_rate(records[proposed]["predictions"]["grade"])
-    display(Markdown(published.records_note({k: records[k] for k in (proposed, raw_only)})))
-else:
-    m = evaluate_checkpoint(proposed, root, "test", n_boot=n_boot)
-    m_raw = evaluate_checkpoint(raw_only, root, "test", n_boot=n_boot)
-    majority = majority_rate([r.grade for r in discover(root).split("test")])
+common.show(list(models.notes))
 print(f"split: {split_label}; images: {m['n']}")
 print(f"accuracy, proposed: {m['accuracy']:.4f} (paper {TABLE4['accuracy'][0]:.4f})")
 print(f"accuracy, raw only: {m_raw['accuracy']:.4f} (paper {TABLE3['accuracy'][0]:.4f})")
-print(f"majority rate:      {majority:.4f} "
+print(f"majority rate:      {models.majority:.4f} "
       f"(paper's test split {max(TABLE1['test']) / TEST_KNEES:.4f})")
 
 # %% [markdown]
@@ -186,14 +165,8 @@ evaluation.kl4_table({"proposed": m, "raw only": m_raw})
 # and judged on the other half, and back (T > 1: overconfident, T < 1: underconfident).
 
 # %%
-if records_dir:
-    pp = records[proposed]["predictions"]
-    probs, grades, patients = pp["probs"], pp["grade"], pp["patient"]
-else:
-    pred_df = evaluation.predict_split(proposed, root, "test")
-    probs = pred_df[[f"p{g}" for g in range(5)]].to_numpy()
-    grades, patients = pred_df["grade"].to_numpy(), pred_df["patient"].tolist()
-cal = {"proposed": calibration_report(probs, grades, patients)}
+probs, grades = models.probs, models.grades
+cal = {"proposed": calibration_report(probs, grades, models.patients)}
 display(beyond.calibration_table(cal))
 fig = beyond.reliability_figure(cal)
 

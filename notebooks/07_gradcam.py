@@ -48,7 +48,7 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from koa_core.report import cams, common, data, evaluation, training
+from koa_core.report import cams, common, data, predictions, training
 from koa_core.data.index import discover
 
 # %% [markdown]
@@ -90,7 +90,7 @@ if checkpoint:
 # probabilities, the "nearly uniform" outputs the paper describes.
 
 # %%
-pred = evaluation.predict_split(ckpt, knees, split)
+pred = predictions.predict_split(ckpt, knees, split)
 cases = cams.pick_cases(pred, n_correct, n_wrong)
 cases.assign(image=[Path(p).name for p in cases.path])[
     ["case", "image", "grade", "pred", "top2", "top5", "confidence", "entropy",

@@ -1,40 +1,80 @@
-"""Evaluation (paper §3, Tables 3-4 and 7, Figs. 5-6): per-image predictions and fusion
-gates, classification reports beside the paper's, confusion matrices, KL4 recall,
-bootstrap intervals, published results.
+"""Evaluation (paper §3, Tables 3-4 and 7, Figs. 5-6): the chapter's two models and where
+their figures come from (decided once, :func:`chapter_models`), fusion gates,
+classification reports beside the paper's, confusion matrices, KL4 recall, bootstrap
+intervals, published results.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
-from koa_core.infer.evaluate import preprocessor_from_sidecar
-from koa_core.model.checkpoint import load_checkpoint
-from koa_core.model.inference import predict_views
+from koa_core.infer.evaluate import evaluate_checkpoint
+from koa_core.metrics.classification import majority_rate
 from koa_core.paper import TABLE3, TABLE4, TABLE7
+from koa_core.report import training
 from koa_core.report.paper import KL, PUBLISHED
+from koa_core.report.predictions import predict_split
+from koa_core.report.published import (
+    load_records,
+    record_metrics,
+    records_note,
+    selected_record_name,
+)
 
 
-def predict_split(checkpoint: str | Path, data_root: str | Path, split: str = "val",
-                  cache_dir: str | None = None) -> pd.DataFrame:
-    """One row per image of a split: path, grade, patient, pred, p0..p4 and the gate w_raw
-    (NaN for single-stream models)."""
-    model, side = load_checkpoint(checkpoint)
-    recs = discover(data_root).split(split)
-    views = ViewCache(cache_dir).get(recs, preprocessor_from_sidecar(side), root=str(data_root))
-    probs, gates = predict_views(model, views)
-    df = pd.DataFrame(probs, columns=[f"p{g}" for g in range(5)])
-    df.insert(0, "path", [r.path for r in recs])
-    df.insert(1, "grade", [r.grade for r in recs])
-    df.insert(2, "patient", [r.patient or r.path for r in recs])
-    df.insert(3, "pred", probs.argmax(1))
-    df["gate_raw"] = gates[:, 0] if gates is not None else np.nan
-    return df
+@dataclass(frozen=True)
+class ChapterModels:
+    """The evaluation chapter's proposed model and raw-only baseline, evaluated once: from
+    their committed records (published book, validation split) or here (test split)."""
+
+    proposed: str | Path  # a record's name, or a checkpoint
+    raw_only: str | Path
+    split: str
+    split_label: str
+    m: dict  # the proposed model's metrics
+    m_raw: dict
+    majority: float  # the accuracy of always answering the most frequent grade
+    notes: tuple[str, ...]  # where the figures come from (Markdown; none for a run made here)
+    probs: np.ndarray  # the proposed model's per-knee probabilities, grades and patients
+    grades: np.ndarray
+    patients: list
+
+
+def chapter_models(records_dir: str | Path, checkpoint: str | Path, runs_dir: str | Path,
+                   profiles: Sequence[str], sets: Sequence[str], data_root: str | Path,
+                   n_boot: int = 1000) -> ChapterModels:
+    """Decide once where the chapter's figures come from: the records under ``records_dir``
+    (the selected run and the raw-only run of its seed) when it is set, else the proposed
+    checkpoint and a raw-only run trained or reused here, evaluated on the test split."""
+    if records_dir:
+        records = load_records(records_dir)
+        proposed = selected_record_name(records_dir)
+        raw_only = "raw-s" + proposed.rsplit("-s", 1)[1]  # the raw-only run of the same seed
+        pp = records[proposed]["predictions"]
+        return ChapterModels(
+            proposed, raw_only, "val", "validation (stands in for the held-out test split)",
+            record_metrics(records[proposed], n_boot=n_boot),
+            record_metrics(records[raw_only], n_boot=n_boot), majority_rate(pp["grade"]),
+            (records_note({k: records[k] for k in (proposed, raw_only)}),),
+            np.asarray(pp["probs"]), np.asarray(pp["grade"]), list(pp["patient"]))
+    proposed = training.proposed_checkpoint(checkpoint, runs_dir, profiles, sets, data_root)
+    raw_run = training.train_or_reuse(Path(runs_dir) / "ablation-raw",
+                                      [*profiles, "ablation-raw"], sets, data_root)
+    raw_only = raw_run / "best.safetensors"
+    pred = predict_split(proposed, data_root, "test")
+    return ChapterModels(
+        proposed, raw_only, "test", "test",
+        evaluate_checkpoint(proposed, data_root, "test", n_boot=n_boot),
+        evaluate_checkpoint(raw_only, data_root, "test", n_boot=n_boot),
+        majority_rate([r.grade for r in discover(data_root).split("test")]), (),
+        pred[[f"p{g}" for g in range(5)]].to_numpy(), pred["grade"].to_numpy(),
+        pred["patient"].tolist())
 
 
 def gate_table(pred: pd.DataFrame) -> pd.DataFrame:

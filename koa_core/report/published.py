@@ -37,7 +37,7 @@ def load_records(records_dir: str | Path) -> dict[str, dict]:
 
 def record_frame(rec: dict) -> pd.DataFrame:
     """A record's validation predictions as
-    :func:`~koa_core.report.evaluation.predict_split` returns them: path, grade, pred,
+    :func:`~koa_core.report.predictions.predict_split` returns them: path, grade, pred,
     p0..p4, gate_raw (NaN for single-stream models)."""
     p = rec["predictions"]
     df = pd.DataFrame(p["probs"], columns=[f"p{g}" for g in range(5)])

@@ -18,8 +18,8 @@ from koa_core.config import config_to_dict, load_config
 from koa_core.errors import KoaError
 from koa_core.infer.evaluate import evaluate_checkpoint
 from koa_core.paper import TABLE5
-from koa_core.report.evaluation import predict_split
 from koa_core.report.paper import ABLATIONS
+from koa_core.report.predictions import predict_split
 from koa_core.report.published import (
     history_frame,
     load_records,

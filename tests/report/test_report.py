@@ -27,7 +27,7 @@ from koa_core.paper import (  # noqa: E402
     TABLE5,
     TABLE7,
 )
-from koa_core.report import cams, clahe, common, data, evaluation, loss, training
+from koa_core.report import cams, clahe, common, data, evaluation, loss, predictions, training
 from koa_core.report.paper import ABLATIONS, KL, PUBLISHED
 
 
@@ -335,7 +335,7 @@ def test_run_tables_and_curves(tiny_run):
 
 def test_predict_split_and_gates(tiny_run):
     run, root = tiny_run
-    pred = evaluation.predict_split(run / "best.safetensors", root, "val")
+    pred = predictions.predict_split(run / "best.safetensors", root, "val")
     n_val = len(discover(root).split("val"))
     assert len(pred) == n_val and set(pred.columns) >= {"grade", "pred", "p0", "gate_raw"}
     assert np.allclose(pred[[f"p{g}" for g in range(5)]].sum(axis=1), 1, atol=1e-4)
@@ -437,7 +437,7 @@ def test_pick_cases():
 
 def test_cam_cases_figure_and_share_table(tiny_run):
     run, root = tiny_run
-    pred = evaluation.predict_split(run / "best.safetensors", root, "test")
+    pred = predictions.predict_split(run / "best.safetensors", root, "test")
     cases = cams.pick_cases(pred.assign(pred=(pred.grade + 1) % 5), 0, 1)  # one error
     res = cams.cam_cases(run / "best.safetensors", cases, other="true")
     assert len(res) == len(cases)
@@ -629,7 +629,7 @@ def test_stream_cams_equal_explain_grad_cam(tiny_run):
     from koa_core.model.checkpoint import load_checkpoint
 
     run, root = tiny_run
-    pred = evaluation.predict_split(run / "best.safetensors", root, "test")
+    pred = predictions.predict_split(run / "best.safetensors", root, "test")
     cases = cams.pick_cases(pred.assign(pred=(pred.grade + 1) % 5), 0, 2)
     res = cams.cam_cases(run / "best.safetensors", cases, other="top5")
     model, _ = load_checkpoint(run / "best.safetensors")
