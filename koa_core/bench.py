@@ -67,7 +67,6 @@ from koa_core.infer.backends import (
     export_onnx,
     quantize_int8,
 )
-from koa_core.infer.evaluate import preprocessor_from_sidecar
 from koa_core.model.checkpoint import resolve_checkpoint
 from koa_core.model.network import build_model
 from koa_core.runtime import cpu_has_bf16
@@ -367,7 +366,7 @@ def onnx_rows(checkpoint: str | Path, data: str, batch: int = 32, steps: int = 3
         val = [val[i] for i in sorted(rng.choice(len(val), min(agreement_images, len(val)),
                                                  replace=False))]
     torch_be = TorchBackend(checkpoint, "cpu")
-    pre = preprocessor_from_sidecar(torch_be.sidecar)
+    pre = Preprocessor.from_sidecar(torch_be.sidecar)
     cache = ViewCache()
     views = np.asarray(cache.get(val, pre, root=data))
     x = np.ascontiguousarray(np.resize(views, (batch, *views.shape[1:])))

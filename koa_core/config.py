@@ -12,6 +12,7 @@ the value is ours and marked ``# ours``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,20 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "PreprocessConfig",
+    "SIDECAR_PREPROCESS_REQUIRED",
     "TrainConfig",
     "apply_overrides",
     "bundled_profiles",
+    "check_values",
+    "finite_number",
+    "int_at_least",
+    "optional",
     "config_from_dict",
     "config_to_dict",
     "load_config",
     "validate",
     "validate_preprocess",
+    "validate_section",
 ]
 
 
@@ -136,7 +143,7 @@ class Config:
 # Every field's range or choices, checked once when a config is resolved (load_config,
 # config_from_dict) and again by fit(), before any data is read. Each rule returns None
 # when the value is allowed, else the allowed range in words.
-def _int_at_least(lo: int):
+def int_at_least(lo: int):
     def rule(v):
         ok = isinstance(v, int) and not isinstance(v, bool) and v >= lo
         return None if ok else f"an integer >= {lo}"
@@ -150,11 +157,12 @@ def _int_in(lo: int, hi: int):
     return rule
 
 
-def _optional(rule):
+def optional(rule):
     return lambda v: None if v is None else rule(v)
 
 
-def _number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = True):
+def finite_number(lo: float, hi: float | None = None, lo_open: bool = False,
+                  hi_open: bool = True):
     def rule(v):
         ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
               and abs(v) != float("inf")
@@ -200,6 +208,8 @@ def _heads(v):
 # The choices every part of the package checks against: one owner each.
 STREAMS = ("dual", "raw", "clahe")  # model.streams (Table 5's rows)
 FUSIONS = ("gated", "mean")  # model.fusion
+HEADS = ("softmax", "corn")  # model.head
+ALPHA_NORMS = ("none", "mean1")  # loss.alpha_norm
 ENGINES = ("auto", "torch", "onnxruntime", "onnxruntime-int8")  # what runs the network
 TTA_CHOICES = ("none", "flip")  # test-time augmentation
 
@@ -207,46 +217,66 @@ TTA_CHOICES = ("none", "flip")  # test-time augmentation
 # grid also needs at least one pixel per tile.
 MIN_IMAGE_SIZE = 32
 RULES = {
-    "data": {"root": _optional(_string), "image_size": _int_at_least(MIN_IMAGE_SIZE),
-             "cache_dir": _optional(_string), "num_workers": _int_at_least(0),
+    "data": {"root": optional(_string), "image_size": int_at_least(MIN_IMAGE_SIZE),
+             "cache_dir": optional(_string), "num_workers": int_at_least(0),
              "device_resident": _choice("auto", "on", "off"), "allow_leakage": _bool,
-             "subset": _optional(_int_at_least(1)), "phantom_per_class": _int_at_least(1),
-             "phantom_seed": _int_at_least(0)},
-    "preprocess": {"crop": _bool, "clahe_clip": _number(0, 1000, lo_open=True),
-                   "clahe_tiles": _int_at_least(1),
-                   "input_clahe_clip": _optional(_number(0, 1000, lo_open=True)),
-                   "input_clahe_tiles": _int_at_least(1)},
-    "augment": {"enabled": _bool, "class_specific": _bool, "seed": _int_at_least(0),
-                "mixup": _number(0, 100), "cutmix": _number(0, 100),
-                "mix_prob": _number(0, 1, hi_open=False)},
+             "subset": optional(int_at_least(1)), "phantom_per_class": int_at_least(1),
+             "phantom_seed": int_at_least(0)},
+    "preprocess": {"crop": _bool, "clahe_clip": finite_number(0, 1000, lo_open=True),
+                   "clahe_tiles": int_at_least(1),
+                   "input_clahe_clip": optional(finite_number(0, 1000, lo_open=True)),
+                   "input_clahe_tiles": int_at_least(1)},
+    "augment": {"enabled": _bool, "class_specific": _bool, "seed": int_at_least(0),
+                "mixup": finite_number(0, 100), "cutmix": finite_number(0, 100),
+                "mix_prob": finite_number(0, 1, hi_open=False)},
     "model": {"streams": _choice(*STREAMS), "cross_attention": _bool,
               "fusion": _choice(*FUSIONS), "attention_heads": _heads,
-              "dropout": _number(0, 1), "aux_heads": _bool, "pretrained": _string,
-              "num_classes": _choice(5), "head": _choice("softmax", "corn")},
-    "loss": {"gamma": _number(0, 100), "alpha": _alpha,
-             "aux_binary_weight": _number(0, 1000), "aux_early_weight": _number(0, 1000),
-             "alpha_norm": _choice("none", "mean1"), "aux_alpha": _bool,
-             "sord": _number(0, 1000)},
-    "train": {"epochs": _int_at_least(1), "batch_size": _int_at_least(1),
-              "lr": _number(0, 10, lo_open=True), "weight_decay": _number(0, 10),
-              "warmup_epochs": _int_at_least(0),
+              "dropout": finite_number(0, 1), "aux_heads": _bool, "pretrained": _string,
+              "num_classes": _choice(5), "head": _choice(*HEADS)},
+    "loss": {"gamma": finite_number(0, 100), "alpha": _alpha,
+             "aux_binary_weight": finite_number(0, 1000),
+             "aux_early_weight": finite_number(0, 1000),
+             "alpha_norm": _choice(*ALPHA_NORMS), "aux_alpha": _bool,
+             "sord": finite_number(0, 1000)},
+    "train": {"epochs": int_at_least(1), "batch_size": int_at_least(1),
+              "lr": finite_number(0, 10, lo_open=True), "weight_decay": finite_number(0, 10),
+              "warmup_epochs": int_at_least(0),
               "select_metric": _choice("macro_f1", "accuracy", "qwk", "kl4_recall", "last"),
-              "patience": _int_at_least(1), "seed": _int_at_least(0),
+              "patience": int_at_least(1), "seed": int_at_least(0),
               "deterministic": _bool, "amp": _choice("auto", "bf16", "off"),
-              "channels_last": _bool, "grad_clip": _number(0, 1e6),
-              "max_steps_per_epoch": _optional(_int_at_least(1)), "compile": _bool,
-              "ema_decay": _number(0, 1)},
+              "channels_last": _bool, "grad_clip": finite_number(0, 1e6),
+              "max_steps_per_epoch": optional(int_at_least(1)), "compile": _bool,
+              "ema_decay": finite_number(0, 1)},
 }
+
+
+def check_values(rules: Mapping[str, Callable[[Any], str | None]], values: Any,
+                 message: Callable[[str, Any, str], str]) -> None:
+    """Every value ``rules`` names (an attribute of ``values``, or a key of a mapping where
+    present) against its rule (None when allowed, else what is allowed, in words; a seed
+    below 2^32 besides): the first violation is one KoaError line, ``message(key, value,
+    what is allowed)``. The one machinery behind the configuration, a sidecar's
+    preprocessing, the pretraining settings and the book's parameters."""
+    for key, rule in rules.items():
+        if isinstance(values, Mapping):
+            if key not in values:
+                continue
+            value = values[key]
+        else:
+            value = getattr(values, key)
+        problem = rule(value)
+        if (problem is None and key.endswith("seed") and isinstance(value, int)
+                and value >= 2 ** 32):
+            problem = "an integer in [0, 2^32)"
+        if problem is not None:
+            raise KoaError(message(key, value, problem))
 
 
 def _check(rule, section: str, key: str, value: Any, origin: str) -> None:
     """One value against its rule: one KoaError line naming the key, the value and what is
     allowed."""
-    problem = rule(value)
-    if problem is None and key.endswith("seed") and value >= 2 ** 32:
-        problem = "an integer in [0, 2^32)"
-    if problem is not None:
-        raise KoaError(f"{origin}: {section}.{key} = {value!r}: must be {problem}")
+    check_values({key: rule}, {key: value},
+                 lambda k, v, p: f"{origin}: {section}.{k} = {v!r}: must be {p}")
 
 
 def _check_tiles(tiles: int, size: int, where: str, origin: str) -> None:
@@ -255,13 +285,18 @@ def _check_tiles(tiles: int, size: int, where: str, origin: str) -> None:
                        f"{where} ({size}), one pixel per tile")
 
 
+def validate_section(section: str, values: Any, origin: str = "config") -> None:
+    """One section of a configuration (e.g. a :class:`ModelConfig` a network is built from)
+    against its :data:`RULES`, as :func:`validate` checks it."""
+    check_values(RULES[section], values,
+                 lambda k, v, p: f"{origin}: {section}.{k} = {v!r}: must be {p}")
+
+
 def validate(cfg: Config, origin: str = "config") -> Config:
     """Check every field against :data:`RULES`; the first violation is one KoaError line
     naming the key, the value and what is allowed."""
-    for section, rules in RULES.items():
-        values = getattr(cfg, section)
-        for key, rule in rules.items():
-            _check(rule, section, key, getattr(values, key), origin)
+    for section in RULES:
+        validate_section(section, getattr(cfg, section), origin)
     _check_tiles(cfg.preprocess.clahe_tiles, cfg.data.image_size, "data.image_size", origin)
     if cfg.model.head == "corn" and cfg.loss.sord > 0:
         raise KoaError(f"{origin}: loss.sord = {cfg.loss.sord!r}: must be 0 with "
@@ -280,6 +315,9 @@ SIDECAR_PREPROCESS_RULES = {
     "input_clahe_tiles": _int_in(1, MAX_IMAGE_SIZE),
 }
 _OPTIONAL_IN_SIDECAR = ("input_clahe_clip", "input_clahe_tiles")  # older sidecars lack them
+# what every checkpoint sidecar's preprocess entry holds
+SIDECAR_PREPROCESS_REQUIRED = tuple(k for k in SIDECAR_PREPROCESS_RULES
+                                    if k not in _OPTIONAL_IN_SIDECAR)
 
 
 def validate_preprocess(values: Any, origin: str = "sidecar") -> dict:

@@ -36,7 +36,7 @@ from koa_core.book.grader import stage_grader
 from koa_core.book.landing import scorecard_markdown
 from koa_core.book.model_card import PAGE as MODEL_CARD
 from koa_core.book.model_card import model_card_markdown
-from koa_core.config import load_config
+from koa_core.config import check_values, int_at_least, load_config
 from koa_core.errors import KoaError
 from koa_core.experiments.campaign import load_plan
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT
@@ -108,63 +108,61 @@ def chapter_parameters(py: str | Path) -> set[str]:
     return set(re.findall(r"^([A-Za-z_]\w*)\s*(?::[^=]*)?=", cells[0].source, re.M))
 
 
-_TEXT = ("data_root", "runs_dir", "checkpoint", "sample_root", "records_dir", "recipe_dir",
-         "stats_json", "shipped_eval", "data_label")
-_COUNTS = {"seed": 0, "threads": 0, "n_boot": 1, "clahe_images": 1}  # name: least value
+def _text(value) -> str | None:
+    return None if value is None or isinstance(value, str) else "text"
 
 
-def _names(key: str, value) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
-                                              for v in value):
-        raise KoaError(f"book parameter {key}: expected a list of names, got {value!r}")
-    return value
+def _settings(value) -> str | None:
+    ok = isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value)
+    return None if ok else "a list of SECTION.KEY=VALUE settings"
+
+
+def _name_list(value) -> str | None:
+    ok = isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+    return None if ok else "a list of names"
+
+
+# The book parameters' kinds, checked by the configuration's own machinery
+# (:func:`koa_core.config.check_values`): text (None allowed), counts at least their bound
+# (``n_boot`` and ``clahe_images`` >= 1: a chapter needs one resample and one image;
+# ``seed``, ``threads`` >= 0, 0 threads meaning torch's default), lists of settings and
+# of names.
+PARAMETER_RULES = {
+    **{key: _text for key in ("data_root", "runs_dir", "checkpoint", "sample_root",
+                              "records_dir", "recipe_dir", "stats_json", "shipped_eval",
+                              "data_label")},
+    "seed": int_at_least(0), "threads": int_at_least(0), "n_boot": int_at_least(1),
+    "clahe_images": int_at_least(1),
+    "train_sets": _settings, "recipe_sets": _settings,
+    "train_profile": _name_list, "ablation_configs": _name_list, "recipe_plans": _name_list,
+}
 
 
 def validate_parameters(params: dict) -> None:
-    """Check every book parameter before any chapter runs: text parameters are text, counts
-    are integers at least their bound (``n_boot`` and ``clahe_images`` >= 1: a chapter
-    needs one resample and one image; ``seed``, ``threads`` >= 0, 0 threads meaning
-    torch's default), and the training settings resolve to a valid configuration
+    """Check every book parameter before any chapter runs: each of its kind
+    (:data:`PARAMETER_RULES`), and the training settings resolve to a valid configuration
     (:func:`koa_core.config.load_config` checks every field), as does each ablation
     configuration and recipe plan. One ``KoaError`` line names the parameter."""
-    for key in _TEXT:
-        if key in params and params[key] is not None and not isinstance(params[key], str):
-            raise KoaError(f"book parameter {key}: expected text, got {params[key]!r}")
-    for key, least in _COUNTS.items():
-        if key not in params:
-            continue
-        value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise KoaError(f"book parameter {key}: expected an integer >= {least}, "
-                           f"got {value!r}")
-    sets = {}
-    for key in ("train_sets", "recipe_sets"):
-        if key in params:
-            value = params[key]
-            if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v
-                                                      for v in value):
-                raise KoaError(f"book parameter {key}: expected a list of SECTION.KEY=VALUE "
-                               f"settings, got {value!r}")
-            sets[key] = value
+    check_values(PARAMETER_RULES, params,
+                 lambda k, v, p: f"book parameter {k}: expected {p}, got {v!r}")
     if "train_profile" in params:
-        profile = _names("train_profile", params["train_profile"])
         try:
-            load_config(profile, sets.get("train_sets"))
+            load_config(params["train_profile"], params.get("train_sets"))
         except KoaError as exc:
             raise KoaError(f"book parameter train_profile/train_sets: {exc}") from None
-    for name in _names("ablation_configs", params.get("ablation_configs", [])):
+    for name in params.get("ablation_configs", []):
         try:
             load_config([name])
         except KoaError as exc:
             raise KoaError(f"book parameter ablation_configs: {exc}") from None
-    for name in _names("recipe_plans", params.get("recipe_plans", [])):
+    for name in params.get("recipe_plans", []):
         try:
             load_plan(name.split(":")[0])  # "plan" or "plan:run,run"
         except KoaError as exc:
             raise KoaError(f"book parameter recipe_plans: {exc}") from None
-    if sets.get("recipe_sets"):
+    if params.get("recipe_sets"):
         try:
-            load_config(["demo"], sets["recipe_sets"])
+            load_config(["demo"], params["recipe_sets"])
         except KoaError as exc:
             raise KoaError(f"book parameter recipe_sets: {exc}") from None
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from koa_core.config import SIDECAR_PREPROCESS_REQUIRED, validate_preprocess
 from koa_core.data.imaging import read_gray
 from koa_core.errors import KoaError
 
@@ -144,15 +145,17 @@ class Preprocessor:
                    input_clahe_tiles=p.input_clahe_tiles)
 
     @classmethod
-    def from_sidecar(cls, side: dict) -> Preprocessor:
+    def from_sidecar(cls, side: dict, origin: str = "checkpoint sidecar") -> Preprocessor:
         """The preprocessing a checkpoint's sidecar prescribes (``preprocess``), its input
-        transform included; a sidecar from before the input transform has none."""
-        p = side.get("preprocess") or {}
-        try:
-            clip = p.get("input_clahe_clip")
-            return cls(size=int(p["size"]), crop=bool(p["crop"]),
-                       clahe_clip=float(p["clahe_clip"]), clahe_tiles=int(p["clahe_tiles"]),
-                       input_clahe_clip=None if clip is None else float(clip),
-                       input_clahe_tiles=int(p.get("input_clahe_tiles", 8)))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise KoaError("checkpoint sidecar lacks its preprocessing parameters") from None
+        transform included (a sidecar from before the input transform has none), its values
+        checked against the configuration's ranges first
+        (:func:`~koa_core.config.validate_preprocess`)."""
+        p = side.get("preprocess") if isinstance(side, dict) else None
+        if not isinstance(p, dict) or any(k not in p for k in SIDECAR_PREPROCESS_REQUIRED):
+            raise KoaError(f"{origin} lacks its preprocessing parameters")
+        validate_preprocess(p, origin)
+        clip = p.get("input_clahe_clip")
+        return cls(size=int(p["size"]), crop=bool(p["crop"]),
+                   clahe_clip=float(p["clahe_clip"]), clahe_tiles=int(p["clahe_tiles"]),
+                   input_clahe_clip=None if clip is None else float(clip),
+                   input_clahe_tiles=int(p.get("input_clahe_tiles", 8)))

@@ -1,14 +1,9 @@
-"""Which copy of the images a result record saw, by name, and the check that names it.
+"""The check that names the copy of the images a result record saw (``koa stamp``).
 
 The public dataset's crops exist in more than one copy: the originals, and copies whose
-every image was enhanced upstream (e.g. ``cv2.createCLAHE(clipLimit=5.0, tileGridSize=(8,
-8)).apply(original)``), which a model sees as different pixels. A record's provenance
-names its copy in ``data.copy`` with one of these stable names:
-
-* ``original`` - the images as published (whatever their lossless file format);
-* ``clahe-CLIP-TxT (enhanced upstream)`` - every image one CLAHE pass at clip CLIP with a
-  TxT tile grid away from the original, e.g. ``clahe-5.0-8x8 (enhanced upstream)``;
-* ``phantom`` - the synthetic knee phantom (:mod:`koa_core.data.phantom`).
+every image was enhanced upstream, which a model sees as different pixels. A record's
+provenance names its copy in ``data.copy`` by one of the stable names of
+:mod:`.copies`.
 
 New records get it from the command that writes them (``koa campaign`` / ``koa record
 --data-copy``; the phantom names itself). Records made before ``data.copy`` existed are

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from koa_core.config import validate_preprocess
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
 from koa_core.data.preprocess import Preprocessor
@@ -46,21 +45,11 @@ __all__ = [
     "SetOptions",
     "calibrate_checkpoint",
     "evaluate_checkpoint",
-    "preprocessor_from_sidecar",
 ]
 
 # koa calibrate's least validation set: the cross-fit halves need two patients, a
 # temperature fitted on a handful of knees of one grade says nothing
 MIN_CALIBRATION_KNEES = 5
-
-
-def preprocessor_from_sidecar(side: dict) -> Preprocessor:
-    """The checkpoint's preprocessing, its input transform included
-    (:meth:`Preprocessor.from_sidecar`), its values checked against the configuration's
-    ranges first (:func:`~koa_core.config.validate_preprocess`)."""
-    if "preprocess" in side:
-        validate_preprocess(side["preprocess"], "checkpoint sidecar")
-    return Preprocessor.from_sidecar(side)
 
 
 @dataclass
@@ -119,7 +108,7 @@ def evaluate_checkpoint(checkpoint: str | Path | None, root: str | Path, split: 
                     "model": side.get("config", {}).get("model", {}),
                     "precision": members[0].precision, "engine": members[0].engine,
                     "weights_dtype": side.get("weights_dtype"),
-                    "input_transform": preprocessor_from_sidecar(side).describe_input(),
+                    "input_transform": Preprocessor.from_sidecar(side).describe_input(),
                     "tta": o.tta if o.tta and o.tta != "none" else None,
                     "temperatures": [m.temperature for m in members],
                     "ensemble": ([str(m.checkpoint) for m in members] if len(members) > 1
@@ -156,7 +145,7 @@ def _split_records(root, split: str, allow_leakage: bool):
 
 
 def _member_predict(member, records, root, cache_dir, progress, batch_size, tta=None):
-    views = ViewCache(cache_dir).get(records, preprocessor_from_sidecar(member.sidecar),
+    views = ViewCache(cache_dir).get(records, Preprocessor.from_sidecar(member.sidecar),
                                      root=str(root), progress=progress, mapped=False)
     return member.predict(views, batch_size, tta=tta)
 

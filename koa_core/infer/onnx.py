@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from koa_core.config import validate_preprocess
 from koa_core.data.cache import ViewCache, default_cache_dir
 from koa_core.data.index import discover
 from koa_core.data.preprocess import Preprocessor
@@ -180,11 +179,9 @@ def calibration_views(root: str | Path, sidecar: dict, n: int = 64) -> np.ndarra
     records = discover(root).split("train")
     if not records:
         raise KoaError(f"{root}: no training split to calibrate on (ROOT/train/0..4)")
-    if "preprocess" in sidecar:  # its values in their ranges before any pixel is touched
-        validate_preprocess(sidecar["preprocess"], "checkpoint sidecar")
+    pre = Preprocessor.from_sidecar(sidecar)  # its values in their ranges before any pixel
     pick = np.random.default_rng(0).choice(len(records), min(n, len(records)), replace=False)
     chosen = [records[i] for i in sorted(pick)]
-    pre = Preprocessor.from_sidecar(sidecar)
     return np.asarray(ViewCache().get(chosen, pre, root=str(root)))
 
 

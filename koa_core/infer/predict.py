@@ -67,7 +67,6 @@ from koa_core.data.preprocess import Preprocessor, apply_clahe, crop_box
 from koa_core.errors import KoaError, printable
 from koa_core.files import check_output_file, check_writable, file_id, refuse_same_file
 from koa_core.infer.backends import load_backend
-from koa_core.infer.evaluate import preprocessor_from_sidecar
 from koa_core.infer.explain import cam_picture, grad_cam, stream_layers
 from koa_core.infer.knee_report import (
     KneeReport,
@@ -458,7 +457,7 @@ def iter_predictions(files: list[str], backend, cam_dir: str | Path | None = Non
                      workers: int = 2) -> Iterator[Prediction]:
     """Grade ``files`` with ``backend`` (:mod:`koa_core.infer.backends`), one Prediction per file
     in order; a batch is decoded by ``workers`` threads while the previous one is graded."""
-    pre = preprocessor_from_sidecar(backend.sidecar)
+    pre = Preprocessor.from_sidecar(backend.sidecar)
     check = check_for(backend.sidecar)
     cam_dir = _make_dir(cam_dir, "Grad-CAM")
     report_dir = _make_dir(report_dir, "report")

@@ -36,7 +36,7 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
-from koa_core.config import FUSIONS, STREAMS, ModelConfig
+from koa_core.config import ModelConfig, validate_section
 from koa_core.errors import KoaError
 from koa_core.model.ordinal import corn_log_probs
 
@@ -151,10 +151,7 @@ class KLNet(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None):
         super().__init__()
         cfg = cfg or ModelConfig()
-        if cfg.streams not in STREAMS:
-            raise KoaError(f"model.streams must be dual, raw or clahe (got {cfg.streams!r})")
-        if cfg.fusion not in FUSIONS:
-            raise KoaError(f"model.fusion must be gated or mean (got {cfg.fusion!r})")
+        validate_section("model", cfg, "model configuration")
         self.cfg = cfg
         self.trunk = resnet_trunk()
         self.tap_raw = nn.Identity()
@@ -164,8 +161,6 @@ class KLNet(nn.Module):
             if dual and cfg.cross_attention else None
         self.fusion = GatedFusion(FEATURES) if dual and cfg.fusion == "gated" else None
         self.dropout = nn.Dropout(cfg.dropout)
-        if cfg.head not in ("softmax", "corn"):
-            raise KoaError(f"model.head must be softmax or corn (got {cfg.head!r})")
         # CORN: K-1 conditional logits, turned into class log-probabilities in forward_head
         self.head = nn.Linear(FEATURES, cfg.num_classes - (cfg.head == "corn"))
         self.aux_binary = nn.Linear(FEATURES, 2) if cfg.aux_heads else None

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from koa_core.infer.evaluate import preprocessor_from_sidecar
+from koa_core.data.preprocess import Preprocessor
 from koa_core.infer.explain import overlay, stream_layers
 from koa_core.model.checkpoint import load_checkpoint, read_sidecar
 from koa_core.report.clahe import joint_box
@@ -114,7 +114,7 @@ def cam_cases(checkpoint: str | Path, cases: pd.DataFrame, other: str = "top5") 
     if not len(cases):
         return []
     model, side = load_checkpoint(checkpoint)
-    pre = preprocessor_from_sidecar(side)
+    pre = Preprocessor.from_sidecar(side)
     views = np.stack([np.stack(pre.load(p)) for p in cases.path])
     targets = [{"top-1": int(c.top1), other: int(c[OTHER_CLASSES[other]])}
                for _, c in cases.iterrows()]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
-from koa_core.infer.evaluate import preprocessor_from_sidecar
+from koa_core.data.preprocess import Preprocessor
 from koa_core.model.checkpoint import load_checkpoint
 from koa_core.model.inference import predict_views
 
@@ -25,7 +25,7 @@ def predict_split(checkpoint: str | Path, data_root: str | Path, split: str = "v
     (NaN for single-stream models)."""
     model, side = load_checkpoint(checkpoint)
     recs = discover(data_root).split(split)
-    views = ViewCache(cache_dir).get(recs, preprocessor_from_sidecar(side), root=str(data_root))
+    views = ViewCache(cache_dir).get(recs, Preprocessor.from_sidecar(side), root=str(data_root))
     probs, gates = predict_views(model, views)
     df = pd.DataFrame(probs, columns=[f"p{g}" for g in range(5)])
     df.insert(0, "path", [r.path for r in recs])

@@ -270,10 +270,8 @@ def build_loss(cfg: Config, train_counts) -> KLMultiTaskLoss:
     """The training objective ``cfg.loss`` asks for, with alpha resolved on the training
     counts (and rescaled to mean 1 over them with ``loss.alpha_norm=mean1``)."""
     alpha = resolve_alpha(cfg.loss.alpha, train_counts)
-    if cfg.loss.alpha_norm == "mean1":
+    if cfg.loss.alpha_norm == "mean1":  # one of ALPHA_NORMS, as validate() checked
         alpha = normalise_alpha(alpha, train_counts)
-    elif cfg.loss.alpha_norm != "none":
-        raise KoaError(f"loss.alpha_norm: {cfg.loss.alpha_norm!r} is not one of none, mean1")
     return KLMultiTaskLoss(alpha=alpha, gamma=cfg.loss.gamma,
                            aux_binary_weight=cfg.loss.aux_binary_weight,
                            aux_early_weight=cfg.loss.aux_early_weight,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from koa_core.config import MIN_IMAGE_SIZE, check_values, finite_number, int_at_least, optional
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
 from koa_core.data.preprocess import Preprocessor
@@ -48,34 +49,44 @@ __all__ = ["PretrainConfig", "pretrain", "trunk_state_dict"]
 _NAMES = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
 
+def _at_least(lo: int, why: str):
+    """An integer rule whose refusal says why the bound is there."""
+    return lambda v: int_at_least(lo)(v) and f"an integer at least {lo} ({why})"
+
+
+# The pretraining settings' ranges, checked by the configuration's own machinery
+# (:func:`koa_core.config.check_values`).
+PRETRAIN_RULES = {
+    "epochs": int_at_least(1),
+    "batch_size": _at_least(2, "a contrastive batch needs two knees"),
+    "lr": finite_number(0, lo_open=True),
+    "weight_decay": finite_number(0),
+    "temperature": finite_number(0, lo_open=True),
+    "projection_dim": int_at_least(1),
+    "image_size": _at_least(MIN_IMAGE_SIZE, f"ResNet-18 downsamples {MIN_IMAGE_SIZE}x"),
+    "seed": int_at_least(0),
+    "max_steps_per_epoch": optional(int_at_least(1)),
+}
+
+
 @dataclass
 class PretrainConfig:
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.1  # NT-Xent (SimCLR) temperature
-    projection_dim: int = 128
-    image_size: int = 224
-    seed: int = 0
-    max_steps_per_epoch: int | None = None  # for rehearsals
+    """``koa pretrain``'s settings (beyond the paper: the paper starts from ImageNet)."""
+
+    epochs: int = 20  # ours
+    batch_size: int = 256  # ours
+    lr: float = 1e-3  # ours
+    weight_decay: float = 1e-4  # ours
+    temperature: float = 0.1  # ours: NT-Xent (SimCLR) temperature
+    projection_dim: int = 128  # ours
+    image_size: int = 224  # the paper's crop size
+    seed: int = 0  # ours
+    max_steps_per_epoch: int | None = None  # ours: for rehearsals
 
     def check(self) -> None:
-        for name in ("epochs", "batch_size", "projection_dim", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise KoaError(f"pretrain {name}: expected an integer >= 1, got {value!r}")
-        if self.batch_size < 2:
-            raise KoaError("pretrain batch_size: a contrastive batch needs at least 2 knees")
-        if self.image_size < 32:
-            raise KoaError(f"pretrain image_size: at least 32 px (ResNet-18 downsamples 32x), "
-                           f"got {self.image_size}")
-        for name in ("lr", "temperature"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise KoaError(f"pretrain {name}: expected a number > 0, got {value!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise KoaError(f"pretrain weight_decay: expected >= 0, got {self.weight_decay!r}")
+        """Every setting in its range (:data:`PRETRAIN_RULES`), one KoaError line."""
+        check_values(PRETRAIN_RULES, self,
+                     lambda k, v, p: f"pretrain {k}: expected {p}, got {v!r}")
 
 
 class _SimCLR(nn.Module):

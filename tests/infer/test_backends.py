@@ -12,10 +12,11 @@ import pytest
 from koa_core.cli import main
 from koa_core.data.cache import ViewCache
 from koa_core.data.index import discover
+from koa_core.data.preprocess import Preprocessor
 from koa_core.errors import KoaError
 from koa_core.infer import backends
 from koa_core.infer import onnx as onnx_files
-from koa_core.infer.evaluate import evaluate_checkpoint, preprocessor_from_sidecar
+from koa_core.infer.evaluate import evaluate_checkpoint
 from koa_core.model.checkpoint import read_sidecar
 
 pytest.importorskip("onnxruntime")
@@ -26,7 +27,7 @@ def exported(tiny_run, tiny_onnx, tmp_path_factory):
     """The tiny run's checkpoint as fp32 and int8 ONNX files, and validation views."""
     run, root = tiny_run
     ckpt = run / "best.safetensors"
-    pre = preprocessor_from_sidecar(read_sidecar(ckpt))
+    pre = Preprocessor.from_sidecar(read_sidecar(ckpt))
     index = discover(root)
     val = np.asarray(ViewCache().get(index.split("val"), pre, root=str(root)))
     calib = np.asarray(ViewCache().get(index.split("train")[:16], pre, root=str(root)))
@@ -320,9 +321,9 @@ def test_the_input_transform_travels_with_the_checkpoint_to_every_backend(
         twins.append(str(twin))
     enhanced = _with_input_clahe(ckpt, tmp_path / "enh.safetensors")
     side = read_sidecar(enhanced)
-    pre = preprocessor_from_sidecar(side)
+    pre = Preprocessor.from_sidecar(side)
     assert (pre.input_clahe_clip, pre.input_clahe_tiles) == (5.0, 8)
-    assert preprocessor_from_sidecar(read_sidecar(ckpt)).input_clahe_clip is None
+    assert Preprocessor.from_sidecar(read_sidecar(ckpt)).input_clahe_clip is None
     a = cv2.imread(originals[0], cv2.IMREAD_GRAYSCALE)
     np.testing.assert_array_equal(pre.transform_input(a), apply_clahe(a, 5.0, 8))
 

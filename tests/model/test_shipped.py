@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_realdata import REAL
 
-from koa_core.infer.evaluate import preprocessor_from_sidecar
+from koa_core.data.preprocess import Preprocessor
 from koa_core.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_sidecar
 
 RESULTS = Path(__file__).resolve().parents[2] / "results" / "gpu"
@@ -45,7 +45,7 @@ def test_shipped_checkpoint_predicts_what_its_record_says():
     keep = stratified_subset(recs, 50, seed=0)
     index = {r.path: i for i, r in enumerate(recs)}
     model, side = load_checkpoint(DEFAULT_CHECKPOINT)
-    pre = preprocessor_from_sidecar(side)
+    pre = Preprocessor.from_sidecar(side)
     views = np.stack([np.stack(pre.load(r.path)) for r in keep])
     probs, _ = predict_views(model, views, batch_size=50)
     expected = np.array([pred["pred"][index[r.path]] for r in keep])
