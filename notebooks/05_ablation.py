@@ -67,11 +67,11 @@ ablation_configs = ["ablation-clahe", "ablation-raw", "ablation-dual-noattn",
 # %%
 common.setup(seed, threads)
 root = common.resolve_root(data_root, runs_dir)
+chapter = ablation.ablation_chapter(root, records_dir, runs_dir, train_profile, train_sets,
+                                    ablation_configs)
 common.parameter_table(data_root=root, runs_dir=runs_dir,
                        train_profile=train_profile, train_sets=train_sets,
                        ablation_configs=ablation_configs)
-chapter = ablation.ablation_chapter(root, records_dir, runs_dir, train_profile, train_sets,
-                                    ablation_configs)
 
 # %% [markdown]
 # ## Table 5 from the campaign's records
