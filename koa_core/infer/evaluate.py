@@ -199,8 +199,6 @@ def calibrate_checkpoint(checkpoint: str | Path, root: str | Path,
 def _fit_sets(scaled: np.ndarray, y: np.ndarray, s: SetOptions, made: dict
               ) -> tuple[dict | None, str | None]:
     """The sidecar's ``conformal`` entry, or None and why not (too few knees)."""
-    if not 0 < s.coverage < 1:
-        raise KoaError(f"--coverage must lie between 0 and 1, got {s.coverage}")
     short = too_few(y, s.coverage, s.class_conditional, scaled.shape[1])
     if short:
         return None, short

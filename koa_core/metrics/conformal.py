@@ -41,7 +41,10 @@ METHODS = ("ordinal", "lac")
 
 def least_knees(coverage: float) -> int:
     """The fewest calibration scores whose quantile for ``coverage`` is finite: n with
-    ⌈(n + 1)·coverage⌉ ≤ n (9 at 90 %). Fewer would put every grade in every set."""
+    ⌈(n + 1)·coverage⌉ ≤ n (9 at 90 %). Fewer would put every grade in every set. A
+    coverage outside (0, 1) is refused here, the one check every fit goes through."""
+    if not 0 < coverage < 1:
+        raise KoaError(f"--coverage must lie between 0 and 1, got {coverage}")
     n = 1
     while math.ceil((n + 1) * coverage) > n:
         n += 1
@@ -149,8 +152,6 @@ def too_few(y: np.ndarray, coverage: float, class_conditional: bool, classes: in
 def fit_conformal(probs: np.ndarray, y: np.ndarray, coverage: float = 0.90,
                   method: str = "ordinal", class_conditional: bool = False) -> Conformal:
     """The threshold(s) for ``coverage`` from calibration knees' probabilities and grades."""
-    if not 0 < coverage < 1:
-        raise KoaError(f"--coverage must lie between 0 and 1, got {coverage}")
     p, y = np.asarray(probs, float), np.asarray(y)
     short = too_few(y, coverage, class_conditional, p.shape[1])
     if short:
@@ -193,18 +194,15 @@ def _mean_ci(v: np.ndarray) -> list[float]:
 
 
 def set_report(conf: Conformal, probs: np.ndarray, y: np.ndarray) -> dict:
-    """What ``koa evaluate`` reports of a calibration on labelled knees: coverage (Wilson
-    95 % interval) and mean set size (normal interval), overall and per grade, the sizes
-    given, and the target."""
+    """What ``koa evaluate`` reports of a calibration on labelled knees: :func:`set_stats`
+    with intervals, coverage (Wilson 95 %) and mean set size (normal), overall and per
+    grade, and the target."""
     sets, y = conf.sets(probs), np.asarray(y)
-    hit, size = sets[np.arange(len(y)), y], sets.sum(1).astype(float)
-    per = {str(g): {"coverage": float(hit[y == g].mean()),
-                    "coverage_ci": list(wilson(hit[y == g].mean(), (y == g).sum())),
-                    "mean_set_size": float(size[y == g].mean()),
-                    "mean_set_size_ci": _mean_ci(size[y == g]), "n": int((y == g).sum())}
-           for g in range(sets.shape[1]) if (y == g).any()}
+    stats, size = set_stats(sets, y), sets.sum(1).astype(float)
+    for g, v in stats["per_grade"].items():
+        v["coverage_ci"] = list(wilson(v["coverage"], v["n"]))
+        v["mean_set_size_ci"] = _mean_ci(size[y == int(g)])
     return {"target": conf.coverage, "method": conf.method,
-            "class_conditional": conf.class_conditional, "n": int(len(y)),
-            "coverage": float(hit.mean()), "coverage_ci": list(wilson(hit.mean(), len(y))),
-            "mean_set_size": float(size.mean()), "mean_set_size_ci": _mean_ci(size),
-            "per_grade": per, "sizes": set_stats(sets, y)["sizes"]}
+            "class_conditional": conf.class_conditional, "n": int(len(y)), **stats,
+            "coverage_ci": list(wilson(stats["coverage"], len(y))),
+            "mean_set_size_ci": _mean_ci(size)}

@@ -121,3 +121,14 @@ def test_set_stats_and_labels():
     assert s["per_grade"]["3"] == {"coverage": 0.0, "mean_set_size": 1.0, "n": 1}
     assert s["sizes"] == {"1": 1, "2": 2, "3+": 0}
     assert [cp.set_label(r) for r in sets] == ["KL0–KL1", "KL2", "KL0, KL2"]
+
+
+@pytest.mark.parametrize("coverage", [0.0, 1.0, 1.5, -0.1, float("nan")])
+def test_a_coverage_outside_zero_one_is_refused_not_looped_on(coverage):
+    """least_knees searches for the n whose quantile is finite: at coverage 1 there is
+    none, so every fit refuses such a coverage there, in one line, instead of looping."""
+    p, y = _data(50, 1)
+    for call in (lambda: cp.least_knees(coverage), lambda: cp.too_few(y, coverage, False),
+                 lambda: cp.fit_conformal(p, y, coverage)):
+        with pytest.raises(KoaError, match="^--coverage must lie between 0 and 1"):
+            call()
