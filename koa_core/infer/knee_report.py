@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 
 from koa_core import GRADE_NAMES
-from koa_core.metrics.conformal import set_label
+from koa_core.metrics.conformal import grades_label
 
 __all__ = ["CAM_LABEL", "CAPTION", "PICTURE_SIDE", "KneeReport", "build_figure", "index_entry",
            "render_report", "shrink", "write_html_index"]
@@ -330,8 +330,7 @@ def _draw_probabilities(ax, p: list[float], grade: int, gate) -> None:
 
 def set_words(grade_set: Sequence[int], coverage: float) -> str:
     """``set KL1–KL3 at 90 %``: the conformal set as ``koa predict`` prints it."""
-    return f"set {set_label(np.isin(np.arange(len(GRADE_NAMES)), list(grade_set)))} at " \
-           f"{100 * coverage:g} %"
+    return f"set {grades_label(grade_set)} at {100 * coverage:g} %"
 
 
 def _draw_set(ax, grade_set: Sequence[int], coverage: float) -> None:

@@ -77,7 +77,7 @@ from koa_core.infer.knee_report import (
 )
 from koa_core.infer.profile import check_for
 from koa_core.locking import FileLock
-from koa_core.metrics.conformal import set_label
+from koa_core.metrics.conformal import grades_label
 from koa_core.model.checkpoint import resolve_checkpoint, sidecar_path
 
 __all__ = ["CSV_FIELDS", "BatchOptions", "BatchResult", "Prediction", "check_outputs",
@@ -129,12 +129,11 @@ class Prediction:
         """``  set KL1–KL3 at 90 %``, or nothing without a calibration."""
         if self.grade_set is None:
             return ""
-        return f"  set {self.set_label()} at {100 * self.set_coverage:g} %"
+        return "  " + set_words(self.grade_set, self.set_coverage)
 
     def set_label(self) -> str | None:
-        if self.grade_set is None:
-            return None
-        return set_label(np.isin(np.arange(5), self.grade_set))
+        """``KL1–KL3``, the CSV's ``set``; None without a calibration."""
+        return None if self.grade_set is None else grades_label(self.grade_set)
 
     def row(self) -> dict:
         p = self.probabilities or [None] * 5

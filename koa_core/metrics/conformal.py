@@ -33,8 +33,8 @@ import numpy as np
 from koa_core.errors import KoaError
 from koa_core.metrics.classification import Z95, wilson
 
-__all__ = ["METHODS", "Conformal", "fit_conformal", "grade_scores", "least_knees", "quantile",
-           "set_label", "set_report", "set_stats", "too_few"]
+__all__ = ["METHODS", "Conformal", "fit_conformal", "grade_scores", "grades_label",
+           "least_knees", "quantile", "set_label", "set_report", "set_stats", "too_few"]
 
 METHODS = ("ordinal", "lac")
 
@@ -172,6 +172,11 @@ def set_label(row: np.ndarray) -> str:
     if g[-1] - g[0] == len(g) - 1:
         return f"KL{g[0]}–KL{g[-1]}"
     return ", ".join(f"KL{v}" for v in g)
+
+
+def grades_label(grades) -> str:
+    """:func:`set_label` of a set given as its grades (``[1, 2, 3]``: ``KL1–KL3``)."""
+    return set_label(np.isin(np.arange(max(grades) + 1), list(grades)))
 
 
 def set_stats(sets: np.ndarray, y: np.ndarray) -> dict:

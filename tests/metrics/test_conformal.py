@@ -132,3 +132,9 @@ def test_a_coverage_outside_zero_one_is_refused_not_looped_on(coverage):
                  lambda: cp.fit_conformal(p, y, coverage)):
         with pytest.raises(KoaError, match="^--coverage must lie between 0 and 1"):
             call()
+
+
+def test_a_set_given_by_its_grades_reads_as_the_boolean_row_does():
+    for grades in ([4], [1, 2, 3], [0, 2], [0, 1, 2, 3, 4]):
+        assert cp.grades_label(grades) == cp.set_label(np.isin(np.arange(5), grades))
+    assert cp.grades_label([1, 2, 3]) == "KL1–KL3" and cp.grades_label([0, 2]) == "KL0, KL2"
