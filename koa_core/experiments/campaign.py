@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import re
 import shlex
 import shutil
 import sys
@@ -57,6 +56,8 @@ from koa_core.experiments.records import (
     predictions_table,
     read_record,
     record_copy,
+    run_name,
+    split_run_name,
     write_record,
 )
 from koa_core.experiments.sizing import (
@@ -132,7 +133,7 @@ def load_plan(path: str | Path) -> tuple[dict, list[PlanRun]]:
                 if not name.replace("-", "").replace("_", "").isalnum():
                     raise KoaError(f"{where}: run name {name!r}: letters, digits, - and _")
                 runs.append(PlanRun(
-                    name=f"{name}-s{seed}", group=name, stage=str(stage.get("name", i + 1)),
+                    name=run_name(name, seed), group=name, stage=str(stage.get("name", i + 1)),
                     seed=seed, configs=base_cfgs + _strings(r.get("configs"), where),
                     sets=base_sets + _strings(r.get("set"), where)
                     + [f"train.seed={seed}", f"augment.seed={seed}"]))
@@ -437,7 +438,8 @@ def select_run(records_dir: str | Path, min_recall: float = 0.3,
     best, eligible, total = None, 0, 0
     for path in find_records(records_dir):
         rec = read_record(path)
-        if group is not None and re.fullmatch(rf"{re.escape(group)}-s\d+", rec["name"]) is None:
+        row, seed = split_run_name(rec["name"])
+        if group is not None and (row != group or seed is None):
             continue
         m = rec["selected"]["val_metrics"]
         total += 1

@@ -17,13 +17,12 @@ encoding, initialisation, seconds of training, the validation history). From the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from koa_core.experiments.records import find_records, read_record, record_copy
+from koa_core.experiments.records import find_records, read_record, record_copy, split_run_name
 from koa_core.train.selection import LAST
 
 __all__ = ["LAST", "SelectionBias", "confounders", "data_line", "deviations", "enhanced",
@@ -62,9 +61,10 @@ def load_groups(records_dir: str | Path) -> tuple[dict[str, dict[int, dict]], di
     for path in find_records(records_dir):
         rec = read_record(path)
         prov = rec["provenance"]
-        group = prov.get("group") or re.sub(r"-s\d+$", "", rec["name"])
-        m = re.search(r"-s(\d+)$", rec["name"])
-        seed = int(prov.get("seed") or (m.group(1) if m else rec["config"]["train"]["seed"]))
+        named, named_seed = split_run_name(rec["name"])
+        group = prov.get("group") or named
+        seed = int(prov.get("seed") or (named_seed if named_seed is not None
+                                         else rec["config"]["train"]["seed"]))
         run = groups.setdefault(group, {})[seed] = _run(rec)
         meta.setdefault(group, {k: run[k] for k in ("hardware", "copy", "encoding", "commit",
                                                     "pretrained")})

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -44,10 +45,24 @@ from koa_core.model.checkpoint import sha256_file
 from koa_core.train.runs import CONFIG, HISTORY, read_run
 
 __all__ = ["RECORD_FILES", "check_record", "find_records", "predictions_table",
-           "read_record", "record_copy", "stamp_copy", "write_record"]
+           "read_record", "record_copy", "run_name", "split_run_name", "stamp_copy",
+           "write_record"]
 
 RECORD_FORMAT = "koa_core-record-1"
 RECORD_FILES = ("config.yaml", "history.csv", "selected.json", "val_predictions.csv")
+_RUN_NAME = re.compile(r"(.*)-s(\d+)")
+
+
+def run_name(group: str, seed: int) -> str:
+    """A run's (and its record's) name: its plan row and seed, ``NAME-sSEED``."""
+    return f"{group}-s{seed}"
+
+
+def split_run_name(name: str) -> tuple[str, int | None]:
+    """The plan row and seed of a run named ``NAME-sSEED``; a name without a seed is all
+    row (seed None)."""
+    m = _RUN_NAME.fullmatch(name)
+    return (m.group(1), int(m.group(2))) if m else (name, None)
 PROVENANCE = "provenance.json"
 PROVENANCE_KEYS = ("format", "name", "commit", "command", "machine", "data", "wall_s",
                    "train_img_s", "created", "files")

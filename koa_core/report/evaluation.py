@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from koa_core.data.index import discover
+from koa_core.experiments.records import run_name, split_run_name
 from koa_core.infer.evaluate import evaluate_checkpoint
 from koa_core.metrics.classification import majority_rate
 from koa_core.paper import TABLE3, TABLE4, TABLE7
@@ -55,7 +56,7 @@ def chapter_models(records_dir: str | Path, checkpoint: str | Path, runs_dir: st
     if records_dir:
         records = load_records(records_dir)
         proposed = selected_record_name(records_dir)
-        raw_only = "raw-s" + proposed.rsplit("-s", 1)[1]  # the raw-only run of the same seed
+        raw_only = run_name("raw", split_run_name(proposed)[1])  # the raw run of its seed
         pp = records[proposed]["predictions"]
         return ChapterModels(
             proposed, raw_only, "val", "validation (stands in for the held-out test split)",

@@ -220,3 +220,13 @@ def test_stamp_copy_adds_the_copy_and_keeps_the_record_whole(tmp_path):
     del after["data"]["copy"], after["data"]["copy_evidence"]
     assert after == before  # nothing else changed
     assert [p.name for p in rec.iterdir() if p.name.startswith(".")] == []  # no temp file
+
+
+def test_run_names_split_into_plan_row_and_seed_and_back():
+    from koa_core.experiments.records import run_name, split_run_name
+
+    assert split_run_name("dual-noattn-s3") == ("dual-noattn", 3)
+    assert split_run_name("a-s1-s12") == ("a-s1", 12)  # the last -sSEED is the seed
+    assert split_run_name("recipe") == ("recipe", None)
+    assert split_run_name("raw-sx") == ("raw-sx", None)
+    assert split_run_name(run_name("proposed", 2)) == ("proposed", 2)
