@@ -25,7 +25,16 @@ from koa_core.experiments.verdicts import RULES
 from koa_core.metrics.classification import confusion_scores
 from koa_core.paper import TABLE5
 
-__all__ = ["ablation_table", "format_ablation", "paired_difference", "to_json"]
+__all__ = ["ROWS", "ablation_table", "format_ablation", "in_row_order", "paired_difference",
+           "to_json"]
+
+# Table 5's rows in the order every table and figure shows them (dual-gate is ours)
+ROWS = ("clahe", "raw", "dual-noattn", "dual-gate", "proposed")
+
+
+def in_row_order(configs) -> list[str]:
+    """``configs`` in :data:`ROWS` order, any other configuration after them by name."""
+    return sorted(configs, key=lambda g: (ROWS.index(g) if g in ROWS else len(ROWS), g))
 
 
 def boot_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -126,8 +135,7 @@ def _claim_line(c: dict) -> str:
 
 def format_ablation(t: dict) -> str:
     """Plain-text Table 5, the epoch choice beside the last epoch, and the judged steps."""
-    order = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
-    names = sorted(t["configurations"], key=lambda g: (order.index(g) if g in order else 99, g))
+    names = in_row_order(t["configurations"])
     lines = [f"{'configuration':<14}{'seeds':>6}{'val accuracy':>18}{'macro F1':>18}"
              f"{'QWK':>18}{'KL4 recall':>18}{'paper test acc':>16}"]
     for g in names:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from koa_core.experiments.ablation import ablation_table
+from koa_core.experiments.ablation import ROWS, ablation_table, in_row_order
 from koa_core.experiments.campaign import select_run
 from koa_core.experiments.records import find_records, read_record, record_copy
 from koa_core.metrics.classification import classification_metrics
@@ -25,9 +25,6 @@ __all__ = ["data_caveats", "history_frame", "load_records", "provenance_table",
            "record_frame", "record_history", "record_metrics", "record_summary",
            "records_note", "selected_record_name", "selection_frame",
            "table5_claims", "table5_figure", "table5_table"]
-
-# the ablation's configurations in the order the book shows them
-ORDER = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
 
 
 def load_records(records_dir: str | Path) -> dict[str, dict]:
@@ -151,7 +148,6 @@ def records_note(records: dict[str, dict]) -> str:
 def table5_table(records_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     """Table 5 from records: per configuration, mean ± sd over seeds (validation)."""
     t = ablation_table(records_dir)
-    order = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
     names = {"clahe": "Single-stream (CLAHE only)", "raw": "Single-stream (Raw only)",
              "dual-noattn": "Dual-stream, no attention (mean fusion)",
              "dual-gate": "Dual-stream, learned gate, no cross-attention (ours)",
@@ -162,7 +158,7 @@ def table5_table(records_dir: str | Path) -> tuple[pd.DataFrame, dict]:
                 else f"{s['mean'] * scale:.{d}f} ± {s['sd'] * scale:.{d}f}")
 
     rows = []
-    for g in sorted(t["configurations"], key=lambda g: order.index(g) if g in order else 9):
+    for g in in_row_order(t["configurations"]):
         r = t["configurations"][g]
         rows.append({"configuration": names.get(g, g), "seeds": len(r["seeds"]),
                      "val accuracy %": pm(r["accuracy"], 100, 2),
@@ -223,8 +219,7 @@ def table5_figure(t: dict):
     paper's Table 5 test accuracy."""
     import matplotlib.pyplot as plt
 
-    order = ["clahe", "raw", "dual-noattn", "dual-gate", "proposed"]
-    names = [g for g in order if g in t["configurations"]]
+    names = [g for g in ROWS if g in t["configurations"]]
     fig, ax = plt.subplots(figsize=(7.5, 3.9))
     y = np.arange(len(names))
     means = [100 * t["configurations"][g]["accuracy"]["mean"] for g in names]
@@ -245,9 +240,9 @@ def table5_figure(t: dict):
 def selection_frame(bias: list) -> pd.DataFrame:
     """Per configuration: the epochs chosen and run, and accuracy and macro F1 at the
     chosen epoch, around it and at the last epoch (means over seeds)."""
-    order = {g: i for i, g in enumerate(ORDER)}
+    by_config = {b.config: b for b in bias}
     rows = []
-    for b in sorted(bias, key=lambda b: (order.get(b.config, 99), b.config)):
+    for b in (by_config[g] for g in in_row_order(by_config)):
         rows.append({"configuration": b.config,
                      "epoch chosen / run": " · ".join(f"{c}/{r}" for c, r in
                                                       zip(b.chosen_epoch, b.epochs_run)),
