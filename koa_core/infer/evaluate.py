@@ -35,7 +35,14 @@ from koa_core.files import atomic_open, atomic_write_text, check_writable
 from koa_core.infer.backends import load_backend
 from koa_core.metrics.calibration import apply_temperature, calibration_report, ece, nll
 from koa_core.metrics.classification import classification_metrics
-from koa_core.metrics.conformal import Conformal, fit_conformal, set_report, set_stats, too_few
+from koa_core.metrics.conformal import (
+    Conformal,
+    fit_conformal,
+    least_knees,
+    set_report,
+    set_stats,
+    too_few,
+)
 from koa_core.model.checkpoint import resolve_checkpoint, sidecar_path, update_sidecar
 from koa_core.model.inference import check_tta
 from koa_core.runtime import provenance
@@ -157,6 +164,9 @@ class SetOptions:
     coverage: float = 0.90  # ours: the share of knees whose set holds the true grade
     method: str = "ordinal"  # ours: runs of neighbouring grades (metrics.conformal)
     class_conditional: bool = False  # ours: one threshold per true grade
+
+    def __post_init__(self) -> None:
+        least_knees(self.coverage)  # a coverage outside (0, 1): refused before any grading
 
 
 def calibrate_checkpoint(checkpoint: str | Path, root: str | Path,
